@@ -1,0 +1,137 @@
+//! Allocators of frame buffers: sealed memfd (always), dma-heap, udmabuf and GBM (when their
+//! device exists), and `auto`, which test-allocates each in order of preference and says why it
+//! picked the one it did.
+
+mod dma_heap;
+mod gbm;
+mod memfd;
+mod udmabuf;
+
+pub use self::dma_heap::DmaHeapAllocator;
+pub use self::gbm::GbmAllocator;
+pub use self::memfd::{sealed_memfd, MemfdAllocator};
+pub use self::udmabuf::UdmabufAllocator;
+
+use crate::buffer::{AllocatorKind, FrameBuffer};
+use crate::format::{FrameFormat, LayoutError};
+use nix::errno::Errno;
+use std::fmt;
+use std::str::FromStr;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AllocError {
+    /// The allocator's device does not exist or cannot be opened here.
+    #[error("{allocator} unavailable: {path}: {source}")]
+    Unavailable {
+        allocator: AllocatorKind,
+        path: String,
+        source: std::io::Error,
+    },
+    /// The device exists but refused this allocation.
+    #[error("{allocator}: {what} failed for {format}: {source}")]
+    Failed {
+        allocator: AllocatorKind,
+        what: &'static str,
+        format: FrameFormat,
+        source: Errno,
+    },
+    #[error("{allocator} cannot allocate {format}: {why}")]
+    Unsupported {
+        allocator: AllocatorKind,
+        format: FrameFormat,
+        why: String,
+    },
+    #[error(transparent)]
+    Layout(#[from] LayoutError),
+}
+
+/// Something that makes frame buffers.
+pub trait Allocator: Send + Sync {
+    fn kind(&self) -> AllocatorKind;
+    /// Allocate one buffer able to hold a `format` frame (layout chosen by the allocator).
+    fn allocate(&self, format: FrameFormat) -> Result<FrameBuffer, AllocError>;
+}
+
+/// What the user asked for on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AllocChoice {
+    Auto,
+    Only(AllocatorKind),
+}
+
+impl FromStr for AllocChoice {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        if s == "auto" {
+            return Ok(AllocChoice::Auto);
+        }
+        AllocatorKind::ALL
+            .into_iter()
+            .find(|k| k.name() == s)
+            .map(AllocChoice::Only)
+            .ok_or_else(|| {
+                format!("unknown allocator {s:?}: expected auto, memfd, dma-heap, udmabuf or gbm")
+            })
+    }
+}
+
+impl fmt::Display for AllocChoice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            AllocChoice::Auto => f.write_str("auto"),
+            AllocChoice::Only(k) => f.write_str(k.name()),
+        }
+    }
+}
+
+/// Open one allocator by kind (fails if its device is missing).
+pub fn open(kind: AllocatorKind) -> Result<Box<dyn Allocator>, AllocError> {
+    Ok(match kind {
+        AllocatorKind::Memfd => Box::new(MemfdAllocator::new()),
+        AllocatorKind::DmaHeap => Box::new(DmaHeapAllocator::open_system()?),
+        AllocatorKind::Udmabuf => Box::new(UdmabufAllocator::open()?),
+        AllocatorKind::Gbm => Box::new(GbmAllocator::open_card()?),
+    })
+}
+
+/// Preference order for `auto`: dma-heap (cached system memory any device can import), udmabuf
+/// (the same from a memfd), GBM (a DRM device's buffers), then the sealed memfd fallback.
+pub const AUTO_ORDER: [AllocatorKind; 4] = [
+    AllocatorKind::DmaHeap,
+    AllocatorKind::Udmabuf,
+    AllocatorKind::Gbm,
+    AllocatorKind::Memfd,
+];
+
+/// Pick an allocator for `format`. `auto` opens and test-allocates each candidate in
+/// [`AUTO_ORDER`]; the returned text says which was picked and why the ones before it were not.
+pub fn select(
+    choice: AllocChoice,
+    format: FrameFormat,
+) -> Result<(Box<dyn Allocator>, String), AllocError> {
+    match choice {
+        AllocChoice::Only(kind) => {
+            let a = open(kind)?;
+            // Test-allocate so an impossible choice fails now, not on the first frame.
+            a.allocate(format)?;
+            Ok((a, format!("{kind} (asked for)")))
+        }
+        AllocChoice::Auto => {
+            let mut rejected = Vec::new();
+            for kind in AUTO_ORDER {
+                match open(kind).and_then(|a| a.allocate(format).map(|_| a)) {
+                    Ok(a) => {
+                        let why = if rejected.is_empty() {
+                            format!("{kind} (auto: first choice)")
+                        } else {
+                            format!("{kind} (auto: {})", rejected.join("; "))
+                        };
+                        return Ok((a, why));
+                    }
+                    Err(e) => rejected.push(e.to_string()),
+                }
+            }
+            unreachable!("the memfd allocator is always available")
+        }
+    }
+}

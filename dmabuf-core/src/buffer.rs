@@ -1,0 +1,145 @@
+//! [`FrameBuffer`]: an immutable description of one frame's memory, and the kinds of memory.
+
+use crate::format::{FrameLayout, PlaneLayout};
+use std::fmt;
+use std::os::fd::OwnedFd;
+use std::sync::Arc;
+
+/// What kind of fd carries the frame (decides how consumers may import it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MemoryKind {
+    /// A sealed memfd: CPU mapping, Vulkan host-pointer import.
+    Memfd,
+    /// A dma-buf: CPU mapping with `DMA_BUF_IOCTL_SYNC`, Vulkan dma-buf import.
+    DmaBuf,
+}
+
+impl MemoryKind {
+    pub const ALL: [MemoryKind; 2] = [MemoryKind::Memfd, MemoryKind::DmaBuf];
+
+    /// Wire value (also the bit index in capability masks).
+    pub fn wire(self) -> u32 {
+        match self {
+            MemoryKind::Memfd => 1,
+            MemoryKind::DmaBuf => 2,
+        }
+    }
+
+    pub fn from_wire(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.wire() == v)
+    }
+
+    /// Bit in a capability mask.
+    pub fn bit(self) -> u32 {
+        1 << self.wire()
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            MemoryKind::Memfd => "memfd",
+            MemoryKind::DmaBuf => "dma-buf",
+        }
+    }
+}
+
+impl fmt::Display for MemoryKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Which allocator made a buffer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum AllocatorKind {
+    Memfd,
+    DmaHeap,
+    Udmabuf,
+    Gbm,
+}
+
+impl AllocatorKind {
+    pub const ALL: [AllocatorKind; 4] = [
+        AllocatorKind::Memfd,
+        AllocatorKind::DmaHeap,
+        AllocatorKind::Udmabuf,
+        AllocatorKind::Gbm,
+    ];
+
+    pub fn wire(self) -> u32 {
+        match self {
+            AllocatorKind::Memfd => 1,
+            AllocatorKind::DmaHeap => 2,
+            AllocatorKind::Udmabuf => 3,
+            AllocatorKind::Gbm => 4,
+        }
+    }
+
+    pub fn from_wire(v: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|k| k.wire() == v)
+    }
+
+    pub fn name(self) -> &'static str {
+        match self {
+            AllocatorKind::Memfd => "memfd",
+            AllocatorKind::DmaHeap => "dma-heap",
+            AllocatorKind::Udmabuf => "udmabuf",
+            AllocatorKind::Gbm => "gbm",
+        }
+    }
+
+    pub fn memory(self) -> MemoryKind {
+        match self {
+            AllocatorKind::Memfd => MemoryKind::Memfd,
+            _ => MemoryKind::DmaBuf,
+        }
+    }
+}
+
+impl fmt::Display for AllocatorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// One frame's memory: the fds, their sizes, and where each plane lives.
+///
+/// Planes name the fd they live in by index; buffers this crate allocates use one fd for every
+/// plane, buffers from elsewhere (V4L2 multi-planar) may use one fd per plane.
+#[derive(Debug, Clone)]
+pub struct FrameBuffer {
+    pub layout: FrameLayout,
+    pub fds: Vec<Arc<OwnedFd>>,
+    /// Size of each fd in bytes (`lseek(SEEK_END)`), same order as `fds`.
+    pub fd_sizes: Vec<u64>,
+    /// For each plane, the index into `fds`.
+    pub plane_fds: Vec<usize>,
+    pub memory: MemoryKind,
+    pub allocator: AllocatorKind,
+}
+
+impl FrameBuffer {
+    /// A buffer whose planes all live in one fd.
+    pub fn single(
+        layout: FrameLayout,
+        fd: OwnedFd,
+        fd_size: u64,
+        allocator: AllocatorKind,
+    ) -> Self {
+        let n = layout.planes.len();
+        Self {
+            layout,
+            fds: vec![Arc::new(fd)],
+            fd_sizes: vec![fd_size],
+            plane_fds: vec![0; n],
+            memory: allocator.memory(),
+            allocator,
+        }
+    }
+
+    pub fn planes(&self) -> impl Iterator<Item = (usize, &PlaneLayout)> {
+        self.plane_fds
+            .iter()
+            .copied()
+            .zip(self.layout.planes.iter())
+    }
+}

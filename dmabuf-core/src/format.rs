@@ -1,0 +1,416 @@
+//! Frame formats by DRM fourcc, and per-plane memory layouts.
+//!
+//! Plane sizes follow FFmpeg's rules for odd sizes: subsampled chroma dimensions round up
+//! (`AV_CEIL_RSHIFT`), and packed 4:2:2 (YUYV) rounds the width up to a whole macropixel. With a
+//! stride alignment of 1 the layout equals what `av_image_fill_linesizes` +
+//! `av_image_fill_plane_sizes` give for the same size (tested against libavutil).
+
+use drm_fourcc::{DrmFourcc, DrmModifier};
+use std::fmt;
+use std::str::FromStr;
+
+/// `DRM_FORMAT_MOD_LINEAR`.
+pub const MOD_LINEAR: u64 = 0;
+/// `DRM_FORMAT_MOD_INVALID`: "no explicit modifier". Never put this into an explicit-modifier
+/// create-info.
+pub const MOD_INVALID: u64 = 0x00ff_ffff_ffff_ffff;
+
+/// Largest width or height accepted anywhere (16K): keeps every size computation far from
+/// overflow and rejects absurd peer input early.
+pub const MAX_DIMENSION: u32 = 16384;
+
+/// The pixel formats the pipeline carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum PixelFormat {
+    /// YUV 4:2:0, three planes Y, U, V (FFmpeg `yuv420p`, DRM `YU12`).
+    I420,
+    /// YUV 4:2:0, Y plane + interleaved UV plane (DRM `NV12`).
+    Nv12,
+    /// Packed YUV 4:2:2, Y0 U Y1 V (FFmpeg `yuyv422`, DRM `YUYV`).
+    Yuyv,
+    /// 32-bit B, G, R, X bytes in memory (DRM `XR24`, FFmpeg `bgr0`).
+    Xrgb8888,
+    /// 32-bit B, G, R, A bytes in memory (DRM `AR24`, FFmpeg `bgra`).
+    Argb8888,
+}
+
+/// How one plane samples the image.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneInfo {
+    /// Horizontal subsampling (1 or 2).
+    pub hsub: u32,
+    /// Vertical subsampling (1 or 2).
+    pub vsub: u32,
+    /// Pixels (of the subsampled plane) per memory block.
+    pub block_w: u32,
+    /// Bytes per memory block.
+    pub block_bytes: u32,
+}
+
+const fn plane(hsub: u32, vsub: u32, block_w: u32, block_bytes: u32) -> PlaneInfo {
+    PlaneInfo {
+        hsub,
+        vsub,
+        block_w,
+        block_bytes,
+    }
+}
+
+impl PixelFormat {
+    pub const ALL: [PixelFormat; 5] = [
+        PixelFormat::I420,
+        PixelFormat::Nv12,
+        PixelFormat::Yuyv,
+        PixelFormat::Xrgb8888,
+        PixelFormat::Argb8888,
+    ];
+
+    pub fn fourcc(self) -> DrmFourcc {
+        match self {
+            PixelFormat::I420 => DrmFourcc::Yuv420,
+            PixelFormat::Nv12 => DrmFourcc::Nv12,
+            PixelFormat::Yuyv => DrmFourcc::Yuyv,
+            PixelFormat::Xrgb8888 => DrmFourcc::Xrgb8888,
+            PixelFormat::Argb8888 => DrmFourcc::Argb8888,
+        }
+    }
+
+    pub fn from_fourcc(code: u32) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.fourcc() as u32 == code)
+    }
+
+    /// The name used on command lines and in statistics.
+    pub fn name(self) -> &'static str {
+        match self {
+            PixelFormat::I420 => "I420",
+            PixelFormat::Nv12 => "NV12",
+            PixelFormat::Yuyv => "YUYV",
+            PixelFormat::Xrgb8888 => "XRGB8888",
+            PixelFormat::Argb8888 => "ARGB8888",
+        }
+    }
+
+    /// FFmpeg's name for the same memory layout (for `ffmpeg -pix_fmt`).
+    pub fn ffmpeg_name(self) -> &'static str {
+        match self {
+            PixelFormat::I420 => "yuv420p",
+            PixelFormat::Nv12 => "nv12",
+            PixelFormat::Yuyv => "yuyv422",
+            PixelFormat::Xrgb8888 => "bgr0",
+            PixelFormat::Argb8888 => "bgra",
+        }
+    }
+
+    pub fn planes(self) -> &'static [PlaneInfo] {
+        const I420: [PlaneInfo; 3] = [plane(1, 1, 1, 1), plane(2, 2, 1, 1), plane(2, 2, 1, 1)];
+        const NV12: [PlaneInfo; 2] = [plane(1, 1, 1, 1), plane(2, 2, 1, 2)];
+        const YUYV: [PlaneInfo; 1] = [plane(1, 1, 2, 4)];
+        const RGB32: [PlaneInfo; 1] = [plane(1, 1, 1, 4)];
+        match self {
+            PixelFormat::I420 => &I420,
+            PixelFormat::Nv12 => &NV12,
+            PixelFormat::Yuyv => &YUYV,
+            PixelFormat::Xrgb8888 | PixelFormat::Argb8888 => &RGB32,
+        }
+    }
+
+    pub fn is_yuv(self) -> bool {
+        matches!(
+            self,
+            PixelFormat::I420 | PixelFormat::Nv12 | PixelFormat::Yuyv
+        )
+    }
+}
+
+impl fmt::Display for PixelFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Error for an unknown pixel format name.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown pixel format {0:?}: expected one of I420 (YU12, yuv420p), NV12, YUYV (yuyv422), XRGB8888 (XR24), ARGB8888 (AR24)")]
+pub struct UnknownFormat(pub String);
+
+impl FromStr for PixelFormat {
+    type Err = UnknownFormat;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let up = s.to_ascii_uppercase();
+        Ok(match up.as_str() {
+            "I420" | "YU12" | "YUV420" | "YUV420P" => PixelFormat::I420,
+            "NV12" => PixelFormat::Nv12,
+            "YUYV" | "YUY2" | "YUYV422" => PixelFormat::Yuyv,
+            "XRGB8888" | "XR24" | "BGR0" => PixelFormat::Xrgb8888,
+            "ARGB8888" | "AR24" | "BGRA" => PixelFormat::Argb8888,
+            _ => return Err(UnknownFormat(s.to_string())),
+        })
+    }
+}
+
+/// What a frame is: pixel format, DRM modifier and size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FrameFormat {
+    pub pixel: PixelFormat,
+    pub modifier: u64,
+    pub width: u32,
+    pub height: u32,
+}
+
+impl FrameFormat {
+    pub fn linear(pixel: PixelFormat, width: u32, height: u32) -> Self {
+        Self {
+            pixel,
+            modifier: MOD_LINEAR,
+            width,
+            height,
+        }
+    }
+
+    pub fn modifier_name(&self) -> String {
+        format!("{:?}", DrmModifier::from(self.modifier))
+    }
+}
+
+impl fmt::Display for FrameFormat {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}x{}", self.pixel, self.width, self.height)?;
+        if self.modifier != MOD_LINEAR {
+            write!(f, " modifier {:#x}", self.modifier)?;
+        }
+        Ok(())
+    }
+}
+
+/// Error for a size that cannot be laid out.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LayoutError {
+    #[error("frame size {width}x{height} is out of range (1..={MAX_DIMENSION} each)")]
+    BadSize { width: u32, height: u32 },
+    #[error("alignment {0} is not a power of two")]
+    BadAlign(u64),
+}
+
+/// Where one plane lives inside its buffer object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PlaneLayout {
+    /// Byte offset of the plane's first row.
+    pub offset: u64,
+    /// Bytes from one row to the next (≥ `row_bytes`).
+    pub stride: u32,
+    /// Bytes of pixel data per row (no padding).
+    pub row_bytes: u32,
+    /// Number of rows.
+    pub rows: u32,
+}
+
+impl PlaneLayout {
+    /// Bytes from the plane's offset to the end of its last row's pixel data.
+    pub fn extent(&self) -> Option<u64> {
+        let rows = u64::from(self.rows);
+        if rows == 0 {
+            return Some(0);
+        }
+        (rows - 1)
+            .checked_mul(u64::from(self.stride))?
+            .checked_add(u64::from(self.row_bytes))
+    }
+
+    /// `stride * rows`: the plane's size including the last row's padding.
+    pub fn size(&self) -> u64 {
+        u64::from(self.stride) * u64::from(self.rows)
+    }
+}
+
+fn align_up(v: u64, align: u64) -> u64 {
+    v.div_ceil(align) * align
+}
+
+/// The minimal geometry of plane `i` of `pixel` at `width`x`height`: `(row_bytes, rows)`.
+pub fn plane_geometry(pixel: PixelFormat, i: usize, width: u32, height: u32) -> (u32, u32) {
+    let p = pixel.planes()[i];
+    let w = width.div_ceil(p.hsub);
+    let rows = height.div_ceil(p.vsub);
+    let row_bytes = w.div_ceil(p.block_w) * p.block_bytes;
+    (row_bytes, rows)
+}
+
+/// The layout of a whole frame in one buffer object.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FrameLayout {
+    pub format: FrameFormat,
+    pub planes: Vec<PlaneLayout>,
+    /// Bytes the buffer object must hold.
+    pub size: u64,
+}
+
+impl FrameLayout {
+    /// Lay planes out back to back: strides rounded up to `stride_align`, plane offsets to
+    /// `plane_align`, the total to `size_align`.
+    pub fn new(
+        format: FrameFormat,
+        stride_align: u32,
+        plane_align: u64,
+        size_align: u64,
+    ) -> Result<Self, LayoutError> {
+        let (w, h) = (format.width, format.height);
+        if w == 0 || h == 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
+            return Err(LayoutError::BadSize {
+                width: w,
+                height: h,
+            });
+        }
+        for a in [u64::from(stride_align), plane_align, size_align] {
+            if !a.is_power_of_two() {
+                return Err(LayoutError::BadAlign(a));
+            }
+        }
+        let mut planes = Vec::new();
+        let mut end = 0u64;
+        for i in 0..format.pixel.planes().len() {
+            let (row_bytes, rows) = plane_geometry(format.pixel, i, w, h);
+            let stride = align_up(u64::from(row_bytes), u64::from(stride_align)) as u32;
+            let offset = align_up(end, plane_align);
+            let p = PlaneLayout {
+                offset,
+                stride,
+                row_bytes,
+                rows,
+            };
+            end = offset + p.size();
+            planes.push(p);
+        }
+        Ok(Self {
+            format,
+            planes,
+            size: align_up(end, size_align),
+        })
+    }
+
+    /// Tightly packed: no row or plane padding (FFmpeg's `align = 1`).
+    pub fn packed(format: FrameFormat) -> Result<Self, LayoutError> {
+        Self::new(format, 1, 1, 1)
+    }
+
+    /// The layout the pool uses by default: 256-byte strides (what most GPUs require for linear
+    /// images), page-aligned planes and size (what host-pointer and per-plane imports require).
+    pub fn gpu_friendly(format: FrameFormat) -> Result<Self, LayoutError> {
+        Self::new(format, 256, 4096, 4096)
+    }
+
+    /// Bytes of pixel data in one frame, without padding (the size of a `--dump-raw` frame).
+    pub fn packed_size(&self) -> u64 {
+        self.planes
+            .iter()
+            .map(|p| u64::from(p.row_bytes) * u64::from(p.rows))
+            .sum()
+    }
+}
+
+/// The frame checksum the producer sends and consumers (CPU or GPU) recompute.
+///
+/// Over the visible bytes only (padding is undefined): for every plane `p` and row `y`, an FNV-1a
+/// style chain `h = ((p << 24) ^ y ^ 0x811c9dc5)`, then `h = (h ^ byte) * 0x01000193` for each of
+/// the row's `row_bytes` bytes; the checksum is the wrapping sum of all row hashes. Rows are
+/// independent so a GPU computes one row per invocation and adds atomically.
+pub fn frame_checksum(data: &[u8], planes: &[PlaneLayout]) -> Option<u32> {
+    let mut total = 0u32;
+    for (p, pl) in planes.iter().enumerate() {
+        total = total.wrapping_add(plane_checksum(p as u32, data, pl)?);
+    }
+    Some(total)
+}
+
+/// Plane `index`'s share of [`frame_checksum`], reading the plane from `data` (the bytes of the fd
+/// it lives in). `None` when the layout does not fit `data`.
+pub fn plane_checksum(index: u32, data: &[u8], pl: &PlaneLayout) -> Option<u32> {
+    let mut total = 0u32;
+    for y in 0..pl.rows {
+        let start = usize::try_from(pl.offset + u64::from(y) * u64::from(pl.stride)).ok()?;
+        let row = data.get(start..start.checked_add(pl.row_bytes as usize)?)?;
+        total = total.wrapping_add(row_hash(index, y, row));
+    }
+    Some(total)
+}
+
+/// One row's hash (see [`frame_checksum`]).
+#[inline]
+pub fn row_hash(plane: u32, y: u32, row: &[u8]) -> u32 {
+    let mut h = (plane << 24) ^ y ^ 0x811c_9dc5;
+    for &b in row {
+        h = (h ^ u32::from(b)).wrapping_mul(0x0100_0193);
+    }
+    h
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip() {
+        for f in PixelFormat::ALL {
+            assert_eq!(f.name().parse::<PixelFormat>().unwrap(), f);
+            assert_eq!(PixelFormat::from_fourcc(f.fourcc() as u32), Some(f));
+        }
+        assert!("RGB565".parse::<PixelFormat>().is_err());
+        assert_eq!(PixelFormat::from_fourcc(0x1234_5678), None);
+    }
+
+    #[test]
+    fn nv12_1080p_gpu_layout() {
+        let l =
+            FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 1920, 1080)).unwrap();
+        assert_eq!(l.planes[0].stride, 1920);
+        assert_eq!(l.planes[0].offset, 0);
+        assert_eq!(l.planes[1].offset, 1920 * 1080);
+        assert_eq!(l.planes[1].rows, 540);
+        assert_eq!(l.size, 3_110_400);
+        assert_eq!(l.packed_size(), 3_110_400);
+    }
+
+    #[test]
+    fn odd_sizes_round_chroma_up() {
+        let l =
+            FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::I420, 1279, 719)).unwrap();
+        assert_eq!(l.planes[0].row_bytes, 1279);
+        assert_eq!(l.planes[0].stride, 1280);
+        assert_eq!(l.planes[1].row_bytes, 640);
+        assert_eq!(l.planes[1].rows, 360);
+        assert_eq!(l.planes[1].stride, 768);
+        assert_eq!(l.planes[1].offset % 4096, 0);
+        assert_eq!(l.size % 4096, 0);
+        let y = FrameLayout::packed(FrameFormat::linear(PixelFormat::Yuyv, 1279, 719)).unwrap();
+        assert_eq!(y.planes[0].row_bytes, 2560);
+    }
+
+    #[test]
+    fn bad_sizes_are_errors() {
+        for (w, h) in [(0, 10), (10, 0), (MAX_DIMENSION + 1, 4)] {
+            assert!(FrameLayout::packed(FrameFormat::linear(PixelFormat::Nv12, w, h)).is_err());
+        }
+        assert_eq!(
+            FrameLayout::new(FrameFormat::linear(PixelFormat::Nv12, 4, 4), 3, 1, 1),
+            Err(LayoutError::BadAlign(3))
+        );
+    }
+
+    #[test]
+    fn checksum_ignores_padding_but_sees_every_pixel() {
+        let l = FrameLayout::new(FrameFormat::linear(PixelFormat::Nv12, 6, 4), 16, 64, 64).unwrap();
+        let mut data = vec![0u8; l.size as usize];
+        let base = frame_checksum(&data, &l.planes).unwrap();
+        // Padding byte (row 0, column 10 of the Y plane) does not count.
+        data[10] = 7;
+        assert_eq!(frame_checksum(&data, &l.planes).unwrap(), base);
+        // A visible pixel of either plane does, and so does swapping two rows.
+        data[5] = 1;
+        let one = frame_checksum(&data, &l.planes).unwrap();
+        assert_ne!(one, base);
+        data[5] = 0;
+        data[l.planes[1].offset as usize + 3] = 1;
+        assert_ne!(frame_checksum(&data, &l.planes).unwrap(), base);
+        // Out-of-range layouts give None instead of panicking.
+        assert_eq!(frame_checksum(&data[..10], &l.planes), None);
+    }
+}

@@ -1,0 +1,14 @@
+//! Zero-copy video frames between processes: formats, allocators, CPU mappings, a buffer pool
+//! and the wire protocol. See `docs/ARCHITECTURE.md` for how a frame flows.
+
+pub mod alloc;
+pub mod buffer;
+pub mod format;
+pub mod mapping;
+pub mod pool;
+pub mod proto;
+pub mod sys;
+pub mod time;
+
+pub use buffer::{AllocatorKind, FrameBuffer, MemoryKind};
+pub use format::{FrameFormat, FrameLayout, PixelFormat, PlaneLayout};

@@ -1,0 +1,131 @@
+//! CPU access to frame memory: a persistent mapping per fd, and access guards that bracket every
+//! read or write with `DMA_BUF_IOCTL_SYNC` on dma-bufs (restarting on `EINTR`/`EAGAIN`).
+
+use crate::buffer::MemoryKind;
+use crate::sys::dma_buf::{self, SyncAccess};
+use crate::sys::mman::MappedRegion;
+use nix::errno::Errno;
+use std::ops::{Deref, DerefMut};
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapError {
+    #[error("mmap of {len} bytes failed: {source}")]
+    Mmap { len: usize, source: Errno },
+    #[error("DMA_BUF_IOCTL_SYNC ({what}) failed: {source}")]
+    Sync { what: &'static str, source: Errno },
+    #[error("buffer is mapped read-only")]
+    ReadOnly,
+}
+
+/// A whole fd mapped into this process; unmapped on drop.
+#[derive(Debug)]
+pub struct CpuMapping {
+    fd: Arc<OwnedFd>,
+    region: MappedRegion,
+    memory: MemoryKind,
+}
+
+impl CpuMapping {
+    /// Map `len` bytes of `fd` (the caller has checked `len` against the fd's size).
+    pub fn new(
+        fd: Arc<OwnedFd>,
+        len: u64,
+        writable: bool,
+        memory: MemoryKind,
+    ) -> Result<Self, MapError> {
+        let len = usize::try_from(len).map_err(|_| MapError::Mmap {
+            len: usize::MAX,
+            source: Errno::EOVERFLOW,
+        })?;
+        let region = MappedRegion::new(fd.as_fd(), len, writable)
+            .map_err(|source| MapError::Mmap { len, source })?;
+        Ok(Self { fd, region, memory })
+    }
+
+    pub fn len(&self) -> usize {
+        self.region.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.region.is_empty()
+    }
+
+    /// Start address, for host-pointer imports (the mapping stays valid while `self` lives).
+    pub fn as_ptr(&self) -> *const u8 {
+        self.region.as_ptr()
+    }
+
+    fn sync(&self, access: SyncAccess, end: bool) -> Result<(), MapError> {
+        if self.memory == MemoryKind::DmaBuf {
+            dma_buf::sync(self.fd.as_fd(), access, end).map_err(|source| MapError::Sync {
+                what: if end { "END" } else { "START" },
+                source,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Begin a CPU read; the bracket ends when the guard drops.
+    pub fn read(&self) -> Result<ReadAccess<'_>, MapError> {
+        self.sync(SyncAccess::Read, false)?;
+        Ok(ReadAccess { map: self })
+    }
+
+    /// Begin a CPU read+write; the bracket ends when the guard drops.
+    pub fn write(&mut self) -> Result<WriteAccess<'_>, MapError> {
+        if !self.region.is_writable() {
+            return Err(MapError::ReadOnly);
+        }
+        self.sync(SyncAccess::ReadWrite, false)?;
+        Ok(WriteAccess { map: self })
+    }
+}
+
+/// A read bracket over a [`CpuMapping`]; derefs to the mapped bytes.
+pub struct ReadAccess<'a> {
+    map: &'a CpuMapping,
+}
+
+impl Deref for ReadAccess<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.map.region.as_slice()
+    }
+}
+
+impl Drop for ReadAccess<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.map.sync(SyncAccess::Read, true) {
+            tracing::warn!("{e}");
+        }
+    }
+}
+
+/// A read+write bracket over a [`CpuMapping`]; derefs to the mapped bytes.
+pub struct WriteAccess<'a> {
+    map: &'a mut CpuMapping,
+}
+
+impl Deref for WriteAccess<'_> {
+    type Target = [u8];
+    fn deref(&self) -> &[u8] {
+        self.map.region.as_slice()
+    }
+}
+
+impl DerefMut for WriteAccess<'_> {
+    fn deref_mut(&mut self) -> &mut [u8] {
+        // Checked writable when the guard was made.
+        self.map.region.as_mut_slice().unwrap_or(&mut [])
+    }
+}
+
+impl Drop for WriteAccess<'_> {
+    fn drop(&mut self) {
+        if let Err(e) = self.map.sync(SyncAccess::ReadWrite, true) {
+            tracing::warn!("{e}");
+        }
+    }
+}

@@ -1,0 +1,207 @@
+//! A fixed set of frame buffers, allocated and mapped once, handed out as [`Lease`]s.
+//!
+//! A lease is the right to fill a buffer and to keep it while consumers read it; dropping the
+//! last reference returns the buffer to the free list (share a lease between several consumers
+//! with `Arc<Lease>`). Nothing is allocated per frame.
+
+use crate::alloc::{AllocError, Allocator};
+use crate::buffer::{AllocatorKind, FrameBuffer};
+use crate::format::FrameFormat;
+use crate::mapping::{CpuMapping, MapError};
+use std::collections::VecDeque;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    #[error("allocating buffer {index} of {count}: {source}")]
+    Alloc {
+        index: usize,
+        count: usize,
+        source: AllocError,
+    },
+    #[error("mapping buffer {index}: {source}")]
+    Map { index: usize, source: MapError },
+    #[error("a pool needs at least one buffer")]
+    Empty,
+}
+
+struct Slot {
+    buffer: FrameBuffer,
+    mapping: Mutex<CpuMapping>,
+}
+
+struct Inner {
+    slots: Vec<Slot>,
+    free: Mutex<VecDeque<u32>>,
+    allocator: AllocatorKind,
+    format: FrameFormat,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The producer's buffers.
+#[derive(Clone)]
+pub struct Pool {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Pool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pool")
+            .field("allocator", &self.inner.allocator)
+            .field("format", &self.inner.format)
+            .field("buffers", &self.inner.slots.len())
+            .field("free", &self.free_count())
+            .finish()
+    }
+}
+
+impl Pool {
+    /// Allocate and map `count` buffers for `format`.
+    pub fn new(
+        allocator: &dyn Allocator,
+        format: FrameFormat,
+        count: usize,
+    ) -> Result<Self, PoolError> {
+        if count == 0 {
+            return Err(PoolError::Empty);
+        }
+        let mut slots = Vec::with_capacity(count);
+        for index in 0..count {
+            let buffer = allocator
+                .allocate(format)
+                .map_err(|source| PoolError::Alloc {
+                    index,
+                    count,
+                    source,
+                })?;
+            let mapping = CpuMapping::new(
+                buffer.fds[0].clone(),
+                buffer.fd_sizes[0],
+                true,
+                buffer.memory,
+            )
+            .map_err(|source| PoolError::Map { index, source })?;
+            slots.push(Slot {
+                buffer,
+                mapping: Mutex::new(mapping),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                slots,
+                free: Mutex::new((0..count as u32).collect()),
+                allocator: allocator.kind(),
+                format,
+            }),
+        })
+    }
+
+    pub fn len(&self) -> usize {
+        self.inner.slots.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.inner.slots.is_empty()
+    }
+
+    pub fn free_count(&self) -> usize {
+        lock(&self.inner.free).len()
+    }
+
+    pub fn allocator(&self) -> AllocatorKind {
+        self.inner.allocator
+    }
+
+    pub fn format(&self) -> FrameFormat {
+        self.inner.format
+    }
+
+    /// Buffer `id`'s descriptor.
+    pub fn buffer(&self, id: u32) -> Option<&FrameBuffer> {
+        self.inner.slots.get(id as usize).map(|s| &s.buffer)
+    }
+
+    /// The least recently returned free buffer, if any.
+    pub fn try_acquire(&self) -> Option<Lease> {
+        let id = lock(&self.inner.free).pop_front()?;
+        Some(Lease {
+            inner: self.inner.clone(),
+            id,
+        })
+    }
+}
+
+/// Exclusive use of one pool buffer until dropped.
+pub struct Lease {
+    inner: Arc<Inner>,
+    id: u32,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").field("id", &self.id).finish()
+    }
+}
+
+impl Lease {
+    pub fn id(&self) -> u32 {
+        self.id
+    }
+
+    pub fn buffer(&self) -> &FrameBuffer {
+        &self.inner.slots[self.id as usize].buffer
+    }
+
+    /// Run `f` over the buffer's bytes inside a CPU write bracket.
+    pub fn with_bytes_mut<R>(&self, f: impl FnOnce(&mut [u8]) -> R) -> Result<R, MapError> {
+        let mut mapping = lock(&self.inner.slots[self.id as usize].mapping);
+        let mut access = mapping.write()?;
+        Ok(f(&mut access))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        lock(&self.inner.free).push_back(self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::alloc::MemfdAllocator;
+    use crate::format::PixelFormat;
+
+    #[test]
+    fn leases_cycle_without_allocating() {
+        let fmt = FrameFormat::linear(PixelFormat::Nv12, 64, 48);
+        let pool = Pool::new(&MemfdAllocator::new(), fmt, 3).unwrap();
+        let a = pool.try_acquire().unwrap();
+        let b = pool.try_acquire().unwrap();
+        let c = pool.try_acquire().unwrap();
+        assert!(pool.try_acquire().is_none(), "only three buffers");
+        assert_eq!((a.id(), b.id(), c.id()), (0, 1, 2));
+        let shared = Arc::new(b);
+        let second_holder = shared.clone();
+        drop(shared);
+        assert_eq!(pool.free_count(), 0, "still held by the second holder");
+        drop(second_holder);
+        assert_eq!(pool.try_acquire().unwrap().id(), 1);
+        a.with_bytes_mut(|d| d[0] = 42).unwrap();
+        drop(a);
+        drop(c);
+        assert_eq!(pool.free_count(), 3);
+    }
+
+    #[test]
+    fn empty_pool_is_an_error() {
+        let fmt = FrameFormat::linear(PixelFormat::Nv12, 64, 48);
+        assert!(matches!(
+            Pool::new(&MemfdAllocator::new(), fmt, 0),
+            Err(PoolError::Empty)
+        ));
+    }
+}

@@ -1,0 +1,321 @@
+//! `SOCK_SEQPACKET` Unix sockets: one message per datagram, its descriptors attached to it.
+
+use super::wire::{self, Message, MAX_MESSAGE_LEN};
+use super::ProtoError;
+use crate::sys::scm;
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    bind, connect, getsockopt, listen, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
+    UnixAddr,
+};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+fn seqpacket() -> Result<OwnedFd, ProtoError> {
+    socket(
+        AddressFamily::Unix,
+        SockType::SeqPacket,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )
+    .map_err(ProtoError::io("socket(AF_UNIX, SOCK_SEQPACKET)"))
+}
+
+fn addr(path: &Path) -> Result<UnixAddr, ProtoError> {
+    UnixAddr::new(path).map_err(|e| ProtoError::Path {
+        path: path.display().to_string(),
+        source: e.into(),
+    })
+}
+
+/// Wait until `fd` is readable; `None` waits forever. `Ok(false)` on timeout.
+pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool, ProtoError> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let ms = match deadline {
+            None => PollTimeout::NONE,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
+                    .unwrap_or(PollTimeout::MAX)
+            }
+        };
+        let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
+        match poll(&mut fds, ms) {
+            Ok(0) => {
+                if deadline.is_none_or(|d| Instant::now() >= d) {
+                    return Ok(false);
+                }
+            }
+            Ok(_) => return Ok(true),
+            Err(Errno::EINTR) => {}
+            Err(e) => {
+                return Err(ProtoError::Io {
+                    op: "poll",
+                    source: e,
+                })
+            }
+        }
+    }
+}
+
+/// One connected end.
+#[derive(Debug)]
+pub struct Channel {
+    sock: OwnedFd,
+    buf: Box<[u8]>,
+}
+
+impl AsFd for Channel {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl Channel {
+    pub fn from_fd(sock: OwnedFd) -> Self {
+        Self {
+            sock,
+            buf: vec![0u8; MAX_MESSAGE_LEN].into_boxed_slice(),
+        }
+    }
+
+    /// A connected pair (for tests and in-process use).
+    pub fn pair() -> Result<(Channel, Channel), ProtoError> {
+        let (a, b) = nix::sys::socket::socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::SOCK_CLOEXEC,
+        )
+        .map_err(ProtoError::io("socketpair"))?;
+        Ok((Channel::from_fd(a), Channel::from_fd(b)))
+    }
+
+    pub fn connect(path: &Path) -> Result<Channel, ProtoError> {
+        let sock = seqpacket()?;
+        let a = addr(path)?;
+        loop {
+            match connect(std::os::fd::AsRawFd::as_raw_fd(&sock), &a) {
+                Ok(()) => return Ok(Channel::from_fd(sock)),
+                Err(Errno::EINTR) => continue,
+                Err(e) => {
+                    return Err(ProtoError::Path {
+                        path: path.display().to_string(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+    }
+
+    /// The peer's uid (`SO_PEERCRED`).
+    pub fn peer_uid(&self) -> Result<u32, ProtoError> {
+        getsockopt(&self.sock, sockopt::PeerCredentials)
+            .map(|c| c.uid())
+            .map_err(ProtoError::io("getsockopt(SO_PEERCRED)"))
+    }
+
+    /// Send raw bytes with descriptors (tests use this to speak the protocol wrongly).
+    pub fn send_raw(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), ProtoError> {
+        match scm::send(self.sock.as_fd(), bytes, fds) {
+            Ok(_) => Ok(()),
+            Err(Errno::EPIPE) | Err(Errno::ECONNRESET) => Err(ProtoError::Closed),
+            Err(e) => Err(ProtoError::Io {
+                op: "sendmsg",
+                source: e,
+            }),
+        }
+    }
+
+    pub fn send(&self, msg: &Message) -> Result<(), ProtoError> {
+        self.send_raw(&wire::encode(msg), &[])
+    }
+
+    pub fn send_with_fds(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), ProtoError> {
+        self.send_raw(&wire::encode(msg), fds)
+    }
+
+    /// Receive and decode one message, waiting at most `timeout` (`None`: forever).
+    ///
+    /// Descriptors are only accepted on `AddBuffer`, and then exactly as many as it declares;
+    /// in every error case the received descriptors are closed before returning.
+    pub fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+        what: &'static str,
+    ) -> Result<(Message, Vec<OwnedFd>), ProtoError> {
+        if !wait_readable(self.sock.as_fd(), timeout)? {
+            return Err(ProtoError::Timeout {
+                what,
+                ms: timeout.map_or(0, |t| t.as_millis() as u64),
+            });
+        }
+        self.recv_now()?.ok_or(ProtoError::Timeout { what, ms: 0 })
+    }
+
+    /// Receive one message if one is waiting.
+    pub fn try_recv(&mut self) -> Result<Option<(Message, Vec<OwnedFd>)>, ProtoError> {
+        self.recv_now()
+    }
+
+    fn recv_now(&mut self) -> Result<Option<(Message, Vec<OwnedFd>)>, ProtoError> {
+        let r = match scm::recv(self.sock.as_fd(), &mut self.buf, true) {
+            Ok(r) => r,
+            Err(Errno::EAGAIN) => return Ok(None),
+            Err(Errno::ECONNRESET) => return Err(ProtoError::Closed),
+            Err(e) => {
+                return Err(ProtoError::Io {
+                    op: "recvmsg",
+                    source: e,
+                })
+            }
+        };
+        if r.ctrunc {
+            return Err(ProtoError::TooManyFds {
+                max: scm::MAX_RECV_FDS,
+            });
+        }
+        if r.truncated {
+            return Err(ProtoError::Oversized {
+                max: MAX_MESSAGE_LEN,
+            });
+        }
+        if r.len == 0 && r.fds.is_empty() {
+            return Err(ProtoError::Closed);
+        }
+        let msg = wire::decode(&self.buf[..r.len])?;
+        let expected = match &msg {
+            Message::AddBuffer(a) => a.n_fds as usize,
+            _ => 0,
+        };
+        if r.fds.len() != expected {
+            return Err(ProtoError::FdCount {
+                msg: msg.name(),
+                count: r.fds.len(),
+                expected,
+            });
+        }
+        Ok(Some((msg, r.fds)))
+    }
+}
+
+/// How a producer's socket is created and who may connect.
+#[derive(Debug, Clone)]
+pub struct ListenerOptions {
+    /// File mode of the socket (default 0600: only the owner may connect).
+    pub mode: u32,
+    /// Extra uids allowed besides our own.
+    pub allow_uids: Vec<u32>,
+}
+
+impl Default for ListenerOptions {
+    fn default() -> Self {
+        Self {
+            mode: 0o600,
+            allow_uids: Vec::new(),
+        }
+    }
+}
+
+/// A listening socket; the socket file is removed on drop.
+#[derive(Debug)]
+pub struct Listener {
+    sock: OwnedFd,
+    path: PathBuf,
+    allow: Vec<u32>,
+}
+
+impl AsFd for Listener {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.sock.as_fd()
+    }
+}
+
+impl Listener {
+    /// Bind `path`. A stale socket file (nobody listening) is replaced; one a live producer
+    /// listens on is left alone and reported as [`ProtoError::InUse`].
+    pub fn bind(path: &Path, opts: &ListenerOptions) -> Result<Listener, ProtoError> {
+        let perr = |source: std::io::Error| ProtoError::Path {
+            path: path.display().to_string(),
+            source,
+        };
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => match Channel::connect(path) {
+                Ok(_) => {
+                    return Err(ProtoError::InUse {
+                        path: path.display().to_string(),
+                    })
+                }
+                Err(_) => {
+                    tracing::info!("removing stale socket {}", path.display());
+                    std::fs::remove_file(path).map_err(perr)?;
+                }
+            },
+            Ok(_) => {
+                return Err(perr(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "exists and is not a socket; refusing to replace it",
+                )))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(perr(e)),
+        }
+        let sock = seqpacket()?;
+        bind(std::os::fd::AsRawFd::as_raw_fd(&sock), &addr(path)?).map_err(|e| perr(e.into()))?;
+        // Nobody can connect before listen(), so setting the mode here leaves no window.
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(opts.mode)).map_err(perr)?;
+        listen(&sock, Backlog::new(16).unwrap_or(Backlog::MAXCONN))
+            .map_err(ProtoError::io("listen"))?;
+        let mut allow = opts.allow_uids.clone();
+        allow.push(nix::unistd::geteuid().as_raw());
+        Ok(Listener {
+            sock,
+            path: path.to_path_buf(),
+            allow,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Accept one connection (waiting at most `timeout`); `Ok(None)` on timeout. Peers whose
+    /// uid is not allowed are refused with an error (the connection is closed).
+    pub fn accept(&self, timeout: Option<Duration>) -> Result<Option<Channel>, ProtoError> {
+        if !wait_readable(self.sock.as_fd(), timeout)? {
+            return Ok(None);
+        }
+        let fd = loop {
+            match scm::accept(self.sock.as_fd()) {
+                Ok(fd) => break fd,
+                Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
+                Err(Errno::EAGAIN) => return Ok(None),
+                Err(e) => {
+                    return Err(ProtoError::Io {
+                        op: "accept4",
+                        source: e,
+                    })
+                }
+            }
+        };
+        let chan = Channel::from_fd(fd);
+        let uid = chan.peer_uid()?;
+        if !self.allow.contains(&uid) {
+            return Err(ProtoError::PeerRefused {
+                uid,
+                why: "not our uid and not in --allow-uid",
+            });
+        }
+        Ok(Some(chan))
+    }
+}
+
+impl Drop for Listener {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}

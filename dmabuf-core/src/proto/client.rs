@@ -1,0 +1,239 @@
+//! The consumer's end of a session: `Hello` → `Welcome` → buffers and frames, with every message
+//! checked against what came before (buffer ids in range and sent once, frames only on known
+//! buffers the consumer is not still holding, sequence numbers increasing).
+
+use super::channel::Channel;
+use super::validate::validate_add_buffer;
+use super::wire::{Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, VERSION};
+use super::ProtoError;
+use crate::buffer::FrameBuffer;
+use std::time::Duration;
+
+/// What the producer did.
+#[derive(Debug)]
+pub enum Event {
+    /// A buffer arrived (its fds are validated and owned by the client).
+    BufferAdded(u32),
+    /// A frame is ready in a buffer; call [`Client::release`] when done with it.
+    Frame(Frame),
+    /// The producer withdrew a buffer.
+    BufferRemoved(u32),
+    /// The producer ended the stream.
+    End(Goodbye),
+}
+
+#[derive(Debug)]
+pub struct Client {
+    chan: Channel,
+    welcome: Welcome,
+    buffers: Vec<Option<FrameBuffer>>,
+    /// For each buffer id, the seq of the frame the consumer still holds in it.
+    held: Vec<Option<u64>>,
+    last_seq: Option<u64>,
+}
+
+impl Client {
+    /// Say hello with `caps` and wait for the producer's `Welcome`.
+    pub fn handshake(
+        mut chan: Channel,
+        caps: Vec<Cap>,
+        timeout: Duration,
+    ) -> Result<Client, ProtoError> {
+        chan.send(&Message::Hello(Hello {
+            version: VERSION,
+            caps: caps.clone(),
+        }))?;
+        let (msg, _fds) = chan.recv(Some(timeout), "the producer's Welcome")?;
+        let welcome = match msg {
+            Message::Welcome(w) => w,
+            Message::Goodbye(g) => {
+                return Err(ProtoError::Goodbye {
+                    reason: g.reason,
+                    message: g.message,
+                })
+            }
+            other => {
+                return Err(fail(
+                    &chan,
+                    ProtoError::Unexpected {
+                        expected: "Welcome",
+                        got: other.name(),
+                    },
+                ))
+            }
+        };
+        if welcome.version != VERSION {
+            return Err(fail(
+                &chan,
+                ProtoError::Version {
+                    ours: VERSION,
+                    theirs: welcome.version,
+                },
+            ));
+        }
+        let fourcc = welcome.pixel.fourcc() as u32;
+        let ok = caps.iter().any(|c| {
+            c.fourcc == fourcc
+                && c.modifier == welcome.modifier
+                && c.memory_mask & welcome.memory.bit() != 0
+        });
+        if !ok {
+            return Err(fail(
+                &chan,
+                ProtoError::Unsupported(format!(
+                    "producer chose {} modifier {:#x} in {}, which we did not offer",
+                    welcome.pixel, welcome.modifier, welcome.memory
+                )),
+            ));
+        }
+        let n = welcome.buffer_count as usize;
+        Ok(Client {
+            chan,
+            welcome,
+            buffers: (0..n).map(|_| None).collect(),
+            held: vec![None; n],
+            last_seq: None,
+        })
+    }
+
+    pub fn welcome(&self) -> &Welcome {
+        &self.welcome
+    }
+
+    pub fn buffer(&self, id: u32) -> Option<&FrameBuffer> {
+        self.buffers.get(id as usize).and_then(|b| b.as_ref())
+    }
+
+    pub fn held_count(&self) -> usize {
+        self.held.iter().filter(|h| h.is_some()).count()
+    }
+
+    /// The next event, waiting at most `timeout` (`None`: forever). A protocol violation is
+    /// answered with a `Goodbye` naming it and returned as the error.
+    pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Event, ProtoError> {
+        let (msg, fds) = match self.chan.recv(timeout, "the producer") {
+            Ok(m) => m,
+            Err(e @ (ProtoError::Closed | ProtoError::Timeout { .. } | ProtoError::Io { .. })) => {
+                return Err(e)
+            }
+            Err(e) => return Err(fail(&self.chan, e)),
+        };
+        self.handle(msg, fds).map_err(|e| fail(&self.chan, e))
+    }
+
+    fn handle(
+        &mut self,
+        msg: Message,
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Event, ProtoError> {
+        let count = self.buffers.len();
+        match msg {
+            Message::AddBuffer(a) => {
+                let id = a.buffer_id;
+                let slot = self.buffers.get(id as usize).ok_or(ProtoError::BadBuffer {
+                    id,
+                    why: format!("id out of range (the producer announced {count} buffers)"),
+                })?;
+                if slot.is_some() {
+                    return Err(ProtoError::BadBuffer {
+                        id,
+                        why: "sent twice".into(),
+                    });
+                }
+                let buf = validate_add_buffer(&a, fds, &self.welcome)?;
+                self.buffers[id as usize] = Some(buf);
+                Ok(Event::BufferAdded(id))
+            }
+            Message::Frame(f) => {
+                let id = f.buffer_id;
+                let Some(buf) = self.buffers.get(id as usize).and_then(|b| b.as_ref()) else {
+                    return Err(ProtoError::BadFrame(format!("buffer {id} was never added")));
+                };
+                if let Some(seq) = self.held[id as usize] {
+                    return Err(ProtoError::BadFrame(format!(
+                        "buffer {id} reused while we still hold frame {seq} in it"
+                    )));
+                }
+                if f.chunks.len() != buf.layout.planes.len() {
+                    return Err(ProtoError::BadFrame(format!(
+                        "{} chunks for {} planes",
+                        f.chunks.len(),
+                        buf.layout.planes.len()
+                    )));
+                }
+                if self.last_seq.is_some_and(|s| f.seq <= s) {
+                    return Err(ProtoError::BadFrame(format!(
+                        "sequence went backwards ({} after {:?})",
+                        f.seq, self.last_seq
+                    )));
+                }
+                self.last_seq = Some(f.seq);
+                self.held[id as usize] = Some(f.seq);
+                Ok(Event::Frame(f))
+            }
+            Message::RemoveBuffer(r) => {
+                let id = r.buffer_id;
+                match self.buffers.get_mut(id as usize) {
+                    Some(slot @ Some(_)) => {
+                        if self.held[id as usize].is_some() {
+                            return Err(ProtoError::BadBuffer {
+                                id,
+                                why: "removed while we hold a frame in it".into(),
+                            });
+                        }
+                        *slot = None;
+                        Ok(Event::BufferRemoved(id))
+                    }
+                    _ => Err(ProtoError::BadBuffer {
+                        id,
+                        why: "removed but never added".into(),
+                    }),
+                }
+            }
+            Message::Goodbye(g) => Ok(Event::End(g)),
+            other => Err(ProtoError::Unexpected {
+                expected: "AddBuffer, Frame, RemoveBuffer or Goodbye",
+                got: other.name(),
+            }),
+        }
+    }
+
+    /// Hand the frame in `buffer_id` back to the producer.
+    pub fn release(&mut self, buffer_id: u32) -> Result<(), ProtoError> {
+        let seq = self
+            .held
+            .get_mut(buffer_id as usize)
+            .and_then(|h| h.take())
+            .ok_or_else(|| ProtoError::BadRelease(format!("we hold no frame in {buffer_id}")))?;
+        match self
+            .chan
+            .send(&Message::Release(Release { buffer_id, seq }))
+        {
+            // The producer may already be gone at the end of a stream.
+            Err(ProtoError::Closed) => Ok(()),
+            other => other,
+        }
+    }
+
+    /// Leave politely.
+    pub fn goodbye(&self, reason: GoodbyeReason, message: &str) {
+        let _ = self.chan.send(&Message::Goodbye(Goodbye {
+            reason,
+            message: message.to_string(),
+        }));
+    }
+}
+
+/// Tell the peer what it did wrong (best effort) and hand the error back.
+pub(crate) fn fail(chan: &Channel, e: ProtoError) -> ProtoError {
+    let reason = match e {
+        ProtoError::Version { .. } => GoodbyeReason::VersionMismatch,
+        ProtoError::Unsupported(_) => GoodbyeReason::Unsupported,
+        _ => GoodbyeReason::ProtocolError,
+    };
+    let _ = chan.send(&Message::Goodbye(Goodbye {
+        reason,
+        message: e.to_string(),
+    }));
+    e
+}

@@ -1,0 +1,701 @@
+//! The wire format: fixed little-endian layouts, no descriptors (those travel beside a message as
+//! `SCM_RIGHTS`), decoded strictly. `docs/PROTOCOL.md` documents every byte; the offsets there
+//! and here must agree (the tests pin the sizes).
+//!
+//! Decoding checks the structure of one message (magic, type, length, counts, known enum values,
+//! zero reserved fields); whether a message makes sense in the session (buffer ids in range, the
+//! right number of fds) is checked by the session code.
+
+use crate::buffer::{AllocatorKind, MemoryKind};
+use crate::format::{PixelFormat, MAX_DIMENSION};
+
+/// "DMBF" in memory.
+pub const MAGIC: u32 = u32::from_le_bytes(*b"DMBF");
+/// The protocol version this build speaks.
+pub const VERSION: u32 = 1;
+pub const HEADER_LEN: usize = 8;
+pub const MAX_CAPS: usize = 64;
+pub const MAX_PLANES: usize = 4;
+/// Descriptors allowed with one `AddBuffer`.
+pub const MAX_FDS: usize = 4;
+pub const GOODBYE_TEXT_LEN: usize = 112;
+
+pub const HELLO_FIXED_LEN: usize = 24;
+pub const CAP_LEN: usize = 16;
+pub const WELCOME_LEN: usize = 56;
+pub const PLANE_LEN: usize = 24;
+pub const ADD_BUFFER_LEN: usize = 24 + MAX_PLANES * PLANE_LEN;
+pub const CHUNK_LEN: usize = 8;
+pub const FRAME_LEN: usize = 48 + MAX_PLANES * CHUNK_LEN;
+pub const RELEASE_LEN: usize = 24;
+pub const REMOVE_BUFFER_LEN: usize = 16;
+pub const GOODBYE_LEN: usize = 16 + GOODBYE_TEXT_LEN;
+/// The longest message (a `Hello` with [`MAX_CAPS`] capabilities).
+pub const MAX_MESSAGE_LEN: usize = HELLO_FIXED_LEN + MAX_CAPS * CAP_LEN;
+
+/// `Frame.flags`: `checksum` is valid.
+pub const FRAME_FLAG_CHECKSUM: u32 = 1 << 0;
+/// `Chunk.flags`: the decoder reported this plane's data corrupt.
+pub const CHUNK_FLAG_CORRUPTED: u32 = 1 << 0;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u16)]
+pub enum MsgType {
+    Hello = 1,
+    Welcome = 2,
+    AddBuffer = 3,
+    Frame = 4,
+    Release = 5,
+    RemoveBuffer = 6,
+    Goodbye = 7,
+}
+
+impl MsgType {
+    fn from_u16(v: u16) -> Option<Self> {
+        Some(match v {
+            1 => MsgType::Hello,
+            2 => MsgType::Welcome,
+            3 => MsgType::AddBuffer,
+            4 => MsgType::Frame,
+            5 => MsgType::Release,
+            6 => MsgType::RemoveBuffer,
+            7 => MsgType::Goodbye,
+            _ => return None,
+        })
+    }
+}
+
+/// One format the consumer can import: a fourcc, a modifier, and a mask of [`MemoryKind::bit`]s.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Cap {
+    pub fourcc: u32,
+    pub memory_mask: u32,
+    pub modifier: u64,
+}
+
+/// Consumer → producer, first message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    pub version: u32,
+    pub caps: Vec<Cap>,
+}
+
+/// How the YUV values are to be read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ColorInfo {
+    /// 0 unspecified, 1 BT.601, 2 BT.709.
+    pub matrix: u8,
+    /// 0 unspecified, 1 limited (16–235), 2 full.
+    pub range: u8,
+}
+
+/// Producer → consumer, the answer to `Hello`: what will be sent.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Welcome {
+    pub version: u32,
+    pub memory: MemoryKind,
+    pub allocator: AllocatorKind,
+    pub buffer_count: u32,
+    pub pixel: PixelFormat,
+    pub width: u32,
+    pub height: u32,
+    pub fps_num: u32,
+    pub fps_den: u32,
+    pub color: ColorInfo,
+    pub modifier: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WirePlane {
+    pub fd_index: u32,
+    pub stride: u32,
+    pub offset: u64,
+    pub size: u64,
+}
+
+/// Producer → consumer, with `n_fds` descriptors: one buffer of the pool, sent once.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AddBuffer {
+    pub buffer_id: u32,
+    pub n_fds: u32,
+    pub planes: Vec<WirePlane>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Chunk {
+    pub bytes_used: u32,
+    pub flags: u32,
+}
+
+/// Producer → consumer: buffer `buffer_id` holds frame `seq`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub buffer_id: u32,
+    pub flags: u32,
+    pub seq: u64,
+    /// Presentation time in nanoseconds of the stream's clock.
+    pub pts_ns: i64,
+    /// `CLOCK_MONOTONIC` when the producer sent the message (for latency).
+    pub publish_ns: u64,
+    pub checksum: u32,
+    pub chunks: Vec<Chunk>,
+}
+
+/// Consumer → producer: done with `buffer_id` (as sent in frame `seq`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Release {
+    pub buffer_id: u32,
+    pub seq: u64,
+}
+
+/// Producer → consumer: forget `buffer_id` (renegotiation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RemoveBuffer {
+    pub buffer_id: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GoodbyeReason {
+    /// The stream ended normally.
+    EndOfStream,
+    /// The peer broke the protocol.
+    ProtocolError,
+    /// No format/memory kind in common.
+    Unsupported,
+    /// The versions differ.
+    VersionMismatch,
+    /// The sender is shutting down or leaving.
+    Leaving,
+    /// Something failed inside the sender.
+    InternalError,
+}
+
+impl GoodbyeReason {
+    pub fn wire(self) -> u32 {
+        match self {
+            GoodbyeReason::EndOfStream => 0,
+            GoodbyeReason::ProtocolError => 1,
+            GoodbyeReason::Unsupported => 2,
+            GoodbyeReason::VersionMismatch => 3,
+            GoodbyeReason::Leaving => 4,
+            GoodbyeReason::InternalError => 5,
+        }
+    }
+
+    fn from_wire(v: u32) -> Option<Self> {
+        Some(match v {
+            0 => GoodbyeReason::EndOfStream,
+            1 => GoodbyeReason::ProtocolError,
+            2 => GoodbyeReason::Unsupported,
+            3 => GoodbyeReason::VersionMismatch,
+            4 => GoodbyeReason::Leaving,
+            5 => GoodbyeReason::InternalError,
+            _ => return None,
+        })
+    }
+}
+
+/// Either side: the connection ends; `message` says why (UTF-8, at most 112 bytes).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Goodbye {
+    pub reason: GoodbyeReason,
+    pub message: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Message {
+    Hello(Hello),
+    Welcome(Welcome),
+    AddBuffer(AddBuffer),
+    Frame(Frame),
+    Release(Release),
+    RemoveBuffer(RemoveBuffer),
+    Goodbye(Goodbye),
+}
+
+impl Message {
+    pub fn msg_type(&self) -> MsgType {
+        match self {
+            Message::Hello(_) => MsgType::Hello,
+            Message::Welcome(_) => MsgType::Welcome,
+            Message::AddBuffer(_) => MsgType::AddBuffer,
+            Message::Frame(_) => MsgType::Frame,
+            Message::Release(_) => MsgType::Release,
+            Message::RemoveBuffer(_) => MsgType::RemoveBuffer,
+            Message::Goodbye(_) => MsgType::Goodbye,
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self.msg_type() {
+            MsgType::Hello => "Hello",
+            MsgType::Welcome => "Welcome",
+            MsgType::AddBuffer => "AddBuffer",
+            MsgType::Frame => "Frame",
+            MsgType::Release => "Release",
+            MsgType::RemoveBuffer => "RemoveBuffer",
+            MsgType::Goodbye => "Goodbye",
+        }
+    }
+}
+
+/// Why bytes are not a valid message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WireError {
+    #[error("message of {0} bytes is shorter than the 8-byte header")]
+    TooShort(usize),
+    #[error("bad magic {0:#010x} (expected \"DMBF\")")]
+    BadMagic(u32),
+    #[error("unknown message type {0}")]
+    UnknownType(u16),
+    #[error("header says {declared} bytes but the datagram has {actual}")]
+    LengthMismatch { declared: usize, actual: usize },
+    #[error("{msg} must be {expected} bytes, got {actual}")]
+    BadLength {
+        msg: &'static str,
+        expected: usize,
+        actual: usize,
+    },
+    #[error("{msg}: {field} = {value} is out of range")]
+    OutOfRange {
+        msg: &'static str,
+        field: &'static str,
+        value: u64,
+    },
+    #[error("{msg}: reserved field {field} is {value}, must be 0")]
+    Reserved {
+        msg: &'static str,
+        field: &'static str,
+        value: u64,
+    },
+    #[error("Goodbye text is not UTF-8")]
+    BadText,
+}
+
+struct Writer(Vec<u8>);
+
+impl Writer {
+    fn new(ty: MsgType, len: usize) -> Self {
+        let mut v = Vec::with_capacity(len);
+        v.extend_from_slice(&MAGIC.to_le_bytes());
+        v.extend_from_slice(&(ty as u16).to_le_bytes());
+        v.extend_from_slice(&(len as u16).to_le_bytes());
+        Writer(v)
+    }
+    fn u8(&mut self, v: u8) {
+        self.0.push(v);
+    }
+    fn u16(&mut self, v: u16) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u32(&mut self, v: u32) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn u64(&mut self, v: u64) {
+        self.0.extend_from_slice(&v.to_le_bytes());
+    }
+    fn zeros(&mut self, n: usize) {
+        self.0.resize(self.0.len() + n, 0);
+    }
+    fn finish(self) -> Vec<u8> {
+        let declared = u16::from_le_bytes([self.0[6], self.0[7]]) as usize;
+        debug_assert_eq!(declared, self.0.len(), "encoder wrote a wrong length");
+        self.0
+    }
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+    msg: &'static str,
+}
+
+impl<'a> Reader<'a> {
+    // Every caller has checked the message length first, so reads never run past the end.
+    fn take<const N: usize>(&mut self) -> [u8; N] {
+        let mut out = [0u8; N];
+        out.copy_from_slice(&self.buf[self.pos..self.pos + N]);
+        self.pos += N;
+        out
+    }
+    fn u8(&mut self) -> u8 {
+        self.take::<1>()[0]
+    }
+    fn u16(&mut self) -> u16 {
+        u16::from_le_bytes(self.take())
+    }
+    fn u32(&mut self) -> u32 {
+        u32::from_le_bytes(self.take())
+    }
+    fn u64(&mut self) -> u64 {
+        u64::from_le_bytes(self.take())
+    }
+    fn reserved32(&mut self, field: &'static str) -> Result<(), WireError> {
+        match self.u32() {
+            0 => Ok(()),
+            v => Err(WireError::Reserved {
+                msg: self.msg,
+                field,
+                value: v.into(),
+            }),
+        }
+    }
+    fn range(&self, field: &'static str, value: u64, ok: bool) -> Result<(), WireError> {
+        if ok {
+            Ok(())
+        } else {
+            Err(WireError::OutOfRange {
+                msg: self.msg,
+                field,
+                value,
+            })
+        }
+    }
+}
+
+fn expect_len(msg: &'static str, expected: usize, actual: usize) -> Result<(), WireError> {
+    if expected == actual {
+        Ok(())
+    } else {
+        Err(WireError::BadLength {
+            msg,
+            expected,
+            actual,
+        })
+    }
+}
+
+/// Encode a message (never fails: every value a [`Message`] can hold has an encoding, except
+/// over-long lists, which are cut to the protocol's limits, and Goodbye text, cut to 112 bytes
+/// at a character boundary).
+pub fn encode(msg: &Message) -> Vec<u8> {
+    match msg {
+        Message::Hello(h) => {
+            let caps = &h.caps[..h.caps.len().min(MAX_CAPS)];
+            let mut w = Writer::new(MsgType::Hello, HELLO_FIXED_LEN + caps.len() * CAP_LEN);
+            w.u32(h.version);
+            w.u32(caps.len() as u32);
+            w.u32(0);
+            w.u32(0);
+            for c in caps {
+                w.u32(c.fourcc);
+                w.u32(c.memory_mask);
+                w.u64(c.modifier);
+            }
+            w.finish()
+        }
+        Message::Welcome(m) => {
+            let mut w = Writer::new(MsgType::Welcome, WELCOME_LEN);
+            w.u32(m.version);
+            w.u32(m.memory.wire());
+            w.u32(m.allocator.wire());
+            w.u32(m.buffer_count);
+            w.u32(m.pixel.fourcc() as u32);
+            w.u32(m.width);
+            w.u32(m.height);
+            w.u32(m.fps_num);
+            w.u32(m.fps_den);
+            w.u8(m.color.matrix);
+            w.u8(m.color.range);
+            w.u16(0);
+            w.u64(m.modifier);
+            w.finish()
+        }
+        Message::AddBuffer(m) => {
+            let mut w = Writer::new(MsgType::AddBuffer, ADD_BUFFER_LEN);
+            let planes = &m.planes[..m.planes.len().min(MAX_PLANES)];
+            w.u32(m.buffer_id);
+            w.u32(m.n_fds);
+            w.u32(planes.len() as u32);
+            w.u32(0);
+            for p in planes {
+                w.u32(p.fd_index);
+                w.u32(p.stride);
+                w.u64(p.offset);
+                w.u64(p.size);
+            }
+            w.zeros((MAX_PLANES - planes.len()) * PLANE_LEN);
+            w.finish()
+        }
+        Message::Frame(m) => {
+            let mut w = Writer::new(MsgType::Frame, FRAME_LEN);
+            let chunks = &m.chunks[..m.chunks.len().min(MAX_PLANES)];
+            w.u32(m.buffer_id);
+            w.u32(m.flags);
+            w.u64(m.seq);
+            w.u64(m.pts_ns as u64);
+            w.u64(m.publish_ns);
+            w.u32(m.checksum);
+            w.u32(chunks.len() as u32);
+            for c in chunks {
+                w.u32(c.bytes_used);
+                w.u32(c.flags);
+            }
+            w.zeros((MAX_PLANES - chunks.len()) * CHUNK_LEN);
+            w.finish()
+        }
+        Message::Release(m) => {
+            let mut w = Writer::new(MsgType::Release, RELEASE_LEN);
+            w.u32(m.buffer_id);
+            w.u32(0);
+            w.u64(m.seq);
+            w.finish()
+        }
+        Message::RemoveBuffer(m) => {
+            let mut w = Writer::new(MsgType::RemoveBuffer, REMOVE_BUFFER_LEN);
+            w.u32(m.buffer_id);
+            w.u32(0);
+            w.finish()
+        }
+        Message::Goodbye(m) => {
+            let mut w = Writer::new(MsgType::Goodbye, GOODBYE_LEN);
+            let mut end = m.message.len().min(GOODBYE_TEXT_LEN);
+            while !m.message.is_char_boundary(end) {
+                end -= 1;
+            }
+            let text = &m.message.as_bytes()[..end];
+            w.u32(m.reason.wire());
+            w.u32(text.len() as u32);
+            w.0.extend_from_slice(text);
+            w.zeros(GOODBYE_TEXT_LEN - text.len());
+            w.finish()
+        }
+    }
+}
+
+/// Decode one datagram.
+pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
+    if buf.len() < HEADER_LEN {
+        return Err(WireError::TooShort(buf.len()));
+    }
+    let magic = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    if magic != MAGIC {
+        return Err(WireError::BadMagic(magic));
+    }
+    let ty = u16::from_le_bytes([buf[4], buf[5]]);
+    let declared = u16::from_le_bytes([buf[6], buf[7]]) as usize;
+    let ty = MsgType::from_u16(ty).ok_or(WireError::UnknownType(ty))?;
+    if declared != buf.len() {
+        return Err(WireError::LengthMismatch {
+            declared,
+            actual: buf.len(),
+        });
+    }
+    let name = match ty {
+        MsgType::Hello => "Hello",
+        MsgType::Welcome => "Welcome",
+        MsgType::AddBuffer => "AddBuffer",
+        MsgType::Frame => "Frame",
+        MsgType::Release => "Release",
+        MsgType::RemoveBuffer => "RemoveBuffer",
+        MsgType::Goodbye => "Goodbye",
+    };
+    let mut r = Reader {
+        buf,
+        pos: HEADER_LEN,
+        msg: name,
+    };
+    Ok(match ty {
+        MsgType::Hello => {
+            if buf.len() < HELLO_FIXED_LEN {
+                return Err(WireError::BadLength {
+                    msg: name,
+                    expected: HELLO_FIXED_LEN,
+                    actual: buf.len(),
+                });
+            }
+            let version = r.u32();
+            let n = r.u32() as usize;
+            r.range("n_caps", n as u64, n <= MAX_CAPS)?;
+            r.reserved32("flags")?;
+            r.reserved32("reserved")?;
+            expect_len(name, HELLO_FIXED_LEN + n * CAP_LEN, buf.len())?;
+            let caps = (0..n)
+                .map(|_| Cap {
+                    fourcc: r.u32(),
+                    memory_mask: r.u32(),
+                    modifier: r.u64(),
+                })
+                .collect();
+            Message::Hello(Hello { version, caps })
+        }
+        MsgType::Welcome => {
+            expect_len(name, WELCOME_LEN, buf.len())?;
+            let version = r.u32();
+            let mem = r.u32();
+            let memory = MemoryKind::from_wire(mem);
+            r.range("memory", mem.into(), memory.is_some())?;
+            let alloc = r.u32();
+            let allocator = AllocatorKind::from_wire(alloc);
+            r.range("allocator", alloc.into(), allocator.is_some())?;
+            let buffer_count = r.u32();
+            r.range(
+                "buffer_count",
+                buffer_count.into(),
+                (1..=256).contains(&buffer_count),
+            )?;
+            let fourcc = r.u32();
+            let pixel = PixelFormat::from_fourcc(fourcc);
+            r.range("fourcc", fourcc.into(), pixel.is_some())?;
+            let width = r.u32();
+            r.range("width", width.into(), (1..=MAX_DIMENSION).contains(&width))?;
+            let height = r.u32();
+            r.range(
+                "height",
+                height.into(),
+                (1..=MAX_DIMENSION).contains(&height),
+            )?;
+            let fps_num = r.u32();
+            let fps_den = r.u32();
+            r.range("fps_den", fps_den.into(), fps_den != 0)?;
+            let matrix = r.u8();
+            r.range("color_matrix", matrix.into(), matrix <= 2)?;
+            let range = r.u8();
+            r.range("color_range", range.into(), range <= 2)?;
+            let res = r.u16();
+            if res != 0 {
+                return Err(WireError::Reserved {
+                    msg: name,
+                    field: "reserved",
+                    value: res.into(),
+                });
+            }
+            let modifier = r.u64();
+            Message::Welcome(Welcome {
+                version,
+                memory: memory.unwrap_or(MemoryKind::Memfd),
+                allocator: allocator.unwrap_or(AllocatorKind::Memfd),
+                buffer_count,
+                pixel: pixel.unwrap_or(PixelFormat::Nv12),
+                width,
+                height,
+                fps_num,
+                fps_den,
+                color: ColorInfo { matrix, range },
+                modifier,
+            })
+        }
+        MsgType::AddBuffer => {
+            expect_len(name, ADD_BUFFER_LEN, buf.len())?;
+            let buffer_id = r.u32();
+            let n_fds = r.u32();
+            r.range("n_fds", n_fds.into(), (1..=MAX_FDS as u32).contains(&n_fds))?;
+            let n_planes = r.u32() as usize;
+            r.range(
+                "n_planes",
+                n_planes as u64,
+                (1..=MAX_PLANES).contains(&n_planes),
+            )?;
+            r.reserved32("reserved")?;
+            let mut planes = Vec::with_capacity(n_planes);
+            for i in 0..MAX_PLANES {
+                let p = WirePlane {
+                    fd_index: r.u32(),
+                    stride: r.u32(),
+                    offset: r.u64(),
+                    size: r.u64(),
+                };
+                if i < n_planes {
+                    r.range("plane.fd_index", p.fd_index.into(), p.fd_index < n_fds)?;
+                    planes.push(p);
+                } else if p
+                    != (WirePlane {
+                        fd_index: 0,
+                        stride: 0,
+                        offset: 0,
+                        size: 0,
+                    })
+                {
+                    return Err(WireError::Reserved {
+                        msg: name,
+                        field: "unused plane",
+                        value: i as u64,
+                    });
+                }
+            }
+            Message::AddBuffer(AddBuffer {
+                buffer_id,
+                n_fds,
+                planes,
+            })
+        }
+        MsgType::Frame => {
+            expect_len(name, FRAME_LEN, buf.len())?;
+            let buffer_id = r.u32();
+            let flags = r.u32();
+            r.range("flags", flags.into(), flags & !FRAME_FLAG_CHECKSUM == 0)?;
+            let seq = r.u64();
+            let pts_ns = r.u64() as i64;
+            let publish_ns = r.u64();
+            let checksum = r.u32();
+            let n = r.u32() as usize;
+            r.range("n_chunks", n as u64, (1..=MAX_PLANES).contains(&n))?;
+            let mut chunks = Vec::with_capacity(n);
+            for i in 0..MAX_PLANES {
+                let c = Chunk {
+                    bytes_used: r.u32(),
+                    flags: r.u32(),
+                };
+                if i < n {
+                    r.range(
+                        "chunk.flags",
+                        c.flags.into(),
+                        c.flags & !CHUNK_FLAG_CORRUPTED == 0,
+                    )?;
+                    chunks.push(c);
+                } else if c != Chunk::default() {
+                    return Err(WireError::Reserved {
+                        msg: name,
+                        field: "unused chunk",
+                        value: i as u64,
+                    });
+                }
+            }
+            Message::Frame(Frame {
+                buffer_id,
+                flags,
+                seq,
+                pts_ns,
+                publish_ns,
+                checksum,
+                chunks,
+            })
+        }
+        MsgType::Release => {
+            expect_len(name, RELEASE_LEN, buf.len())?;
+            let buffer_id = r.u32();
+            r.reserved32("reserved")?;
+            let seq = r.u64();
+            Message::Release(Release { buffer_id, seq })
+        }
+        MsgType::RemoveBuffer => {
+            expect_len(name, REMOVE_BUFFER_LEN, buf.len())?;
+            let buffer_id = r.u32();
+            r.reserved32("reserved")?;
+            Message::RemoveBuffer(RemoveBuffer { buffer_id })
+        }
+        MsgType::Goodbye => {
+            expect_len(name, GOODBYE_LEN, buf.len())?;
+            let code = r.u32();
+            let reason = GoodbyeReason::from_wire(code);
+            r.range("reason", code.into(), reason.is_some())?;
+            let n = r.u32() as usize;
+            r.range("text_len", n as u64, n <= GOODBYE_TEXT_LEN)?;
+            let text = &buf[r.pos..r.pos + n];
+            if buf[r.pos + n..].iter().any(|&b| b != 0) {
+                return Err(WireError::Reserved {
+                    msg: name,
+                    field: "text padding",
+                    value: 1,
+                });
+            }
+            let message = std::str::from_utf8(text)
+                .map_err(|_| WireError::BadText)?
+                .to_string();
+            Message::Goodbye(Goodbye {
+                reason: reason.unwrap_or(GoodbyeReason::ProtocolError),
+                message,
+            })
+        }
+    })
+}
