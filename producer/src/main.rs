@@ -1,1 +1,178 @@
-fn main() {}
+//! `producer`: allocates a pool of frame buffers, fills them, and serves them to consumers over
+//! a Unix socket (fds once per buffer, then small per-frame messages).
+
+mod server;
+mod source;
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser;
+use dmabuf_core::alloc::AllocChoice;
+use dmabuf_core::format::{FrameFormat, PixelFormat, MAX_DIMENSION};
+use dmabuf_core::proto::{Listener, ListenerOptions};
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Serve video frames to consumers without copying them.
+///
+/// The producer allocates a fixed pool of frame buffers (dma-buf from a dma-heap, udmabuf or
+/// GBM; or sealed memfds), draws frames into them and publishes each frame to the connected
+/// consumer as a small message naming the buffer. Each buffer's file descriptors cross the
+/// socket once per consumer (SCM_RIGHTS); the consumer releases buffers back. When a consumer
+/// leaves, the producer waits for the next one, unless --frames ended the stream.
+#[derive(Debug, Parser)]
+#[command(
+    version,
+    after_help = "Example:\n  producer --socket /tmp/frames.sock --size 1920x1080 --format NV12 --fps 60\n  consumer --socket /tmp/frames.sock --verify"
+)]
+struct Args {
+    /// Unix socket path to listen on (SOCK_SEQPACKET). A stale socket file is replaced; one a
+    /// running producer owns is not.
+    #[arg(long, default_value = "/tmp/dmabuf-frames.sock")]
+    socket: PathBuf,
+
+    /// Frame source. `pattern`: moving colour bars drawn in the pool's pixel format.
+    #[arg(long, default_value = "pattern")]
+    source: String,
+
+    /// Buffer allocator: auto (dma-heap, then udmabuf, then gbm, then memfd; it says which it
+    /// picked and why), memfd, dma-heap, udmabuf or gbm.
+    #[arg(long, default_value = "auto")]
+    alloc: AllocChoice,
+
+    /// Frame size, WIDTHxHEIGHT (odd sizes are fine).
+    #[arg(long, default_value = "1920x1080", value_parser = parse_size)]
+    size: (u32, u32),
+
+    /// Pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as YU12,
+    /// XR24 also work).
+    #[arg(long, default_value = "NV12")]
+    format: PixelFormat,
+
+    /// Frames per second to pace at (a rational such as 30000/1001 works too).
+    #[arg(long, default_value = "60", value_parser = parse_fps)]
+    fps: (u32, u32),
+
+    /// Send frames as fast as the consumer releases buffers, ignoring --fps.
+    #[arg(long)]
+    no_pace: bool,
+
+    /// Stop after this many frames to one consumer (otherwise serve forever).
+    #[arg(long)]
+    frames: Option<u64>,
+
+    /// Buffers in the pool.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
+    buffers: u32,
+
+    /// Do not compute the per-frame checksum (consumers then cannot --verify; for benchmarks).
+    #[arg(long)]
+    no_checksum: bool,
+
+    /// Socket file mode, octal.
+    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    mode: u32,
+
+    /// Also accept consumers running as this uid (repeatable). Our own uid is always allowed.
+    #[arg(long)]
+    allow_uid: Vec<u32>,
+
+    /// Seconds a consumer may keep every buffer before it is dropped.
+    #[arg(long, default_value_t = 5.0)]
+    stall_timeout: f64,
+}
+
+fn parse_size(s: &str) -> Result<(u32, u32), String> {
+    let (w, h) = s
+        .split_once(['x', 'X'])
+        .ok_or_else(|| format!("{s:?} is not WIDTHxHEIGHT"))?;
+    let w: u32 = w
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad width in {s:?}"))?;
+    let h: u32 = h
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad height in {s:?}"))?;
+    if w == 0 || h == 0 || w > MAX_DIMENSION || h > MAX_DIMENSION {
+        return Err(format!("{w}x{h}: each side must be 1..={MAX_DIMENSION}"));
+    }
+    Ok((w, h))
+}
+
+fn parse_fps(s: &str) -> Result<(u32, u32), String> {
+    let (n, d) = match s.split_once('/') {
+        Some((n, d)) => (n, d),
+        None => (s, "1"),
+    };
+    let n: u32 = n
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad frame rate {s:?}"))?;
+    let d: u32 = d
+        .trim()
+        .parse()
+        .map_err(|_| format!("bad frame rate {s:?}"))?;
+    if n == 0 || d == 0 || n / d > 1000 {
+        return Err(format!("frame rate {s:?} must be between 1/N and 1000"));
+    }
+    Ok((n, d))
+}
+
+fn parse_mode(s: &str) -> Result<u32, String> {
+    u32::from_str_radix(s, 8)
+        .ok()
+        .filter(|m| *m <= 0o777)
+        .ok_or_else(|| format!("{s:?} is not an octal file mode"))
+}
+
+fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+    if let Err(e) = run(Args::parse()) {
+        eprintln!("producer: error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn run(args: Args) -> Result<()> {
+    if args.source != "pattern" {
+        bail!(
+            "unknown source {:?}: this build serves `pattern` (decoding a file and V4L2 capture are not implemented yet)",
+            args.source
+        );
+    }
+    if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
+        bail!("--stall-timeout must be positive");
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let listener = Listener::bind(
+        &args.socket,
+        &ListenerOptions {
+            mode: args.mode,
+            allow_uids: args.allow_uid.clone(),
+        },
+    )
+    .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    let opts = server::ServeOptions {
+        format: FrameFormat::linear(args.format, args.size.0, args.size.1),
+        alloc: args.alloc,
+        buffers: args.buffers as usize,
+        fps: args.fps,
+        pace: !args.no_pace,
+        frames: args.frames,
+        checksum: !args.no_checksum,
+        hello_timeout: Duration::from_secs(5),
+        stall_timeout: Duration::from_secs_f64(args.stall_timeout),
+    };
+    server::serve(listener, opts, stop)
+}

@@ -1,0 +1,138 @@
+//! Counters, the live statistics line and the `--stats-json` report.
+
+use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::time::{Duration, Instant};
+
+/// The `--stats-json` object.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub frames: u64,
+    pub verified: u64,
+    pub mismatches: u64,
+    /// Frames the producer skipped for us (gaps in the sequence numbers).
+    pub dropped: u64,
+    /// Frames that came without a checksum while --verify was on.
+    pub unverifiable: u64,
+    pub alloc: String,
+    pub memory: String,
+    pub import_path: String,
+    pub pixel_format: String,
+    pub width: u32,
+    pub height: u32,
+    pub buffers: u32,
+    /// This process's CPU time from connect to the end, all threads, in ns.
+    pub cpu_ns: u64,
+    pub cpu_ns_per_frame: f64,
+    pub wall_ns: u64,
+    pub fps: f64,
+    /// Publish (producer) to consumer done with the frame, in microseconds.
+    pub latency_us_p50: f64,
+    pub latency_us_p99: f64,
+    pub latency_us_max: f64,
+    /// `null` when the stream ended normally, else what went wrong.
+    pub error: Option<String>,
+}
+
+pub struct Stats {
+    pub report: Report,
+    latencies_us: Vec<f64>,
+    start: Instant,
+    cpu0: u64,
+    last_seq: Option<u64>,
+    live: bool,
+    tty: bool,
+    last_line: Instant,
+    line_frames: u64,
+    line_cpu: u64,
+}
+
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() - 1) as f64 * p).round() as usize;
+    sorted[i]
+}
+
+impl Stats {
+    pub fn new(live: bool) -> Self {
+        Self {
+            report: Report::default(),
+            latencies_us: Vec::new(),
+            start: Instant::now(),
+            cpu0: process_cpu_ns(),
+            last_seq: None,
+            live,
+            tty: std::io::stderr().is_terminal(),
+            last_line: Instant::now(),
+            line_frames: 0,
+            line_cpu: process_cpu_ns(),
+        }
+    }
+
+    /// Count a frame that the consumer is done with.
+    pub fn frame(&mut self, seq: u64, publish_ns: u64) {
+        if let Some(last) = self.last_seq {
+            self.report.dropped += seq.saturating_sub(last + 1);
+        }
+        self.last_seq = Some(seq);
+        self.report.frames += 1;
+        self.line_frames += 1;
+        let lat = monotonic_ns().saturating_sub(publish_ns) as f64 / 1e3;
+        self.latencies_us.push(lat);
+        if self.live && self.last_line.elapsed() >= Duration::from_secs(1) {
+            self.print_line();
+        }
+    }
+
+    fn print_line(&mut self) {
+        let dt = self.last_line.elapsed().as_secs_f64();
+        let cpu = process_cpu_ns();
+        let fps = self.line_frames as f64 / dt;
+        let cpu_pct = (cpu - self.line_cpu) as f64 / 1e9 / dt * 100.0;
+        let recent = &self.latencies_us[self.latencies_us.len() - self.line_frames as usize..];
+        let mut r = recent.to_vec();
+        r.sort_by(f64::total_cmp);
+        let line = format!(
+            "frames {:>6} | {:6.1} fps | latency p50 {:7.1} µs p99 {:7.1} µs | consumer CPU {:5.1} % | verified {} mismatches {} dropped {}",
+            self.report.frames,
+            fps,
+            percentile(&r, 0.5),
+            percentile(&r, 0.99),
+            cpu_pct,
+            self.report.verified,
+            self.report.mismatches,
+            self.report.dropped
+        );
+        let mut err = std::io::stderr().lock();
+        if self.tty {
+            let _ = write!(err, "\r\x1b[2K{line}");
+        } else {
+            let _ = writeln!(err, "{line}");
+        }
+        let _ = err.flush();
+        self.last_line = Instant::now();
+        self.line_frames = 0;
+        self.line_cpu = cpu;
+    }
+
+    /// Close the report.
+    pub fn finish(mut self) -> Report {
+        if self.live && self.tty {
+            eprintln!();
+        }
+        let wall = self.start.elapsed();
+        self.report.wall_ns = wall.as_nanos() as u64;
+        self.report.cpu_ns = process_cpu_ns() - self.cpu0;
+        let n = self.report.frames.max(1) as f64;
+        self.report.cpu_ns_per_frame = self.report.cpu_ns as f64 / n;
+        self.report.fps = self.report.frames as f64 / wall.as_secs_f64().max(1e-9);
+        self.latencies_us.sort_by(f64::total_cmp);
+        self.report.latency_us_p50 = percentile(&self.latencies_us, 0.5);
+        self.report.latency_us_p99 = percentile(&self.latencies_us, 0.99);
+        self.report.latency_us_max = self.latencies_us.last().copied().unwrap_or(0.0);
+        self.report
+    }
+}
