@@ -90,7 +90,7 @@ fn caps() -> Vec<Cap> {
 }
 
 fn connect(args: &Args) -> Result<Channel> {
-    if !(args.connect_timeout >= 0.0) {
+    if args.connect_timeout.is_nan() || args.connect_timeout < 0.0 {
         bail!("--connect-timeout must be >= 0");
     }
     let deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout);

@@ -361,11 +361,13 @@ mod tests {
     fn nv12_1080p_gpu_layout() {
         let l =
             FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 1920, 1080)).unwrap();
-        assert_eq!(l.planes[0].stride, 1920);
+        // 1920 is not a multiple of 256: rows are padded to 2048 bytes.
+        assert_eq!(l.planes[0].stride, 2048);
+        assert_eq!(l.planes[0].row_bytes, 1920);
         assert_eq!(l.planes[0].offset, 0);
-        assert_eq!(l.planes[1].offset, 1920 * 1080);
+        assert_eq!(l.planes[1].offset, 2048 * 1080);
         assert_eq!(l.planes[1].rows, 540);
-        assert_eq!(l.size, 3_110_400);
+        assert_eq!(l.size, 2048 * 1620);
         assert_eq!(l.packed_size(), 3_110_400);
     }
 
