@@ -8,6 +8,8 @@ pub mod mapping;
 pub mod pool;
 pub mod proto;
 pub mod sys;
+#[doc(hidden)]
+pub mod testing;
 pub mod time;
 
 pub use buffer::{AllocatorKind, FrameBuffer, MemoryKind};

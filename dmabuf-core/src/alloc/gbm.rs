@@ -64,18 +64,27 @@ impl GbmAllocator {
         })
     }
 
-    /// The first `/dev/dri/card*` node that GBM accepts.
+    /// The first `/dev/dri/card*` node that GBM accepts (render nodes refuse dumb buffers).
     pub fn open_card() -> Result<Self, AllocError> {
-        let mut last = None;
+        let mut first_err = None;
         for i in 0..16 {
             let path = format!("/dev/dri/card{i}");
+            if !std::path::Path::new(&path).exists() {
+                continue;
+            }
             match Self::open(&path) {
                 Ok(a) => return Ok(a),
-                Err(e) => last = Some(e),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
             }
         }
-        Err(last
-            .unwrap_or_else(|| unavailable("/dev/dri/card*", std::io::ErrorKind::NotFound.into())))
+        Err(first_err.unwrap_or_else(|| {
+            unavailable(
+                "/dev/dri/card*",
+                std::io::Error::new(std::io::ErrorKind::NotFound, "no DRM card node"),
+            )
+        }))
     }
 
     pub fn path(&self) -> &str {

@@ -4,10 +4,8 @@
 //! rejected message can never leak them. Receiving uses `MSG_CMSG_CLOEXEC`.
 
 use nix::errno::Errno;
-use nix::sys::socket::{
-    accept4, recvmsg, sendmsg, ControlMessage, ControlMessageOwned, MsgFlags, SockFlag, UnixAddr,
-};
-use std::io::{IoSlice, IoSliceMut};
+use nix::sys::socket::{accept4, sendmsg, ControlMessage, MsgFlags, SockFlag, UnixAddr};
+use std::io::IoSlice;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 
 /// Room for this many descriptors in one received message; more sets `MSG_CTRUNC` and the kernel
@@ -27,35 +25,79 @@ pub struct Received {
     pub ctrunc: bool,
 }
 
+/// Control buffer for [`MAX_RECV_FDS`] descriptors, aligned for `cmsghdr`.
+#[repr(C, align(8))]
+struct CmsgBuf([u8; 64]);
+const _: () = assert!(
+    std::mem::size_of::<nix::libc::cmsghdr>()
+        + MAX_RECV_FDS * std::mem::size_of::<nix::libc::c_int>()
+        <= 64
+);
+
 /// Receive one datagram with up to [`MAX_RECV_FDS`] descriptors.
+///
+/// Written against libc rather than nix because nix refuses to walk the control messages when
+/// `MSG_CTRUNC` is set, yet the kernel has installed the descriptors that fit by then (and
+/// `cmsg_len` covers exactly those): they must be owned and closed, or they leak.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Result<Received, Errno> {
-    let mut iov = [IoSliceMut::new(buf)];
-    let mut space = nix::cmsg_space!([RawFd; MAX_RECV_FDS]);
-    let mut flags = MsgFlags::MSG_CMSG_CLOEXEC;
+    use nix::libc;
+    let mut cbuf = CmsgBuf([0; 64]);
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: msghdr is plain data; all-zero is a valid empty header.
+    let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = cbuf.0.as_mut_ptr().cast();
+    msg.msg_controllen = cbuf.0.len() as _;
+    let mut flags = libc::MSG_CMSG_CLOEXEC;
     if nonblocking {
-        flags |= MsgFlags::MSG_DONTWAIT;
+        flags |= libc::MSG_DONTWAIT;
     }
-    let msg = loop {
-        match recvmsg::<UnixAddr>(sock.as_raw_fd(), &mut iov, Some(&mut space), flags) {
-            Err(Errno::EINTR) => continue,
-            other => break other?,
+    let n = loop {
+        // SAFETY: `msg` points at `iov` (over `buf`) and `cbuf`, all live and writable for the
+        // call, with their true lengths.
+        let r = unsafe { libc::recvmsg(sock.as_raw_fd(), &mut msg, flags) };
+        if r >= 0 {
+            break r as usize;
+        }
+        match Errno::last() {
+            Errno::EINTR => continue,
+            e => return Err(e),
         }
     };
     let mut fds = Vec::new();
-    for cmsg in msg.cmsgs()? {
-        if let ControlMessageOwned::ScmRights(raw) = cmsg {
-            for fd in raw {
+    let ctl_start = cbuf.0.as_ptr() as usize;
+    let ctl_end = ctl_start + (msg.msg_controllen as usize).min(cbuf.0.len());
+    // SAFETY: `msg` describes the control buffer the kernel just filled.
+    let mut cmsg = unsafe { libc::CMSG_FIRSTHDR(&msg) };
+    while !cmsg.is_null() {
+        // SAFETY: CMSG_FIRSTHDR/CMSG_NXTHDR only return headers that lie inside the buffer.
+        let hdr = unsafe { &*cmsg };
+        if hdr.cmsg_level == libc::SOL_SOCKET && hdr.cmsg_type == libc::SCM_RIGHTS {
+            // SAFETY: `cmsg` is a valid header inside the buffer.
+            let data = unsafe { libc::CMSG_DATA(cmsg) } as usize;
+            let end = (cmsg as usize + hdr.cmsg_len as usize).min(ctl_end);
+            let count = end.saturating_sub(data) / std::mem::size_of::<libc::c_int>();
+            for i in 0..count {
+                let at = (data + i * std::mem::size_of::<libc::c_int>()) as *const libc::c_int;
+                // SAFETY: `at` lies within the control buffer (bounded by `end` above).
+                let raw: RawFd = unsafe { at.read_unaligned() };
                 // SAFETY: SCM_RIGHTS installed this descriptor in our table for us alone;
                 // wrapping it at once gives it exactly one owner.
-                fds.push(unsafe { OwnedFd::from_raw_fd(fd) });
+                fds.push(unsafe { OwnedFd::from_raw_fd(raw) });
             }
         }
+        // SAFETY: as for CMSG_FIRSTHDR; returns null past the last header.
+        cmsg = unsafe { libc::CMSG_NXTHDR(&msg, cmsg) };
     }
     Ok(Received {
-        len: msg.bytes,
+        len: n.min(buf.len()),
         fds,
-        truncated: msg.flags.contains(MsgFlags::MSG_TRUNC),
-        ctrunc: msg.flags.contains(MsgFlags::MSG_CTRUNC),
+        truncated: msg.msg_flags & libc::MSG_TRUNC != 0,
+        ctrunc: msg.msg_flags & libc::MSG_CTRUNC != 0,
     })
 }
 

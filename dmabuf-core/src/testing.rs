@@ -1,0 +1,45 @@
+//! Helpers shared by the test suites (not part of the API proper).
+//!
+//! Hardware tests call [`skip_or_fail`] when their device is missing: on a host without it they
+//! print `SKIP <test>: <reason>` straight to the terminal (past libtest's output capture) and
+//! return; with `DMABUF_REQUIRE_HW=1` (set inside the real-kernel lane) a missing device is a
+//! failure.
+
+use std::io::Write;
+use std::sync::{Mutex, MutexGuard};
+
+/// The environment variable that turns a hardware skip into a failure.
+pub const REQUIRE_HW_ENV: &str = "DMABUF_REQUIRE_HW";
+
+pub fn hw_required() -> bool {
+    std::env::var(REQUIRE_HW_ENV).is_ok_and(|v| v == "1")
+}
+
+/// Report a missing device: skip loudly, or panic when hardware is required.
+pub fn skip_or_fail(test: &str, why: impl std::fmt::Display) {
+    if hw_required() {
+        panic!("{test}: {why} ({REQUIRE_HW_ENV}=1: a missing device is a failure here)");
+    }
+    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+}
+
+/// Open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd")
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// Open descriptors of another process.
+pub fn fd_count_of(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Tests that count this process's fds hold this so parallel tests do not disturb the count.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
