@@ -43,7 +43,7 @@ impl Client {
             version: VERSION,
             caps: caps.clone(),
         }))?;
-        let (msg, _fds) = chan.recv(Some(timeout), "the producer's Welcome")?;
+        let (msg, _fds) = recv_or_fail(&mut chan, Some(timeout), "the producer's Welcome")?;
         let welcome = match msg {
             Message::Welcome(w) => w,
             Message::Goodbye(g) => {
@@ -111,13 +111,7 @@ impl Client {
     /// The next event, waiting at most `timeout` (`None`: forever). A protocol violation is
     /// answered with a `Goodbye` naming it and returned as the error.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Event, ProtoError> {
-        let (msg, fds) = match self.chan.recv(timeout, "the producer") {
-            Ok(m) => m,
-            Err(e @ (ProtoError::Closed | ProtoError::Timeout { .. } | ProtoError::Io { .. })) => {
-                return Err(e)
-            }
-            Err(e) => return Err(fail(&self.chan, e)),
-        };
+        let (msg, fds) = recv_or_fail(&mut self.chan, timeout, "the producer")?;
         self.handle(msg, fds).map_err(|e| fail(&self.chan, e))
     }
 
@@ -221,6 +215,21 @@ impl Client {
             reason,
             message: message.to_string(),
         }));
+    }
+}
+
+/// Receive one message; a malformed one is answered with a Goodbye naming the problem.
+pub(crate) fn recv_or_fail(
+    chan: &mut Channel,
+    timeout: Option<Duration>,
+    what: &'static str,
+) -> Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError> {
+    match chan.recv(timeout, what) {
+        Ok(m) => Ok(m),
+        Err(e @ (ProtoError::Closed | ProtoError::Timeout { .. } | ProtoError::Io { .. })) => {
+            Err(e)
+        }
+        Err(e) => Err(fail(chan, e)),
     }
 }
 

@@ -4,7 +4,7 @@
 //! when the session ends, however it ends.
 
 use super::channel::Channel;
-use super::client::fail;
+use super::client::{fail, recv_or_fail};
 use super::wire::{
     AddBuffer, Chunk, Frame, Goodbye, GoodbyeReason, Hello, Message, Welcome, WirePlane, VERSION,
 };
@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 /// Wait for the consumer's `Hello` and check its version.
 pub fn read_hello(chan: &mut Channel, timeout: Duration) -> Result<Hello, ProtoError> {
-    let (msg, _fds) = chan.recv(Some(timeout), "the consumer's Hello")?;
+    let (msg, _fds) = recv_or_fail(chan, Some(timeout), "the consumer's Hello")?;
     let hello = match msg {
         Message::Hello(h) => h,
         other => {

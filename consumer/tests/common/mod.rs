@@ -1,0 +1,160 @@
+//! Running the real binaries: `consumer` is this package's; `producer` is built beside it (by
+//! `cargo test --workspace`, or `cargo build --workspace` first).
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub fn consumer_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_consumer"))
+}
+
+pub fn producer_bin() -> PathBuf {
+    let p = consumer_bin().with_file_name("producer");
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace` (or `cargo test --workspace`) first",
+        p.display()
+    );
+    // `cargo test -p consumer` does not rebuild the producer: refuse to test an old one.
+    let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
+    for dir in ["producer/src", "producer/src/source", "dmabuf-core/src"] {
+        for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
+            let changed = e.metadata().and_then(|m| m.modified()).unwrap();
+            assert!(
+                changed <= built,
+                "{} is older than {}: run `cargo build --workspace` first",
+                p.display(),
+                e.path().display()
+            );
+        }
+    }
+    p
+}
+
+/// A unique socket path for one test.
+pub fn socket(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dmabuf-e2e-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(format!("{name}.sock"));
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+/// A producer process that is killed when dropped.
+pub struct Producer {
+    pub child: Child,
+    pub socket: PathBuf,
+}
+
+impl Producer {
+    pub fn start(socket: &Path, args: &[&str]) -> Producer {
+        let child = Command::new(producer_bin())
+            .arg("--socket")
+            .arg(socket)
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn producer");
+        let p = Producer {
+            child,
+            socket: socket.to_path_buf(),
+        };
+        let t = Instant::now();
+        while !socket.exists() {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "producer did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        p
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn alive(&mut self) -> bool {
+        self.child.try_wait().unwrap().is_none()
+    }
+
+    /// Wait for the process to exit; its stderr.
+    pub fn wait(mut self, limit: Duration) -> (std::process::ExitStatus, String) {
+        let t = Instant::now();
+        loop {
+            if let Some(st) = self.child.try_wait().unwrap() {
+                let mut err = String::new();
+                use std::io::Read;
+                self.child
+                    .stderr
+                    .take()
+                    .unwrap()
+                    .read_to_string(&mut err)
+                    .unwrap();
+                return (st, err);
+            }
+            assert!(
+                t.elapsed() < limit,
+                "producer did not exit within {limit:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Producer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Run the consumer to completion (bounded by `limit`).
+pub fn run_consumer(socket: &Path, args: &[&str], limit: Duration) -> Output {
+    let mut child = Command::new(consumer_bin())
+        .arg("--socket")
+        .arg(socket)
+        .arg("--quiet")
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consumer");
+    let t = Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if t.elapsed() > limit {
+            let _ = child.kill();
+            let out = child.wait_with_output().unwrap();
+            panic!(
+                "consumer still running after {limit:?}; stderr:\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+pub fn read_json(path: &Path) -> serde_json::Value {
+    let text =
+        std::fs::read_to_string(path).unwrap_or_else(|e| panic!("reading {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
+}
+
+/// Wait until `f()` holds, for up to `limit`.
+pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}

@@ -1,0 +1,383 @@
+//! Hostile peers against the real processes. The producer must answer each bad consumer with a
+//! Goodbye naming the problem, stay up, return to its starting fd count, and then serve a good
+//! consumer every frame verified. The consumer must refuse a bad producer with a clear error
+//! and a non-zero exit.
+
+mod common;
+use common::*;
+use dmabuf_core::alloc::sealed_memfd;
+use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat, MOD_LINEAR};
+use dmabuf_core::proto::wire::*;
+use dmabuf_core::proto::{Channel, Listener, ListenerOptions};
+use dmabuf_core::testing::fd_count_of;
+use dmabuf_core::{AllocatorKind, MemoryKind};
+use nix::fcntl::SealFlag;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::time::Duration;
+
+const T: Duration = Duration::from_secs(5);
+
+fn nv12_caps() -> Vec<Cap> {
+    vec![Cap {
+        fourcc: PixelFormat::Nv12.fourcc() as u32,
+        memory_mask: MemoryKind::Memfd.bit() | MemoryKind::DmaBuf.bit(),
+        modifier: MOD_LINEAR,
+    }]
+}
+
+fn hello() -> Message {
+    Message::Hello(Hello {
+        version: VERSION,
+        caps: nv12_caps(),
+    })
+}
+
+fn memfd(size: u64, seals: SealFlag) -> OwnedFd {
+    sealed_memfd("hostile", size, seals).unwrap()
+}
+
+/// The producer's Goodbye (skipping buffers and frames), or `None` if it just closed.
+fn goodbye(chan: &mut Channel) -> Option<Goodbye> {
+    loop {
+        match chan.recv(Some(T), "the producer's goodbye") {
+            Ok((Message::Goodbye(g), _)) => return Some(g),
+            Ok(_) => continue,
+            Err(dmabuf_core::proto::ProtoError::Closed) => return None,
+            Err(e) => panic!("waiting for goodbye: {e}"),
+        }
+    }
+}
+
+/// Handshake and wait for the first frame; returns (buffer id, seq).
+fn first_frame(chan: &mut Channel) -> (u32, u64) {
+    chan.send(&hello()).unwrap();
+    loop {
+        match chan.recv(Some(T), "a frame").unwrap() {
+            (Message::Frame(f), _) => return (f.buffer_id, f.seq),
+            (Message::Goodbye(g), _) => panic!("goodbye: {g:?}"),
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn producer_survives_hostile_consumers_and_serves_the_next() {
+    let sock = socket("hostile-consumers");
+    let mut p = Producer::start(
+        &sock,
+        &[
+            "--alloc",
+            "memfd",
+            "--size",
+            "320x240",
+            "--stall-timeout",
+            "1",
+        ],
+    );
+    let pid = p.pid();
+    // Let it settle after binding, then take its fd count.
+    std::thread::sleep(Duration::from_millis(200));
+    let base = fd_count_of(pid);
+    assert!(base > 4, "listener + pool fds expected, got {base}");
+
+    type Case = Box<dyn Fn(&mut Channel) -> Option<Goodbye>>;
+    let pipe = nix::unistd::pipe().unwrap();
+    let cases: Vec<(&str, Case, Option<&str>)> = vec![
+        (
+            "garbage instead of Hello",
+            Box::new(|c| {
+                c.send_raw(b"GET / HTTP/1.1\r\n\r\n", &[]).unwrap();
+                goodbye(c)
+            }),
+            Some("bad magic"),
+        ),
+        (
+            "wrong version",
+            Box::new(|c| {
+                c.send(&Message::Hello(Hello {
+                    version: 9,
+                    caps: nv12_caps(),
+                }))
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("version mismatch"),
+        ),
+        (
+            "Hello with a descriptor",
+            Box::new(move |c| {
+                c.send_with_fds(&hello(), &[pipe.0.as_fd()]).unwrap();
+                goodbye(c)
+            }),
+            Some("Hello carried 1 descriptor"),
+        ),
+        (
+            "Hello with 200 descriptors",
+            Box::new(|c| {
+                let fds: Vec<OwnedFd> = (0..200).map(|_| memfd(4096, SealFlag::empty())).collect();
+                let b: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
+                // The kernel caps one message at 253 fds; 200 is accepted by sendmsg.
+                c.send_with_fds(&hello(), &b).unwrap();
+                goodbye(c)
+            }),
+            Some("too many descriptors"),
+        ),
+        (
+            "oversized message",
+            Box::new(|c| {
+                c.send_raw(&[7u8; 60000], &[]).unwrap();
+                goodbye(c)
+            }),
+            Some("longer than the largest valid message"),
+        ),
+        (
+            "no format in common",
+            Box::new(|c| {
+                c.send(&Message::Hello(Hello {
+                    version: VERSION,
+                    caps: vec![Cap {
+                        fourcc: PixelFormat::Yuyv.fourcc() as u32,
+                        memory_mask: MemoryKind::Memfd.bit(),
+                        modifier: MOD_LINEAR,
+                    }],
+                }))
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("cannot take NV12"),
+        ),
+        (
+            "release of a buffer that does not exist",
+            Box::new(|c| {
+                first_frame(c);
+                c.send(&Message::Release(Release {
+                    buffer_id: 99,
+                    seq: 0,
+                }))
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("buffer 99 does not exist"),
+        ),
+        (
+            "double release",
+            Box::new(|c| {
+                let (id, seq) = first_frame(c);
+                let r = Message::Release(Release { buffer_id: id, seq });
+                c.send(&r).unwrap();
+                c.send(&r).unwrap();
+                goodbye(c)
+            }),
+            Some("double release"),
+        ),
+        (
+            "a consumer that stops releasing",
+            Box::new(|c| {
+                first_frame(c);
+                goodbye(c)
+            }),
+            Some("producer error"),
+        ),
+        (
+            "a consumer that vanishes mid-stream",
+            Box::new(|c| {
+                first_frame(c);
+                None
+            }),
+            None,
+        ),
+    ];
+    for (name, case, want) in cases {
+        let mut chan = Channel::connect(&sock).unwrap();
+        let g = case(&mut chan);
+        drop(chan);
+        if let Some(want) = want {
+            let g = g.unwrap_or_else(|| panic!("{name}: the producer closed without a goodbye"));
+            assert!(
+                g.message.to_lowercase().contains(&want.to_lowercase()),
+                "{name}: goodbye {g:?} lacks {want:?}"
+            );
+        }
+        assert!(p.alive(), "{name}: the producer died");
+        assert!(
+            eventually(Duration::from_secs(5), || fd_count_of(pid) == base),
+            "{name}: producer fd count {} != {base} at start",
+            fd_count_of(pid)
+        );
+    }
+
+    // And the next, well-behaved consumer gets every frame verified.
+    let json = sock.with_extension("json");
+    let out = run_consumer(
+        &sock,
+        &[
+            "--frames",
+            "120",
+            "--verify",
+            "--stats-json",
+            json.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = read_json(&json);
+    assert_eq!(
+        (s["frames"].as_u64(), s["verified"].as_u64()),
+        (Some(120), Some(120))
+    );
+    assert!(eventually(Duration::from_secs(5), || fd_count_of(pid) == base));
+
+    // SIGTERM: a clean exit that removes the socket file.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (st, err) = p.wait(Duration::from_secs(5));
+    assert!(st.success(), "{err}");
+    assert!(!sock.exists(), "socket file left behind");
+}
+
+/// Play a producer that sends `bad` after a good Welcome; the consumer must exit 1 naming
+/// `want`, and tell us why in a Goodbye.
+fn consumer_refuses(name: &str, memory: MemoryKind, bad: impl FnOnce(&Channel), want: &str) {
+    let sock = socket(name);
+    let listener = Listener::bind(&sock, &ListenerOptions::default()).unwrap();
+    let s2 = sock.clone();
+    let consumer =
+        std::thread::spawn(move || run_consumer(&s2, &["--verify"], Duration::from_secs(30)));
+    let mut chan = listener
+        .accept(Some(T))
+        .unwrap()
+        .expect("consumer connects");
+    match chan.recv(Some(T), "Hello").unwrap().0 {
+        Message::Hello(h) => assert!(h.caps.len() >= 5, "consumer offers every format"),
+        m => panic!("{m:?}"),
+    }
+    chan.send(&Message::Welcome(Welcome {
+        version: VERSION,
+        memory,
+        allocator: AllocatorKind::Memfd,
+        buffer_count: 2,
+        pixel: PixelFormat::Nv12,
+        width: 64,
+        height: 48,
+        fps_num: 60,
+        fps_den: 1,
+        color: ColorInfo::default(),
+        modifier: MOD_LINEAR,
+    }))
+    .unwrap();
+    bad(&chan);
+    let out = consumer.join().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{name}: {stderr}");
+    assert!(
+        stderr.contains(want),
+        "{name}: stderr lacks {want:?}:\n{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let g = goodbye(&mut chan).expect("the consumer says why");
+    assert_eq!(g.reason, GoodbyeReason::ProtocolError, "{g:?}");
+}
+
+fn add(id: u32, offset1: u64) -> Message {
+    let l = FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 64, 48)).unwrap();
+    Message::AddBuffer(AddBuffer {
+        buffer_id: id,
+        n_fds: 1,
+        planes: vec![
+            WirePlane {
+                fd_index: 0,
+                stride: l.planes[0].stride,
+                offset: 0,
+                size: l.planes[0].size(),
+            },
+            WirePlane {
+                fd_index: 0,
+                stride: l.planes[1].stride,
+                offset: offset1,
+                size: l.planes[1].size(),
+            },
+        ],
+    })
+}
+
+#[test]
+fn consumer_refuses_an_unsealed_memfd() {
+    consumer_refuses(
+        "unsealed",
+        MemoryKind::Memfd,
+        |c| {
+            let fd = memfd(65536, SealFlag::empty());
+            c.send_with_fds(&add(0, 16384), &[fd.as_fd()]).unwrap();
+        },
+        "not sealed",
+    );
+}
+
+#[test]
+fn consumer_refuses_a_layout_beyond_the_fd() {
+    consumer_refuses(
+        "beyond",
+        MemoryKind::Memfd,
+        |c| {
+            let fd = memfd(16384, SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW);
+            c.send_with_fds(&add(0, 16000), &[fd.as_fd()]).unwrap();
+        },
+        "beyond the end of fd 0",
+    );
+}
+
+#[test]
+fn consumer_refuses_a_pipe_posing_as_a_dma_buf() {
+    consumer_refuses(
+        "pipe",
+        MemoryKind::DmaBuf,
+        |c| {
+            let (r, _w) = nix::unistd::pipe().unwrap();
+            c.send_with_fds(&add(0, 16384), &[r.as_fd()]).unwrap();
+        },
+        "expected a dma-buf, got pipe:",
+    );
+}
+
+#[test]
+fn consumer_refuses_a_frame_in_an_unknown_buffer() {
+    consumer_refuses(
+        "unknown-frame",
+        MemoryKind::Memfd,
+        |c| {
+            c.send(&Message::Frame(Frame {
+                buffer_id: 1,
+                flags: 0,
+                seq: 0,
+                pts_ns: 0,
+                publish_ns: 0,
+                checksum: 0,
+                chunks: vec![Chunk::default(); 2],
+            }))
+            .unwrap();
+        },
+        "buffer 1 was never added",
+    );
+}
+
+#[test]
+fn consumer_without_a_producer_says_so() {
+    let sock = socket("nobody");
+    let t = std::time::Instant::now();
+    let out = run_consumer(
+        &sock,
+        &["--connect-timeout", "0.3"],
+        Duration::from_secs(10),
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no producer at"), "{stderr}");
+    assert!(t.elapsed() < Duration::from_secs(5));
+}
