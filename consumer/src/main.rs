@@ -64,6 +64,7 @@ fn main() {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
     let args = Args::parse();
@@ -152,6 +153,7 @@ fn run(args: &Args) -> Result<i32> {
             }
             Ok(Event::BufferRemoved(id)) => maps[id as usize] = None,
             Ok(Event::Frame(f)) => {
+                let received_ns = dmabuf_core::time::monotonic_ns();
                 let id = f.buffer_id;
                 let buf = client.buffer(id).expect("validated by the client");
                 let map = maps[id as usize].as_ref().expect("mapped when added");
@@ -180,7 +182,7 @@ fn run(args: &Args) -> Result<i32> {
                     out.write_all(&scratch).context("writing --dump-raw")?;
                 }
                 client.release(id)?;
-                stats.frame(f.seq, f.publish_ns);
+                stats.frame(f.seq, f.publish_ns, received_ns);
                 if args.frames.is_some_and(|n| stats.report.frames >= n) {
                     client.goodbye(GoodbyeReason::Leaving, "got the frames I wanted");
                     return Ok(());

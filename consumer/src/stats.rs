@@ -27,10 +27,13 @@ pub struct Report {
     pub cpu_ns_per_frame: f64,
     pub wall_ns: u64,
     pub fps: f64,
-    /// Publish (producer) to consumer done with the frame, in microseconds.
+    /// Producer's publish (`CLOCK_MONOTONIC` in the Frame message) to the consumer holding the
+    /// frame, in microseconds.
     pub latency_us_p50: f64,
     pub latency_us_p99: f64,
     pub latency_us_max: f64,
+    /// Time the consumer spent on a frame (verify, dump) before releasing it, in microseconds.
+    pub process_us_p50: f64,
     /// `null` when the stream ended normally, else what went wrong.
     pub error: Option<String>,
 }
@@ -38,6 +41,7 @@ pub struct Report {
 pub struct Stats {
     pub report: Report,
     latencies_us: Vec<f64>,
+    process_us: Vec<f64>,
     start: Instant,
     cpu0: u64,
     last_seq: Option<u64>,
@@ -61,6 +65,7 @@ impl Stats {
         Self {
             report: Report::default(),
             latencies_us: Vec::new(),
+            process_us: Vec::new(),
             start: Instant::now(),
             cpu0: process_cpu_ns(),
             last_seq: None,
@@ -72,16 +77,18 @@ impl Stats {
         }
     }
 
-    /// Count a frame that the consumer is done with.
-    pub fn frame(&mut self, seq: u64, publish_ns: u64) {
+    /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
+    pub fn frame(&mut self, seq: u64, publish_ns: u64, received_ns: u64) {
         if let Some(last) = self.last_seq {
             self.report.dropped += seq.saturating_sub(last + 1);
         }
         self.last_seq = Some(seq);
         self.report.frames += 1;
         self.line_frames += 1;
-        let lat = monotonic_ns().saturating_sub(publish_ns) as f64 / 1e3;
+        let lat = received_ns.saturating_sub(publish_ns) as f64 / 1e3;
         self.latencies_us.push(lat);
+        self.process_us
+            .push(monotonic_ns().saturating_sub(received_ns) as f64 / 1e3);
         if self.live && self.last_line.elapsed() >= Duration::from_secs(1) {
             self.print_line();
         }
@@ -133,6 +140,8 @@ impl Stats {
         self.report.latency_us_p50 = percentile(&self.latencies_us, 0.5);
         self.report.latency_us_p99 = percentile(&self.latencies_us, 0.99);
         self.report.latency_us_max = self.latencies_us.last().copied().unwrap_or(0.0);
+        self.process_us.sort_by(f64::total_cmp);
+        self.report.process_us_p50 = percentile(&self.process_us, 0.5);
         self.report
     }
 }

@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The test command: set-up, formatting, lints, then every test suite of the workspace.
+#
+#   ci/test.sh
+#
+# Host lane: memfd, sockets, both processes, FFmpeg's libavutil. Hardware-dependent tests print
+# `SKIP <test>: <reason>` here when a device is missing; the real-kernel lane runs them for real.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*" >&2; }
+
+step "set-up (ci/setup.sh)"
+ci/setup.sh
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy --all-targets -D warnings"
+cargo clippy --workspace --all-targets -- -D warnings
+
+# The integration tests run both binaries; build them all first so none is stale.
+step "cargo build --workspace --bins"
+cargo build --workspace --bins
+
+step "cargo test --workspace"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -oE '[0-9]+ failed' "$log" | awk '{s+=$1} END {print s+0}')
+skips=$(grep -c '^SKIP ' "$log" || true)
+echo
+grep '^SKIP ' "$log" | sed 's/^/  /' || true
+echo "host lane: $passed passed, $failed failed ($skips hardware checks skipped here: no such device on this kernel)"
+if [ "$rc" != 0 ]; then
+  echo "FAILED: cargo test exited $rc" >&2
+  exit "$rc"
+fi
