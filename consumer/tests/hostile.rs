@@ -176,7 +176,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
                 first_frame(c);
                 goodbye(c)
             }),
-            Some("producer error"),
+            Some("released none for 1s; dropping it"),
         ),
         (
             "a consumer that vanishes mid-stream",

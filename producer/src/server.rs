@@ -176,13 +176,15 @@ impl Server {
         );
         let end = self.stream(&mut sess);
         let (reason, text) = match &end {
-            Ok(SessionEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream"),
-            Ok(SessionEnd::Interrupted) => (GoodbyeReason::Leaving, "producer shutting down"),
-            Ok(SessionEnd::ConsumerGone) => (GoodbyeReason::Leaving, "bye"),
-            Err(_) => (GoodbyeReason::InternalError, "producer error"),
+            Ok(SessionEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream".into()),
+            Ok(SessionEnd::Interrupted) => {
+                (GoodbyeReason::Leaving, "producer shutting down".into())
+            }
+            Ok(SessionEnd::ConsumerGone) => (GoodbyeReason::Leaving, String::new()),
+            Err(e) => (GoodbyeReason::InternalError, format!("{e:#}")),
         };
         if !matches!(end, Ok(SessionEnd::ConsumerGone)) {
-            sess.finish(reason, text, Duration::from_secs(2));
+            sess.finish(reason, &text, Duration::from_secs(2));
         }
         end
     }
