@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Runs inside the virtme-ng guest (see ci/vm-lane). Usage: vm-guest.sh OUT "MODULES" TESTBIN...
+# Writes one log per test binary, a progress trail and a status file into OUT (shared rw).
+set -u
+OUT=$1; MODULES=$2; shift 2
+step() { echo "$(cut -d' ' -f1 /proc/uptime)s $*" >>"$OUT/progress"; }
+step "guest up: $(uname -r), $(nproc) cpus"
+
+# No udev here: give vng's console channels their names so its own output is not lost.
+mkdir -p /dev/virtio-ports
+for p in /sys/class/virtio-ports/*; do
+  n=$(cat "$p/name" 2>/dev/null) || continue
+  [ -n "$n" ] && ln -sf "/dev/$(basename "$p")" "/dev/virtio-ports/$n"
+done
+
+ok=1
+for m in $MODULES; do
+  step "modprobe $m"
+  if ! modprobe "$m" 2>>"$OUT/status"; then ok=0; echo "FAIL modprobe $m" >>"$OUT/status"; fi
+done
+[ $ok = 1 ] && echo "ok modules: $MODULES" >>"$OUT/status"
+{
+  echo "devices:"
+  ls -l /dev/dma_heap/ /dev/udmabuf /dev/dri/ 2>&1 | sed 's/^/  /'
+  ls /dev/video* 2>&1 | sed 's/^/  /'
+} >>"$OUT/status"
+
+export DMABUF_REQUIRE_HW=1 RUST_BACKTRACE=1
+cd /tmp
+for bin in "$@"; do
+  name=$(basename "$bin" | sed 's/-[0-9a-f]*$//')
+  step "running $name"
+  s=$(cut -d' ' -f1 /proc/uptime)
+  "$bin" --test-threads=1 >"$OUT/$name.log" 2>&1
+  rc=$?; echo "exit $rc $name ($(awk -v s="$s" '{printf "%.1f", $1 - s}' /proc/uptime) s)" >>"$OUT/status"
+done
+step "done"
