@@ -6,7 +6,7 @@
 
 mod common;
 use common::*;
-use dmabuf_core::testing::{fd_count_of, skip_or_fail};
+use dmabuf_core::testing::{fd_count_of, fd_targets_of, skip_or_fail};
 use std::time::Duration;
 
 /// Whether `device` exists; if not, skip (or fail inside the lane).
@@ -34,6 +34,7 @@ fn pipeline(test: &str, alloc: &str, format: &str, size: &str, frames: u32) {
     );
     std::thread::sleep(Duration::from_millis(300));
     let base = fd_count_of(p.pid());
+    let base_fds = fd_targets_of(p.pid());
     let json = sock.with_extension("json");
     let n = frames.to_string();
     for round in 0..2 {
@@ -59,8 +60,9 @@ fn pipeline(test: &str, alloc: &str, format: &str, size: &str, frames: u32) {
         assert!(p.alive(), "{test}: producer died");
         assert!(
             eventually(Duration::from_secs(10), || fd_count_of(p.pid()) == base),
-            "{test}: producer fds {} != {base} after a consumer left",
-            fd_count_of(p.pid())
+            "{test}: producer fds {} != {base} after a consumer left\nbefore: {base_fds:?}\nafter:  {:?}",
+            fd_count_of(p.pid()),
+            fd_targets_of(p.pid())
         );
     }
 }

@@ -43,3 +43,21 @@ static SERIAL: Mutex<()> = Mutex::new(());
 pub fn serial() -> MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+/// What each open descriptor of `pid` points at (`/proc/PID/fd/N` link targets), sorted.
+pub fn fd_targets_of(pid: u32) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.flatten()
+                .map(|e| {
+                    let t = std::fs::read_link(e.path())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_else(|_| "?".into());
+                    format!("{}→{t}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}

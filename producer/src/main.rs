@@ -8,7 +8,7 @@ use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dmabuf_core::alloc::AllocChoice;
 use dmabuf_core::format::{FrameFormat, PixelFormat, MAX_DIMENSION};
-use dmabuf_core::proto::{Listener, ListenerOptions};
+use dmabuf_core::proto::ListenerOptions;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
@@ -156,14 +156,10 @@ fn run(args: Args) -> Result<()> {
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
     }
-    let listener = Listener::bind(
-        &args.socket,
-        &ListenerOptions {
-            mode: args.mode,
-            allow_uids: args.allow_uid.clone(),
-        },
-    )
-    .with_context(|| format!("cannot listen on {}", args.socket.display()))?;
+    let listen = ListenerOptions {
+        mode: args.mode,
+        allow_uids: args.allow_uid.clone(),
+    };
     let opts = server::ServeOptions {
         format: FrameFormat::linear(args.format, args.size.0, args.size.1),
         alloc: args.alloc,
@@ -175,5 +171,5 @@ fn run(args: Args) -> Result<()> {
         hello_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs_f64(args.stall_timeout),
     };
-    server::serve(listener, opts, stop)
+    server::serve(&args.socket, &listen, opts, stop)
 }

@@ -13,9 +13,10 @@ use dmabuf_core::proto::server::{accepts, full_chunks, read_hello, Pumped, Sessi
 use dmabuf_core::proto::wire::{
     ColorInfo, Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, VERSION,
 };
-use dmabuf_core::proto::{Listener, ProtoError};
+use dmabuf_core::proto::{Listener, ListenerOptions, ProtoError};
 use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
 use dmabuf_core::{AllocatorKind, MemoryKind};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,8 +55,14 @@ struct Server {
     stop: Arc<AtomicBool>,
 }
 
-/// Serve until `--frames` completes one session or a signal sets `stop`.
-pub fn serve(listener: Listener, opts: ServeOptions, stop: Arc<AtomicBool>) -> Result<()> {
+/// Allocate the pool, then listen on `socket` (so the socket appears only once the producer can
+/// serve), and serve until `--frames` completes one session or a signal sets `stop`.
+pub fn serve(
+    socket: &Path,
+    listen: &ListenerOptions,
+    opts: ServeOptions,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
     let (allocator, why) = alloc::select(opts.alloc, opts.format)
         .with_context(|| format!("no allocator for {}", opts.format))?;
     tracing::info!("allocator: {why}");
@@ -70,6 +77,8 @@ pub fn serve(listener: Listener, opts: ServeOptions, stop: Arc<AtomicBool>) -> R
         pool.allocator(),
         layout.planes.iter().map(|p| p.stride).collect::<Vec<_>>()
     );
+    let listener = Listener::bind(socket, listen)
+        .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let mut server = Server {
         pattern: Pattern::new(opts.format.pixel, opts.format.width, opts.format.height),
         opts,
