@@ -1,12 +1,21 @@
 #!/usr/bin/env bash
-# The test command: set-up, formatting, lints, then every test suite of the workspace.
+# The test command: set-up, formatting, lints, every test suite of the workspace on this host,
+# then the hardware tests again inside the real-kernel lane (ci/vm-lane).
 #
-#   ci/test.sh
+#   ci/test.sh               # host lane + real-kernel lane
+#   ci/test.sh --host-only   # host lane only
 #
 # Host lane: memfd, sockets, both processes, FFmpeg's libavutil. Hardware-dependent tests print
-# `SKIP <test>: <reason>` here when a device is missing; the real-kernel lane runs them for real.
+# `SKIP <test>: <reason>` here when a device is missing; the real-kernel lane runs them for real
+# and fails if any is missing there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+lane=1
+case "${1:-}" in
+  --host-only) lane=0 ;;
+  "") ;;
+  *) echo "usage: ci/test.sh [--host-only]" >&2; exit 2 ;;
+esac
 
 step() { printf '\n==> %s\n' "$*" >&2; }
 
@@ -39,4 +48,9 @@ echo "host lane: $passed passed, $failed failed ($skips hardware checks skipped 
 if [ "$rc" != 0 ]; then
   echo "FAILED: cargo test exited $rc" >&2
   exit "$rc"
+fi
+
+if [ $lane = 1 ]; then
+  step "real-kernel lane (ci/vm-lane)"
+  ci/vm-lane
 fi
