@@ -13,6 +13,7 @@ use dmabuf_core::proto::client::{Client, Event};
 use dmabuf_core::proto::wire::{Cap, GoodbyeReason, FRAME_FLAG_CHECKSUM};
 use dmabuf_core::proto::{Channel, ProtoError};
 use import::cpu::MappedBuffer;
+use import::vulkan::{ImportPath, Vulkan};
 use std::io::Write;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -49,6 +50,22 @@ struct Args {
     #[arg(long)]
     dump_raw: Option<PathBuf>,
 
+    /// How frames reach the GPU: auto (probe: dmabuf-image, else dmabuf-buffer for dma-bufs;
+    /// host-pointer for memfds; copy as the last resort), dmabuf-image, dmabuf-buffer,
+    /// host-pointer, copy (a real memcpy + upload, for comparison), or cpu-map (no GPU: map the
+    /// buffers and read them on the CPU). With a GPU path, --verify runs the checksum on the GPU
+    /// over the imported memory.
+    #[arg(long, default_value = "auto")]
+    import: ImportChoice,
+
+    /// Write every Nth frame, converted to RGBA on the GPU, as a PNG into --snapshot-dir.
+    #[arg(long)]
+    snapshot_every: Option<u64>,
+
+    /// Where --snapshot-every writes (created if missing).
+    #[arg(long, default_value = "snapshots")]
+    snapshot_dir: PathBuf,
+
     /// Seconds to keep trying to connect while the producer starts.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
@@ -56,6 +73,93 @@ struct Args {
     /// No live statistics line.
     #[arg(long, short)]
     quiet: bool,
+}
+
+/// `--import`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ImportChoice {
+    Auto,
+    DmabufImage,
+    DmabufBuffer,
+    HostPointer,
+    Copy,
+    CpuMap,
+}
+
+impl ImportChoice {
+    fn forced(self) -> Option<ImportPath> {
+        match self {
+            ImportChoice::DmabufImage => Some(ImportPath::DmabufImage),
+            ImportChoice::DmabufBuffer => Some(ImportPath::DmabufBuffer),
+            ImportChoice::HostPointer => Some(ImportPath::HostPointer),
+            ImportChoice::Copy => Some(ImportPath::Copy),
+            ImportChoice::Auto | ImportChoice::CpuMap => None,
+        }
+    }
+}
+
+/// The GPU side: the device, and the path chosen once the producer's Welcome is known.
+struct Gpu {
+    vk: Vulkan,
+    path: ImportPath,
+}
+
+/// Open Vulkan for `choice`; `None` means the CPU mapping path.
+fn open_gpu(choice: ImportChoice) -> Result<Option<Vulkan>> {
+    if choice == ImportChoice::CpuMap {
+        return Ok(None);
+    }
+    match Vulkan::new(64) {
+        Ok(vk) => {
+            if let Some(path) = choice.forced() {
+                if let Some(why) = vk.lacks(path) {
+                    bail!("--import {path}: {why}");
+                }
+            }
+            Ok(Some(vk))
+        }
+        Err(e) if choice == ImportChoice::Auto => {
+            tracing::warn!("no GPU import ({e:#}); reading frames through CPU mappings instead");
+            Ok(None)
+        }
+        Err(e) => Err(e.context(format!("--import {choice:?}"))),
+    }
+}
+
+/// The path for this stream: the forced one, or the best the device offers for it.
+fn choose_path(
+    vk: &Vulkan,
+    choice: ImportChoice,
+    w: &dmabuf_core::proto::wire::Welcome,
+) -> ImportPath {
+    if let Some(p) = choice.forced() {
+        return p;
+    }
+    let fourcc = w.pixel.fourcc() as u32;
+    let offered = |p: ImportPath| {
+        vk.caps(&[p]).iter().any(|c| {
+            c.fourcc == fourcc && c.modifier == w.modifier && c.memory_mask & w.memory.bit() != 0
+        })
+    };
+    [
+        ImportPath::DmabufImage,
+        ImportPath::DmabufBuffer,
+        ImportPath::HostPointer,
+    ]
+    .into_iter()
+    .find(|&p| offered(p))
+    .unwrap_or(ImportPath::Copy)
+}
+
+fn write_png(path: &std::path::Path, width: u32, height: u32, rgba: &[u8]) -> Result<()> {
+    let file = std::io::BufWriter::new(
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+    );
+    let mut enc = png::Encoder::new(file, width, height);
+    enc.set_color(png::ColorType::Rgba);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.write_header()?.write_image_data(rgba)?;
+    Ok(())
 }
 
 fn main() {
@@ -113,10 +217,35 @@ fn connect(args: &Args) -> Result<Channel> {
 }
 
 fn run(args: &Args) -> Result<i32> {
+    let vk = open_gpu(args.import)?;
+    if vk.is_none() && args.snapshot_every.is_some() {
+        bail!("--snapshot-every converts frames on the GPU; it needs a Vulkan import path (not cpu-map)");
+    }
+    if args.snapshot_every == Some(0) {
+        bail!("--snapshot-every must be at least 1");
+    }
+    let offered = match (&vk, args.import.forced()) {
+        (None, _) => caps(),
+        (Some(vk), Some(p)) => vk.caps(&[p]),
+        (Some(vk), None) => vk.caps(&[
+            ImportPath::DmabufImage,
+            ImportPath::DmabufBuffer,
+            ImportPath::HostPointer,
+            ImportPath::Copy,
+        ]),
+    };
     let chan = connect(args)?;
-    let mut client = Client::handshake(chan, caps(), Duration::from_secs(5))
+    let mut client = Client::handshake(chan, offered, Duration::from_secs(5))
         .context("handshake with the producer")?;
     let w = client.welcome().clone();
+    let mut gpu = vk.map(|vk| Gpu {
+        path: choose_path(&vk, args.import, &w),
+        vk,
+    });
+    if args.snapshot_every.is_some() {
+        std::fs::create_dir_all(&args.snapshot_dir)
+            .with_context(|| format!("creating {}", args.snapshot_dir.display()))?;
+    }
     tracing::info!(
         "stream: {} {}x{} at {}/{} fps, {} buffers of {} ({})",
         w.pixel,
@@ -131,7 +260,11 @@ fn run(args: &Args) -> Result<i32> {
     let mut stats = stats::Stats::new(!args.quiet);
     stats.report.alloc = w.allocator.name().into();
     stats.report.memory = w.memory.name().into();
-    stats.report.import_path = "cpu-map".into();
+    stats.report.import_path = gpu.as_ref().map_or("cpu-map", |g| g.path.name()).into();
+    if let Some(g) = &gpu {
+        stats.report.vk_device = Some(g.vk.device_name.clone());
+        tracing::info!("import path: {} on {}", g.path, g.vk.device_name);
+    }
     stats.report.pixel_format = w.pixel.name().into();
     stats.report.width = w.width;
     stats.report.height = w.height;
@@ -149,19 +282,38 @@ fn run(args: &Args) -> Result<i32> {
         match client.next_event(None) {
             Ok(Event::BufferAdded(id)) => {
                 let buf = client.buffer(id).expect("just added");
-                maps[id as usize] = Some(MappedBuffer::new(buf)?);
+                match gpu.as_mut() {
+                    Some(g) => {
+                        g.vk.import(id, buf, g.path)
+                            .with_context(|| format!("importing buffer {id} ({})", g.path))?
+                    }
+                    None => maps[id as usize] = Some(MappedBuffer::new(buf)?),
+                }
+                if args.dump_raw.is_some() && maps[id as usize].is_none() {
+                    maps[id as usize] = Some(MappedBuffer::new(buf)?);
+                }
             }
-            Ok(Event::BufferRemoved(id)) => maps[id as usize] = None,
+            Ok(Event::BufferRemoved(id)) => {
+                maps[id as usize] = None;
+                if let Some(g) = gpu.as_mut() {
+                    g.vk.remove(id);
+                }
+            }
             Ok(Event::Frame(f)) => {
                 let received_ns = dmabuf_core::time::monotonic_ns();
                 let id = f.buffer_id;
                 let buf = client.buffer(id).expect("validated by the client");
-                let map = maps[id as usize].as_ref().expect("mapped when added");
+                let map = maps[id as usize].as_ref();
+                let mut checked = false;
                 if args.verify {
                     if f.flags & FRAME_FLAG_CHECKSUM == 0 {
                         stats.report.unverifiable += 1;
                     } else {
-                        let got = map.checksum(buf)?;
+                        let got = match gpu.as_mut() {
+                            Some(g) => g.vk.checksum(id, buf)?,
+                            None => map.expect("mapped when added").checksum(buf)?,
+                        };
+                        checked = true;
                         if got == f.checksum {
                             stats.report.verified += 1;
                         } else {
@@ -176,9 +328,25 @@ fn run(args: &Args) -> Result<i32> {
                         }
                     }
                 }
+                if let Some(g) = gpu.as_mut() {
+                    if !checked {
+                        // Make the frame GPU-visible even when not verifying (the copy path
+                        // copies; the zero-copy paths acquire and release the memory).
+                        g.vk.touch(id, buf)?;
+                    }
+                    if let Some(n) = args.snapshot_every {
+                        if stats.report.frames % n == 0 {
+                            let rgba = g.vk.convert(id, buf, w.color)?;
+                            let path = args.snapshot_dir.join(format!("frame-{:06}.png", f.seq));
+                            write_png(&path, w.width, w.height, &rgba)?;
+                            stats.report.snapshots.push(path.display().to_string());
+                        }
+                    }
+                }
                 if let Some(out) = dump.as_mut() {
                     scratch.clear();
-                    map.append_packed(buf, &mut scratch)?;
+                    map.expect("mapped when added")
+                        .append_packed(buf, &mut scratch)?;
                     out.write_all(&scratch).context("writing --dump-raw")?;
                 }
                 client.release(id)?;
@@ -201,6 +369,11 @@ fn run(args: &Args) -> Result<i32> {
     if let Some(mut out) = dump {
         out.flush().context("writing --dump-raw")?;
     }
+    if let Some(g) = &gpu {
+        stats.report.vk_allocations = Some(g.vk.counters.allocations);
+        stats.report.vk_imports = Some(g.vk.counters.imports);
+    }
+    stats.report.gpu_verified = gpu.is_some() && args.verify;
     let mut report = stats.finish();
     if let Err(e) = &result {
         report.error = Some(format!("{e:#}"));
@@ -222,6 +395,13 @@ fn run(args: &Args) -> Result<i32> {
         report.memory,
         report.import_path
     );
+    if let Some(first) = report.snapshots.first() {
+        eprintln!(
+            "consumer: {} PNG snapshot(s) in {} (first: {first})",
+            report.snapshots.len(),
+            args.snapshot_dir.display()
+        );
+    }
     result?;
     Ok(if report.mismatches > 0 { 3 } else { 0 })
 }

@@ -34,6 +34,16 @@ pub struct Report {
     pub latency_us_max: f64,
     /// Time the consumer spent on a frame (verify, dump) before releasing it, in microseconds.
     pub process_us_p50: f64,
+    /// The Vulkan device (null on the cpu-map path).
+    pub vk_device: Option<String>,
+    /// `vkAllocateMemory` calls and external-memory imports over the whole run (they must not
+    /// grow with the number of frames).
+    pub vk_allocations: Option<u64>,
+    pub vk_imports: Option<u64>,
+    /// Whether `verified` was computed by the GPU over the imported memory.
+    pub gpu_verified: bool,
+    /// PNG snapshots written.
+    pub snapshots: Vec<String>,
     /// `null` when the stream ended normally, else what went wrong.
     pub error: Option<String>,
 }

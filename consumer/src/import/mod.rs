@@ -2,3 +2,4 @@
 //! the Vulkan import paths come with their own issue.
 
 pub mod cpu;
+pub mod vulkan;

@@ -1,0 +1,45 @@
+// Frame imported as one image per plane to RGBA8, one invocation per pixel. Unused plane
+// bindings hold plane 0 again.
+struct Params {
+    fmt: u32,
+    width: u32,
+    height: u32,
+    matrix: u32,
+    range: u32,
+}
+@group(0) @binding(0) var t0: texture_2d<f32>;
+@group(0) @binding(1) var t1: texture_2d<f32>;
+@group(0) @binding(2) var t2: texture_2d<f32>;
+@group(0) @binding(3) var<storage, read_write> dst: array<u32>;
+var<immediate> p: Params;
+
+@compute @workgroup_size(8, 8)
+fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let x = gid.x;
+    let y = gid.y;
+    if (x >= p.width || y >= p.height) {
+        return;
+    }
+    let xy = vec2<i32>(i32(x), i32(y));
+    let c = vec2<i32>(i32(x / 2u), i32(y / 2u));
+    var out: u32;
+    if (p.fmt == 1u) {
+        out = yuv_to_rgba(textureLoad(t0, xy, 0).r * 255.0, textureLoad(t1, c, 0).r * 255.0,
+                          textureLoad(t2, c, 0).r * 255.0, p.matrix, p.range);
+    } else if (p.fmt == 2u) {
+        let uv = textureLoad(t1, c, 0).rg * 255.0;
+        out = yuv_to_rgba(textureLoad(t0, xy, 0).r * 255.0, uv.x, uv.y, p.matrix, p.range);
+    } else if (p.fmt == 3u) {
+        // R8G8B8A8 texels holding Y0 U Y1 V.
+        let t = textureLoad(t0, vec2<i32>(i32(x / 2u), i32(y)), 0) * 255.0;
+        var yv = t.x;
+        if ((x & 1u) == 1u) {
+            yv = t.z;
+        }
+        out = yuv_to_rgba(yv, t.y, t.w, p.matrix, p.range);
+    } else {
+        // B8G8R8A8 image: the texel is already (r, g, b, a).
+        out = pack_rgb(textureLoad(t0, xy, 0).rgb);
+    }
+    dst[y * p.width + x] = out;
+}
