@@ -33,6 +33,8 @@ step "cargo build --workspace --bins"
 cargo build --workspace --bins
 
 step "cargo test --workspace"
+# ci/setup.sh installed lavapipe: a missing Vulkan device is a failure here, not a skip.
+export DMABUF_REQUIRE_VULKAN=1
 log=$(mktemp)
 trap 'rm -f "$log"' EXIT
 set +e

@@ -42,6 +42,10 @@ pub struct Report {
     pub vk_imports: Option<u64>,
     /// Whether `verified` was computed by the GPU over the imported memory.
     pub gpu_verified: bool,
+    /// Open descriptors when the first frame arrived (every buffer imported) and at the end:
+    /// equal unless something leaks per frame.
+    pub fds_first_frame: usize,
+    pub fds_at_end: usize,
     /// PNG snapshots written.
     pub snapshots: Vec<String>,
     /// `null` when the stream ended normally, else what went wrong.
@@ -89,6 +93,9 @@ impl Stats {
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
     pub fn frame(&mut self, seq: u64, publish_ns: u64, received_ns: u64) {
+        if self.report.frames == 0 {
+            self.report.fds_first_frame = open_fds();
+        }
         if let Some(last) = self.last_seq {
             self.report.dropped += seq.saturating_sub(last + 1);
         }
@@ -140,6 +147,7 @@ impl Stats {
         if self.live && self.tty {
             eprintln!();
         }
+        self.report.fds_at_end = open_fds();
         let wall = self.start.elapsed();
         self.report.wall_ns = wall.as_nanos() as u64;
         self.report.cpu_ns = process_cpu_ns() - self.cpu0;
@@ -154,4 +162,8 @@ impl Stats {
         self.report.process_us_p50 = percentile(&self.process_us, 0.5);
         self.report
     }
+}
+
+fn open_fds() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }

@@ -1,0 +1,402 @@
+//! The Vulkan consumer on the host lane (lavapipe): frames imported with no CPU copy
+//! (host-pointer) or copied on purpose (copy), every frame's checksum recomputed by the GPU over
+//! the imported memory, PNG snapshots checked against a CPU reference conversion, nothing
+//! allocated or imported per frame, and clear errors.
+
+mod common;
+use common::*;
+use std::path::Path;
+use std::time::Duration;
+
+/// Skip (loudly) when this machine has no Vulkan device; the test command installs lavapipe,
+/// so under `DMABUF_REQUIRE_VULKAN=1` (set by ci/test.sh) a missing driver is a failure.
+fn vulkan_or_skip(test: &str) -> bool {
+    let ok = std::process::Command::new("vulkaninfo")
+        .arg("--summary")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
+            panic!("{test}: no Vulkan device (vulkaninfo failed) and DMABUF_REQUIRE_VULKAN=1");
+        }
+        use std::io::Write;
+        let _ = writeln!(std::io::stderr(), "SKIP {test}: no Vulkan device here");
+    }
+    ok
+}
+
+fn run(
+    name: &str,
+    producer_args: &[&str],
+    consumer_args: &[&str],
+) -> (serde_json::Value, std::process::Output) {
+    let sock = socket(name);
+    let mut pargs = vec!["--alloc", "memfd", "--no-pace"];
+    pargs.extend_from_slice(producer_args);
+    let _p = Producer::start(&sock, &pargs);
+    let json = sock.with_extension("json");
+    let mut cargs = vec!["--stats-json", json.to_str().unwrap()];
+    cargs.extend_from_slice(consumer_args);
+    let out = run_consumer(&sock, &cargs, Duration::from_secs(300));
+    let s = if json.exists() {
+        read_json(&json)
+    } else {
+        serde_json::Value::Null
+    };
+    (s, out)
+}
+
+fn gpu_verify(import: &str, format: &str, size: &str) {
+    let name = format!("vk-{import}-{format}-{size}");
+    let (s, out) = run(
+        &name,
+        &["--format", format, "--size", size],
+        &["--frames", "60", "--verify", "--import", import],
+    );
+    assert!(
+        out.status.success(),
+        "{name}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(s["import_path"], import, "{s}");
+    assert_eq!(s["gpu_verified"], true, "{s}");
+    assert_eq!(s["frames"], 60, "{s}");
+    assert_eq!(s["verified"], 60, "{s}");
+    assert_eq!(s["mismatches"], 0, "{s}");
+    assert_eq!(
+        s["fds_first_frame"], s["fds_at_end"],
+        "{name}: fds grew: {s}"
+    );
+}
+
+#[test]
+fn host_pointer_frames_are_verified_by_the_gpu() {
+    if !vulkan_or_skip("host_pointer_frames_are_verified_by_the_gpu") {
+        return;
+    }
+    for f in ["NV12", "I420", "XRGB8888"] {
+        for size in ["1920x1080", "1279x719"] {
+            gpu_verify("host-pointer", f, size);
+        }
+    }
+}
+
+#[test]
+fn copied_frames_are_verified_by_the_gpu() {
+    if !vulkan_or_skip("copied_frames_are_verified_by_the_gpu") {
+        return;
+    }
+    for f in ["NV12", "I420", "XRGB8888"] {
+        for size in ["1920x1080", "1279x719"] {
+            gpu_verify("copy", f, size);
+        }
+    }
+}
+
+/// BT.709 limited range to RGB, the CPU reference for the GPU conversion.
+fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
+    let y = (f32::from(y) - 16.0) / 219.0;
+    let cb = (f32::from(u) - 128.0) / 224.0;
+    let cr = (f32::from(v) - 128.0) / 224.0;
+    let (kr, kb) = (0.2126, 0.0722);
+    let r = y + 2.0 * (1.0 - kr) * cr;
+    let b = y + 2.0 * (1.0 - kb) * cb;
+    let g = (y - kr * r - kb * b) / (1.0 - kr - kb);
+    [r, g, b].map(|c| (c.clamp(0.0, 1.0) * 255.0).round() as u8)
+}
+
+/// RGB of every pixel of the first frame of a `--dump-raw` file (tightly packed planes).
+fn reference(format: &str, w: usize, h: usize, raw: &[u8]) -> Vec<[u8; 3]> {
+    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let mut out = Vec::with_capacity(w * h);
+    for y in 0..h {
+        for x in 0..w {
+            out.push(match format {
+                "NV12" => {
+                    let uv = w * h + (y / 2) * cw * 2 + (x / 2) * 2;
+                    yuv_to_rgb(raw[y * w + x], raw[uv], raw[uv + 1])
+                }
+                "I420" => {
+                    let c = (y / 2) * cw + x / 2;
+                    yuv_to_rgb(raw[y * w + x], raw[w * h + c], raw[w * h + cw * ch + c])
+                }
+                "YUYV" => {
+                    let a = y * cw * 4 + (x / 2) * 4;
+                    yuv_to_rgb(raw[a + (x & 1) * 2], raw[a + 1], raw[a + 3])
+                }
+                _ => {
+                    let a = (y * w + x) * 4;
+                    [raw[a + 2], raw[a + 1], raw[a]]
+                }
+            });
+        }
+    }
+    out
+}
+
+fn read_png(path: &Path) -> (u32, u32, Vec<u8>) {
+    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).unwrap()));
+    let mut reader = dec.read_info().unwrap();
+    let mut buf = vec![0; reader.output_buffer_size()];
+    let info = reader.next_frame(&mut buf).unwrap();
+    assert_eq!(info.color_type, png::ColorType::Rgba);
+    buf.truncate(info.buffer_size());
+    (info.width, info.height, buf)
+}
+
+#[test]
+fn snapshots_match_a_cpu_reference_and_look_right() {
+    if !vulkan_or_skip("snapshots_match_a_cpu_reference_and_look_right") {
+        return;
+    }
+    for (import, format, size) in [
+        ("host-pointer", "NV12", "1279x719"),
+        ("host-pointer", "I420", "640x360"),
+        ("host-pointer", "YUYV", "641x361"),
+        ("copy", "XRGB8888", "1280x720"),
+    ] {
+        let name = format!("snap-{import}-{format}-{size}");
+        let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let raw = dir.with_extension("raw");
+        let (s, out) = run(
+            &name,
+            &["--format", format, "--size", size],
+            &[
+                "--frames",
+                "1",
+                "--import",
+                import,
+                "--snapshot-every",
+                "1",
+                "--snapshot-dir",
+                dir.to_str().unwrap(),
+                "--dump-raw",
+                raw.to_str().unwrap(),
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let png = dir.join("frame-000000.png");
+        assert_eq!(s["snapshots"][0], png.to_str().unwrap(), "{s}");
+        let (w, h, rgba) = read_png(&png);
+        let (ew, eh) = size.split_once('x').unwrap();
+        assert_eq!((w, h), (ew.parse().unwrap(), eh.parse().unwrap()));
+        let want = reference(
+            format,
+            w as usize,
+            h as usize,
+            &std::fs::read(&raw).unwrap(),
+        );
+        let mut worst = 0i32;
+        for (i, px) in rgba.chunks_exact(4).enumerate() {
+            assert_eq!(px[3], 255);
+            for c in 0..3 {
+                worst = worst.max((i32::from(px[c]) - i32::from(want[i][c])).abs());
+            }
+        }
+        assert!(
+            worst <= 2,
+            "{name}: GPU and CPU conversions differ by up to {worst}"
+        );
+        // What a person sees: 75 % bars left to right along the top, right way up.
+        let bars = [
+            [191, 191, 191],
+            [191, 191, 0],
+            [0, 191, 191],
+            [0, 191, 0],
+            [191, 0, 191],
+            [191, 0, 0],
+            [0, 0, 191],
+            [0, 0, 0],
+        ];
+        let y = h as usize / 8;
+        for (b, want) in bars.iter().enumerate() {
+            let x = (2 * b + 1) * w as usize / 16;
+            let px = &rgba[(y * w as usize + x) * 4..][..3];
+            for c in 0..3 {
+                assert!(
+                    (i32::from(px[c]) - want[c]).abs() <= 4,
+                    "{name}: bar {b} at ({x},{y}) is {px:?}, want {want:?}"
+                );
+            }
+        }
+        // The bottom quarter is a grey ramp.
+        let row = (h as usize * 7 / 8) * w as usize;
+        let px = &rgba[(row + w as usize / 3) * 4..][..3];
+        assert!(
+            px[0].abs_diff(px[1]) <= 2 && px[1].abs_diff(px[2]) <= 2,
+            "{px:?}"
+        );
+    }
+}
+
+#[test]
+fn nothing_is_allocated_or_imported_per_frame() {
+    if !vulkan_or_skip("nothing_is_allocated_or_imported_per_frame") {
+        return;
+    }
+    for import in ["host-pointer", "copy"] {
+        let mut seen = Vec::new();
+        for frames in ["20", "400"] {
+            let (s, out) = run(
+                &format!("alloc-{import}-{frames}"),
+                &["--size", "640x360"],
+                &["--frames", frames, "--verify", "--import", import],
+            );
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert_eq!(s["verified"], frames.parse::<u64>().unwrap());
+            seen.push((s["vk_allocations"].clone(), s["vk_imports"].clone()));
+            assert_eq!(s["fds_first_frame"], s["fds_at_end"], "{s}");
+        }
+        assert_eq!(
+            seen[0], seen[1],
+            "{import}: allocations/imports grew with frames"
+        );
+        if import == "host-pointer" {
+            // One import per pool buffer (4), each made once.
+            assert_eq!(seen[0].1, 4, "{seen:?}");
+        } else {
+            assert_eq!(seen[0].1, 0, "{seen:?}");
+        }
+    }
+}
+
+#[test]
+fn a_thousand_frames_and_a_restart_leak_nothing() {
+    if !vulkan_or_skip("a_thousand_frames_and_a_restart_leak_nothing") {
+        return;
+    }
+    let sock = socket("vk-restart");
+    let mut p = Producer::start(
+        &sock,
+        &["--alloc", "memfd", "--no-pace", "--size", "320x240"],
+    );
+    std::thread::sleep(Duration::from_millis(200));
+    let base = dmabuf_core::testing::fd_count_of(p.pid());
+    for round in 0..2 {
+        let json = sock.with_extension(format!("{round}.json"));
+        let out = run_consumer(
+            &sock,
+            &[
+                "--frames",
+                "1000",
+                "--verify",
+                "--import",
+                "host-pointer",
+                "--stats-json",
+                json.to_str().unwrap(),
+            ],
+            Duration::from_secs(300),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let s = read_json(&json);
+        assert_eq!(s["verified"], 1000);
+        assert_eq!(s["fds_first_frame"], s["fds_at_end"], "{s}");
+        assert!(p.alive());
+        assert!(eventually(Duration::from_secs(5), || {
+            dmabuf_core::testing::fd_count_of(p.pid()) == base
+        }));
+    }
+}
+
+#[test]
+fn impossible_choices_are_clear_errors() {
+    if !vulkan_or_skip("impossible_choices_are_clear_errors") {
+        return;
+    }
+    // lavapipe on this kernel has no VK_EXT_image_drm_format_modifier.
+    let has_modifier = std::process::Command::new("vulkaninfo")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains("VK_EXT_image_drm_format_modifier"))
+        .unwrap_or(false);
+    if !has_modifier {
+        let (_, out) = run(
+            "no-modifier",
+            &["--size", "64x64"],
+            &["--import", "dmabuf-image"],
+        );
+        let e = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{e}");
+        assert!(e.contains("lacks VK_EXT_image_drm_format_modifier"), "{e}");
+    }
+    // A dma-buf-only path against a memfd producer: no format in common, said by both ends.
+    let (_, out) = run(
+        "buffer-vs-memfd",
+        &["--size", "64x64"],
+        &["--import", "dmabuf-buffer"],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("cannot take NV12 64x64 in memfd"), "{e}");
+    // Snapshots need the GPU.
+    let (_, out) = run(
+        "snap-cpu",
+        &["--size", "64x64"],
+        &["--import", "cpu-map", "--snapshot-every", "1"],
+    );
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(e.contains("needs a Vulkan import path"), "{e}");
+}
+
+#[test]
+fn no_vulkan_driver_is_a_clear_error_or_a_cpu_fallback() {
+    let none = "/nonexistent/icd.json";
+    let sock = socket("no-driver");
+    let _p = Producer::start(&sock, &["--alloc", "memfd", "--size", "64x64", "--no-pace"]);
+    let out = std::process::Command::new(consumer_bin())
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "-q",
+            "--import",
+            "host-pointer",
+            "--frames",
+            "1",
+        ])
+        .env("VK_ICD_FILENAMES", none)
+        .env("VK_DRIVER_FILES", none)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("no Vulkan driver") || e.contains("vkCreateInstance"),
+        "{e}"
+    );
+    // auto falls back to reading frames through CPU mappings, and says so.
+    let json = sock.with_extension("json");
+    let out = std::process::Command::new(consumer_bin())
+        .args([
+            "--socket",
+            sock.to_str().unwrap(),
+            "-q",
+            "--frames",
+            "5",
+            "--verify",
+            "--stats-json",
+            json.to_str().unwrap(),
+        ])
+        .env("VK_ICD_FILENAMES", none)
+        .env("VK_DRIVER_FILES", none)
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{e}");
+    assert!(e.contains("no GPU import"), "{e}");
+    let s = read_json(&json);
+    assert_eq!(s["import_path"], "cpu-map");
+    assert_eq!(s["verified"], 5);
+}
