@@ -50,13 +50,15 @@ fn pipeline_with(
     let base_fds = fd_targets_of(p.pid());
     let json = sock.with_extension("json");
     let n = frames.to_string();
-    for round in 0..2 {
+    for round in 0..rounds {
         let out = run_consumer(
             &sock,
             &[
                 "--frames",
                 &n,
                 "--verify",
+                "--import",
+                import,
                 "--stats-json",
                 json.to_str().unwrap(),
             ],
