@@ -5,7 +5,10 @@
 #   DEMO_FORMAT=NV12  DEMO_SIZE=1920x1080  DEMO_FPS=60  DEMO_FRAMES=600  DEMO_ALLOC=auto
 #
 # Today it serves the synthetic pattern (the bundled clip becomes the default when decoding
-# lands). Statistics go to target/demo/stats.json, the producer's log to target/demo/producer.log.
+# lands). The consumer imports the frames into Vulkan (lavapipe when there is no GPU), verifies
+# every frame's checksum on the GPU and writes a PNG snapshot every 150 frames to
+# target/demo/snapshots. Statistics go to target/demo/stats.json, the producer's log to
+# target/demo/producer.log.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -36,14 +39,16 @@ target/release/producer --socket "$sock" --source pattern --alloc "$ALLOC" --for
   --size "$SIZE" --fps "$FPS" --frames "$FRAMES" 2>"$out/producer.log" &
 producer_pid=$!
 
-echo "==> consumer: verifying every frame against the producer's checksum" >&2
+echo "==> consumer: Vulkan import, every frame's checksum verified on the GPU" >&2
+rm -rf "$out/snapshots"
 set +e
-target/release/consumer --socket "$sock" --verify --stats-json "$out/stats.json"
+target/release/consumer --socket "$sock" --verify --stats-json "$out/stats.json" \
+  --snapshot-every 150 --snapshot-dir "$out/snapshots"
 rc=$?
 set -e
 wait "$producer_pid" 2>/dev/null || true
 producer_pid=""
 echo >&2
 grep -E "allocator:|sent [0-9]+ frames" "$out/producer.log" | sed -E 's/^.*(INFO|WARN) +/producer: /' >&2 || true
-echo "statistics: $out/stats.json   producer log: $out/producer.log" >&2
+echo "statistics: $out/stats.json   snapshots: $out/snapshots/   producer log: $out/producer.log" >&2
 exit $rc
