@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The demo: set-up, build, then a producer and a consumer moving 1080p60 frames without a copy,
-# with a live statistics line. No arguments needed; these variables change what it plays:
+# with a live statistics line; in a window too when DISPLAY is set. No arguments needed; these variables change what it plays:
 #
 #   DEMO_FORMAT=NV12  DEMO_SIZE=1920x1080  DEMO_FPS=60  DEMO_FRAMES=600  DEMO_ALLOC=auto
 #
@@ -41,9 +41,14 @@ producer_pid=$!
 
 echo "==> consumer: Vulkan import, every frame's checksum verified on the GPU" >&2
 rm -rf "$out/snapshots"
+window=()
+if [ -n "${DISPLAY:-}" ]; then
+  echo "==> DISPLAY=$DISPLAY: showing the video in a window (Esc or q closes it)" >&2
+  window=(--window --window-hold 2)
+fi
 set +e
 target/release/consumer --socket "$sock" --verify --stats-json "$out/stats.json" \
-  --snapshot-every 150 --snapshot-dir "$out/snapshots"
+  --snapshot-every 150 --snapshot-dir "$out/snapshots" "${window[@]}"
 rc=$?
 set -e
 wait "$producer_pid" 2>/dev/null || true

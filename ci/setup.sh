@@ -21,6 +21,7 @@ BASE_PKGS=(
   libavcodec-dev libavformat-dev libavutil-dev libswscale-dev libswresample-dev libavfilter-dev libavdevice-dev
   ffmpeg
   xvfb xauth
+  libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon-x11-0
 )
 # Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import).
 BPO_PKGS=(mesa-vulkan-drivers libvulkan1 libvulkan-dev vulkan-tools libgbm-dev libdrm-dev)

@@ -4,6 +4,7 @@
 
 mod import;
 mod stats;
+mod window;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
@@ -66,6 +67,15 @@ struct Args {
     #[arg(long, default_value = "snapshots")]
     snapshot_dir: PathBuf,
 
+    /// Show the video live in a window (X11, Vulkan swapchain; works under Xvfb with lavapipe).
+    /// Esc, q or closing the window ends the stream.
+    #[arg(long)]
+    window: bool,
+
+    /// With --window: keep the last frame on screen this many seconds after the stream ends.
+    #[arg(long, default_value_t = 0.0)]
+    window_hold: f64,
+
     /// Seconds to keep trying to connect while the producer starts.
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
@@ -104,12 +114,15 @@ struct Gpu {
     path: ImportPath,
 }
 
-/// Open Vulkan for `choice`; `None` means the CPU mapping path.
-fn open_gpu(choice: ImportChoice) -> Result<Option<Vulkan>> {
+/// Open Vulkan for `choice` (able to present on `display`); `None` means the CPU mapping path.
+fn open_gpu(
+    choice: ImportChoice,
+    display: Option<raw_window_handle::RawDisplayHandle>,
+) -> Result<Option<Vulkan>> {
     if choice == ImportChoice::CpuMap {
         return Ok(None);
     }
-    match Vulkan::new(64) {
+    match Vulkan::new(64, display) {
         Ok(vk) => {
             if let Some(path) = choice.forced() {
                 if let Some(why) = vk.lacks(path) {
@@ -118,7 +131,7 @@ fn open_gpu(choice: ImportChoice) -> Result<Option<Vulkan>> {
             }
             Ok(Some(vk))
         }
-        Err(e) if choice == ImportChoice::Auto => {
+        Err(e) if choice == ImportChoice::Auto && display.is_none() => {
             tracing::warn!("no GPU import ({e:#}); reading frames through CPU mappings instead");
             Ok(None)
         }
@@ -217,7 +230,19 @@ fn connect(args: &Args) -> Result<Channel> {
 }
 
 fn run(args: &Args) -> Result<i32> {
-    let vk = open_gpu(args.import)?;
+    if args.window && args.import == ImportChoice::CpuMap {
+        bail!("--window shows frames through Vulkan; it cannot be used with --import cpu-map");
+    }
+    if args.window_hold.is_nan() || args.window_hold < 0.0 {
+        bail!("--window-hold must be >= 0");
+    }
+    // Declared before the GPU so that it is dropped after it (the surface goes first).
+    let mut viewer = match args.window {
+        true => Some(window::Viewer::new()?),
+        false => None,
+    };
+    let display = viewer.as_ref().map(|v| v.display()).transpose()?;
+    let vk = open_gpu(args.import, display)?;
     if vk.is_none() && args.snapshot_every.is_some() {
         bail!("--snapshot-every converts frames on the GPU; it needs a Vulkan import path (not cpu-map)");
     }
@@ -242,6 +267,11 @@ fn run(args: &Args) -> Result<i32> {
         path: choose_path(&vk, args.import, &w),
         vk,
     });
+    if let (Some(v), Some(g), Some(d)) = (viewer.as_mut(), gpu.as_mut(), display) {
+        let title = format!("{} {}x{} ({})", w.pixel, w.width, w.height, g.path);
+        let handle = v.open(w.width, w.height, &title)?;
+        g.vk.attach_window(d, handle, w.width, w.height)?;
+    }
     if args.snapshot_every.is_some() {
         std::fs::create_dir_all(&args.snapshot_dir)
             .with_context(|| format!("creating {}", args.snapshot_dir.display()))?;
@@ -334,6 +364,14 @@ fn run(args: &Args) -> Result<i32> {
                         // copies; the zero-copy paths acquire and release the memory).
                         g.vk.touch(id, buf)?;
                     }
+                    if let Some(v) = viewer.as_mut() {
+                        if !v.pump() {
+                            client.release(id)?;
+                            client.goodbye(GoodbyeReason::Leaving, "window closed");
+                            return Ok(());
+                        }
+                        g.vk.present(id, buf, w.color)?;
+                    }
                     if let Some(n) = args.snapshot_every {
                         if stats.report.frames % n == 0 {
                             let rgba = g.vk.convert(id, buf, w.color)?;
@@ -368,6 +406,9 @@ fn run(args: &Args) -> Result<i32> {
     })();
     if let Some(mut out) = dump {
         out.flush().context("writing --dump-raw")?;
+    }
+    if let Some(v) = viewer.as_mut() {
+        v.hold(Duration::from_secs_f64(args.window_hold));
     }
     if let Some(g) = &gpu {
         stats.report.vk_allocations = Some(g.vk.counters.allocations);

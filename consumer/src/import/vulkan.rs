@@ -153,7 +153,7 @@ struct Imported {
 
 /// The Vulkan device and everything shared by all imports.
 pub struct Vulkan {
-    _entry: ash::Entry,
+    entry: ash::Entry,
     instance: ash::Instance,
     pdev: vk::PhysicalDevice,
     device: ash::Device,
@@ -179,7 +179,21 @@ pub struct Vulkan {
     out: (vk::Buffer, vk::DeviceMemory, *mut u32),
     rgba: Option<(vk::Buffer, vk::DeviceMemory, *const u8, u64)>,
     imported: Vec<Option<Imported>>,
+    swap: Option<Swapchain>,
     pub counters: Counters,
+}
+
+/// A window's surface and swapchain.
+struct Swapchain {
+    surface_fn: ash::khr::surface::Instance,
+    swap_fn: ash::khr::swapchain::Device,
+    surface: vk::SurfaceKHR,
+    swapchain: vk::SwapchainKHR,
+    images: Vec<vk::Image>,
+    bgra: bool,
+    extent: vk::Extent2D,
+    acquired: vk::Semaphore,
+    copied: vk::Semaphore,
 }
 
 fn has_ext(exts: &[vk::ExtensionProperties], name: &CStr) -> bool {
@@ -189,7 +203,10 @@ fn has_ext(exts: &[vk::ExtensionProperties], name: &CStr) -> bool {
 impl Vulkan {
     /// Open the first Vulkan device with a compute queue (hardware preferred over CPU devices)
     /// and build the shared pipelines.
-    pub fn new(max_buffers: u32) -> Result<Self> {
+    pub fn new(
+        max_buffers: u32,
+        display: Option<raw_window_handle::RawDisplayHandle>,
+    ) -> Result<Self> {
         // SAFETY: loading the system Vulkan loader; no Vulkan object exists yet.
         let entry = unsafe { ash::Entry::load() }.map_err(|e| {
             anyhow!("no Vulkan loader ({e}); install libvulkan1 and a driver (mesa-vulkan-drivers)")
@@ -197,10 +214,18 @@ impl Vulkan {
         let app = vk::ApplicationInfo::default()
             .application_name(c"dmabuf-consumer")
             .api_version(vk::API_VERSION_1_1);
-        // SAFETY: a valid create-info with no layers or extensions.
+        let inst_exts: &[*const std::ffi::c_char] = match display {
+            Some(d) => ash_window::enumerate_required_extensions(d)
+                .context("Vulkan surface extensions for this display")?,
+            None => &[],
+        };
+        // SAFETY: a valid create-info; the extensions are the ones ash-window needs for the
+        // display (none without a window).
         let instance = unsafe {
             entry.create_instance(
-                &vk::InstanceCreateInfo::default().application_info(&app),
+                &vk::InstanceCreateInfo::default()
+                    .application_info(&app)
+                    .enabled_extension_names(inst_exts),
                 None,
             )
         }
@@ -252,6 +277,12 @@ impl Vulkan {
         }
         if has_foreign {
             names.push(ash::ext::queue_family_foreign::NAME.as_ptr());
+        }
+        if display.is_some() {
+            if !has_ext(&exts, ash::khr::swapchain::NAME) {
+                bail!("{device_name} cannot present to a window (no VK_KHR_swapchain)");
+            }
+            names.push(ash::khr::swapchain::NAME.as_ptr());
         }
         let prio = [1.0f32];
         let qci = [vk::DeviceQueueCreateInfo::default()
@@ -333,7 +364,7 @@ impl Vulkan {
         // SAFETY: as above.
         let fence = unsafe { device.create_fence(&vk::FenceCreateInfo::default(), None) }?;
         let mut vk = Vulkan {
-            _entry: entry,
+            entry,
             instance,
             pdev,
             device,
@@ -363,6 +394,7 @@ impl Vulkan {
             ),
             rgba: None,
             imported: (0..max_buffers).map(|_| None).collect(),
+            swap: None,
             counters: Counters::default(),
         };
         let (b, m, p) = vk.host_buffer(4, vk::BufferUsageFlags::TRANSFER_DST)?;
@@ -1275,6 +1307,19 @@ impl Vulkan {
 
     /// Convert buffer `id` to RGBA8 on the GPU (`width * height * 4` bytes, top row first).
     pub fn convert(&mut self, id: u32, buf: &FrameBuffer, color: ColorInfo) -> Result<Vec<u8>> {
+        let (ptr, bytes) = self.convert_into(id, buf, color, false)?;
+        // SAFETY: the GPU finished writing `bytes` host-coherent bytes at `ptr`.
+        Ok(unsafe { std::slice::from_raw_parts(ptr, bytes) }.to_vec())
+    }
+
+    /// Convert into the shared RGBA buffer (BGRA when `swap_rb`); returns where and how long.
+    fn convert_into(
+        &mut self,
+        id: u32,
+        buf: &FrameBuffer,
+        color: ColorInfo,
+        swap_rb: bool,
+    ) -> Result<(*const u8, usize)> {
         let f = buf.layout.format;
         let bytes = u64::from(f.width) * u64::from(f.height) * 4;
         if self.rgba.as_ref().is_none_or(|r| r.3 < bytes) {
@@ -1285,7 +1330,7 @@ impl Vulkan {
                     self.device.free_memory(m, None);
                 }
             }
-            let (b, m, p) = self.host_buffer(bytes, vk::BufferUsageFlags::empty())?;
+            let (b, m, p) = self.host_buffer(bytes, vk::BufferUsageFlags::TRANSFER_SRC)?;
             self.rgba = Some((b, m, p, bytes));
         }
         let (rgba_buf, _, rgba_ptr, _) = *self.rgba.as_ref().expect("just made");
@@ -1308,6 +1353,7 @@ impl Vulkan {
                 words.push(p.stride);
             }
         }
+        words.push(swap_rb as u32);
         self.begin()?;
         self.record_copy(imp)?;
         self.ownership(imp, true);
@@ -1339,8 +1385,236 @@ impl Vulkan {
         if let Some(imp) = self.imported[id as usize].as_mut() {
             imp.fresh = false;
         }
-        // SAFETY: the GPU finished writing `bytes` host-coherent bytes at `rgba_ptr`.
-        Ok(unsafe { std::slice::from_raw_parts(rgba_ptr, bytes as usize) }.to_vec())
+        Ok((rgba_ptr, bytes as usize))
+    }
+
+    /// Create a surface and swapchain for a window of the display given to [`Vulkan::new`].
+    pub fn attach_window(
+        &mut self,
+        display: raw_window_handle::RawDisplayHandle,
+        window: raw_window_handle::RawWindowHandle,
+        width: u32,
+        height: u32,
+    ) -> Result<()> {
+        let surface_fn = ash::khr::surface::Instance::new(&self.entry, &self.instance);
+        let swap_fn = ash::khr::swapchain::Device::new(&self.instance, &self.device);
+        // SAFETY: handles of a live window on the display the instance was created for.
+        let surface = unsafe {
+            ash_window::create_surface(&self.entry, &self.instance, display, window, None)
+        }
+        .context("creating the window's Vulkan surface")?;
+        // SAFETY: queries on a live surface.
+        let (supported, caps, formats, modes) = unsafe {
+            (
+                surface_fn.get_physical_device_surface_support(self.pdev, self.qf, surface)?,
+                surface_fn.get_physical_device_surface_capabilities(self.pdev, surface)?,
+                surface_fn.get_physical_device_surface_formats(self.pdev, surface)?,
+                surface_fn.get_physical_device_surface_present_modes(self.pdev, surface)?,
+            )
+        };
+        if !supported {
+            bail!(
+                "{}'s compute queue cannot present to this window",
+                self.device_name
+            );
+        }
+        let fmt = formats
+            .iter()
+            .find(|f| {
+                f.format == vk::Format::B8G8R8A8_UNORM || f.format == vk::Format::R8G8B8A8_UNORM
+            })
+            .ok_or_else(|| anyhow!("the window offers no 8-bit UNORM RGBA/BGRA format"))?;
+        if !caps
+            .supported_usage_flags
+            .contains(vk::ImageUsageFlags::TRANSFER_DST)
+        {
+            bail!("the window's swapchain images cannot be copied into");
+        }
+        let mode = [vk::PresentModeKHR::MAILBOX, vk::PresentModeKHR::IMMEDIATE]
+            .into_iter()
+            .find(|m| modes.contains(m))
+            .unwrap_or(vk::PresentModeKHR::FIFO);
+        let extent = if caps.current_extent.width == u32::MAX {
+            vk::Extent2D { width, height }
+        } else {
+            caps.current_extent
+        };
+        let count = (caps.min_image_count + 1).min(if caps.max_image_count == 0 {
+            u32::MAX
+        } else {
+            caps.max_image_count
+        });
+        let info = vk::SwapchainCreateInfoKHR::default()
+            .surface(surface)
+            .min_image_count(count)
+            .image_format(fmt.format)
+            .image_color_space(fmt.color_space)
+            .image_extent(extent)
+            .image_array_layers(1)
+            .image_usage(vk::ImageUsageFlags::TRANSFER_DST)
+            .image_sharing_mode(vk::SharingMode::EXCLUSIVE)
+            .pre_transform(caps.current_transform)
+            .composite_alpha(vk::CompositeAlphaFlagsKHR::OPAQUE)
+            .present_mode(mode)
+            .clipped(true);
+        // SAFETY: parameters checked against the surface's capabilities above.
+        let swapchain =
+            unsafe { swap_fn.create_swapchain(&info, None) }.context("vkCreateSwapchainKHR")?;
+        // SAFETY: a live swapchain; plain semaphores.
+        let (images, acquired, copied) = unsafe {
+            (
+                swap_fn.get_swapchain_images(swapchain)?,
+                self.device
+                    .create_semaphore(&vk::SemaphoreCreateInfo::default(), None)?,
+                self.device
+                    .create_semaphore(&vk::SemaphoreCreateInfo::default(), None)?,
+            )
+        };
+        tracing::info!(
+            "window: {}x{} swapchain, {:?}, {:?}, {} images",
+            extent.width,
+            extent.height,
+            fmt.format,
+            mode,
+            images.len()
+        );
+        self.swap = Some(Swapchain {
+            surface_fn,
+            swap_fn,
+            surface,
+            swapchain,
+            images,
+            bgra: fmt.format == vk::Format::B8G8R8A8_UNORM,
+            extent,
+            acquired,
+            copied,
+        });
+        Ok(())
+    }
+
+    /// Show the frame in buffer `id` in the window: GPU conversion, then a copy into the next
+    /// swapchain image and a present.
+    pub fn present(&mut self, id: u32, buf: &FrameBuffer, color: ColorInfo) -> Result<()> {
+        let bgra = self.swap.as_ref().map(|s| s.bgra).unwrap_or(false);
+        self.convert_into(id, buf, color, bgra)?;
+        let f = buf.layout.format;
+        let rgba = self.rgba.as_ref().expect("made by convert_into").0;
+        let sw = self
+            .swap
+            .as_ref()
+            .ok_or_else(|| anyhow!("no window attached"))?;
+        // SAFETY: a live swapchain and an unsignalled semaphore.
+        let index = match unsafe {
+            sw.swap_fn.acquire_next_image(
+                sw.swapchain,
+                1_000_000_000,
+                sw.acquired,
+                vk::Fence::null(),
+            )
+        } {
+            Ok((i, _)) => i,
+            Err(vk::Result::ERROR_OUT_OF_DATE_KHR) => return Ok(()),
+            Err(e) => bail!("vkAcquireNextImageKHR: {e}"),
+        };
+        let image = sw.images[index as usize];
+        let to = |old, new, src_access, dst_access| {
+            vk::ImageMemoryBarrier::default()
+                .src_access_mask(src_access)
+                .dst_access_mask(dst_access)
+                .old_layout(old)
+                .new_layout(new)
+                .src_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+                .dst_queue_family_index(vk::QUEUE_FAMILY_IGNORED)
+                .image(image)
+                .subresource_range(color_range())
+        };
+        let region = [vk::BufferImageCopy::default()
+            .buffer_row_length(f.width)
+            .image_subresource(vk::ImageSubresourceLayers {
+                aspect_mask: vk::ImageAspectFlags::COLOR,
+                mip_level: 0,
+                base_array_layer: 0,
+                layer_count: 1,
+            })
+            .image_extent(vk::Extent3D {
+                width: f.width.min(sw.extent.width),
+                height: f.height.min(sw.extent.height),
+                depth: 1,
+            })];
+        self.begin()?;
+        // SAFETY: recording a layout change, a buffer-to-image copy inside both resources'
+        // bounds, and the change to the present layout.
+        unsafe {
+            self.device.cmd_pipeline_barrier(
+                self.cmd,
+                vk::PipelineStageFlags::TOP_OF_PIPE,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[to(
+                    vk::ImageLayout::UNDEFINED,
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::AccessFlags::empty(),
+                    vk::AccessFlags::TRANSFER_WRITE,
+                )],
+            );
+            self.device.cmd_copy_buffer_to_image(
+                self.cmd,
+                rgba,
+                image,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                &region,
+            );
+            self.device.cmd_pipeline_barrier(
+                self.cmd,
+                vk::PipelineStageFlags::TRANSFER,
+                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+                vk::DependencyFlags::empty(),
+                &[],
+                &[],
+                &[to(
+                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                    vk::ImageLayout::PRESENT_SRC_KHR,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                    vk::AccessFlags::empty(),
+                )],
+            );
+            self.device.end_command_buffer(self.cmd)?;
+        }
+        let cmds = [self.cmd];
+        let waits = [sw.acquired];
+        let stages = [vk::PipelineStageFlags::TRANSFER];
+        let signals = [sw.copied];
+        // SAFETY: the semaphores belong to this swapchain's frame; we wait on the fence.
+        unsafe {
+            self.device.queue_submit(
+                self.queue,
+                &[vk::SubmitInfo::default()
+                    .command_buffers(&cmds)
+                    .wait_semaphores(&waits)
+                    .wait_dst_stage_mask(&stages)
+                    .signal_semaphores(&signals)],
+                self.fence,
+            )?;
+            self.device
+                .wait_for_fences(&[self.fence], true, 10_000_000_000)?;
+        }
+        let swapchains = [sw.swapchain];
+        let indices = [index];
+        // SAFETY: presenting the image we acquired and copied into.
+        match unsafe {
+            sw.swap_fn.queue_present(
+                self.queue,
+                &vk::PresentInfoKHR::default()
+                    .wait_semaphores(&signals)
+                    .swapchains(&swapchains)
+                    .image_indices(&indices),
+            )
+        } {
+            Ok(_) | Err(vk::Result::ERROR_OUT_OF_DATE_KHR) => Ok(()),
+            Err(e) => bail!("vkQueuePresentKHR: {e}"),
+        }
     }
 }
 
@@ -1423,6 +1697,12 @@ impl Drop for Vulkan {
             if let Some((b, m, _, _)) = self.rgba.take() {
                 self.device.destroy_buffer(b, None);
                 self.device.free_memory(m, None);
+            }
+            if let Some(sw) = self.swap.take() {
+                sw.swap_fn.destroy_swapchain(sw.swapchain, None);
+                self.device.destroy_semaphore(sw.acquired, None);
+                self.device.destroy_semaphore(sw.copied, None);
+                sw.surface_fn.destroy_surface(sw.surface, None);
             }
             self.device.destroy_buffer(self.out.0, None);
             self.device.free_memory(self.out.1, None);

@@ -11,6 +11,7 @@ struct Params {
     stride1: u32,
     off2: u32,
     stride2: u32,
+    swap_rb: u32,  // 1: write B, G, R, A (for a BGRA swapchain)
 }
 @group(0) @binding(0) var<storage, read> src: array<u32>;
 @group(0) @binding(1) var<storage, read_write> dst: array<u32>;
@@ -49,5 +50,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         let a = p.off0 + y * p.stride0 + x * 4u;
         out = pack_rgb(vec3<f32>(byte_at(a + 2u), byte_at(a + 1u), byte_at(a)) / 255.0);
     }
-    dst[y * p.width + x] = out;
+    dst[y * p.width + x] = swap_rb(out, p.swap_rb);
 }

@@ -6,6 +6,7 @@ struct Params {
     height: u32,
     matrix: u32,
     range: u32,
+    swap_rb: u32,  // 1: write B, G, R, A (for a BGRA swapchain)
 }
 @group(0) @binding(0) var t0: texture_2d<f32>;
 @group(0) @binding(1) var t1: texture_2d<f32>;
@@ -41,5 +42,5 @@ fn main(@builtin(global_invocation_id) gid: vec3<u32>) {
         // B8G8R8A8 image: the texel is already (r, g, b, a).
         out = pack_rgb(textureLoad(t0, xy, 0).rgb);
     }
-    dst[y * p.width + x] = out;
+    dst[y * p.width + x] = swap_rb(out, p.swap_rb);
 }

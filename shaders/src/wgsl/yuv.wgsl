@@ -31,3 +31,10 @@ fn pack_rgb(c: vec3<f32>) -> u32 {
     let v = vec3<u32>(round(clamp(c, vec3<f32>(0.0), vec3<f32>(1.0)) * 255.0));
     return v.x | (v.y << 8u) | (v.z << 16u) | (255u << 24u);
 }
+
+fn swap_rb(c: u32, on: u32) -> u32 {
+    if (on == 0u) {
+        return c;
+    }
+    return (c & 0xff00ff00u) | ((c & 0xffu) << 16u) | ((c >> 16u) & 0xffu);
+}
