@@ -413,6 +413,7 @@ fn run(args: &Args) -> Result<i32> {
     if let Some(g) = &gpu {
         stats.report.vk_allocations = Some(g.vk.counters.allocations);
         stats.report.vk_imports = Some(g.vk.counters.imports);
+        stats.report.implicit_sync_waits = Some(g.vk.counters.implicit_sync_waits);
     }
     stats.report.gpu_verified = gpu.is_some() && args.verify;
     let mut report = stats.finish();

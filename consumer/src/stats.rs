@@ -40,11 +40,13 @@ pub struct Report {
     /// grow with the number of frames).
     pub vk_allocations: Option<u64>,
     pub vk_imports: Option<u64>,
+    /// GPU submits that waited on a dma-buf's exported sync file (implicit sync).
+    pub implicit_sync_waits: Option<u64>,
     /// Whether `verified` was computed by the GPU over the imported memory.
     pub gpu_verified: bool,
-    /// Open descriptors when the first frame arrived (every buffer imported) and at the end:
-    /// equal unless something leaks per frame.
-    pub fds_first_frame: usize,
+    /// Open descriptors after the first 3 frames (every buffer imported, and whatever the
+    /// driver opens lazily on first use) and at the end: equal unless something leaks per frame.
+    pub fds_after_warmup: usize,
     pub fds_at_end: usize,
     /// PNG snapshots written.
     pub snapshots: Vec<String>,
@@ -93,8 +95,8 @@ impl Stats {
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
     pub fn frame(&mut self, seq: u64, publish_ns: u64, received_ns: u64) {
-        if self.report.frames == 0 {
-            self.report.fds_first_frame = open_fds();
+        if self.report.frames < 3 {
+            self.report.fds_after_warmup = open_fds();
         }
         if let Some(last) = self.last_seq {
             self.report.dropped += seq.saturating_sub(last + 1);

@@ -1,5 +1,6 @@
-//! The whole pipeline over memfd with two real processes: every frame verified, for every
-//! format at 1080p and at an odd size.
+//! The whole pipeline over memfd with two real processes: every frame verified on the CPU
+//! (`--import cpu-map`; the GPU paths are in vulkan.rs), for every format at 1080p and at an
+//! odd size.
 
 mod common;
 use common::*;
@@ -26,7 +27,13 @@ fn verify(format: &str, size: &str, frames: u32) {
     let json = sock.with_extension("json");
     let out = run_consumer(
         &sock,
-        &["--verify", "--stats-json", json.to_str().unwrap()],
+        &[
+            "--verify",
+            "--import",
+            "cpu-map",
+            "--stats-json",
+            json.to_str().unwrap(),
+        ],
         Duration::from_secs(240),
     );
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -122,6 +122,8 @@ pub struct Counters {
     pub allocations: u64,
     /// Imports of external memory (dma-buf fds, host pointers).
     pub imports: u64,
+    /// Submits that waited on a dma-buf's exported sync file (implicit sync).
+    pub implicit_sync_waits: u64,
 }
 
 struct Pipeline {
@@ -180,6 +182,9 @@ pub struct Vulkan {
     rgba: Option<(vk::Buffer, vk::DeviceMemory, *const u8, u64)>,
     imported: Vec<Option<Imported>>,
     swap: Option<Swapchain>,
+    /// Implicit sync: where the dma-buf's sync file is imported (temporarily) each frame.
+    sem_fd: Option<ash::khr::external_semaphore_fd::Device>,
+    sync_sem: vk::Semaphore,
     pub counters: Counters,
 }
 
@@ -259,6 +264,19 @@ impl Vulkan {
         let has_modifier = has_dma_buf && has_ext(&exts, ash::ext::image_drm_format_modifier::NAME);
         let has_host = has_ext(&exts, ash::ext::external_memory_host::NAME);
         let has_foreign = has_ext(&exts, ash::ext::queue_family_foreign::NAME);
+        // Implicit sync: a dma-buf's fences exported as a sync file become a semaphore wait.
+        let has_sync_fd = has_dma_buf && has_ext(&exts, ash::khr::external_semaphore_fd::NAME) && {
+            let info = vk::PhysicalDeviceExternalSemaphoreInfo::default()
+                .handle_type(vk::ExternalSemaphoreHandleTypeFlags::SYNC_FD);
+            let mut props = vk::ExternalSemaphoreProperties::default();
+            // SAFETY: valid input and output structs.
+            unsafe {
+                instance.get_physical_device_external_semaphore_properties(pdev, &info, &mut props)
+            };
+            props
+                .external_semaphore_features
+                .contains(vk::ExternalSemaphoreFeatureFlags::IMPORTABLE)
+        };
         // SAFETY: as above.
         let qf = unsafe { instance.get_physical_device_queue_family_properties(pdev) }
             .iter()
@@ -277,6 +295,9 @@ impl Vulkan {
         }
         if has_foreign {
             names.push(ash::ext::queue_family_foreign::NAME.as_ptr());
+        }
+        if has_sync_fd {
+            names.push(ash::khr::external_semaphore_fd::NAME.as_ptr());
         }
         if display.is_some() {
             if !has_ext(&exts, ash::khr::swapchain::NAME) {
@@ -316,6 +337,11 @@ impl Vulkan {
             has_dma_buf.then(|| ash::khr::external_memory_fd::Device::new(&instance, &device));
         let host_ext =
             has_host.then(|| ash::ext::external_memory_host::Device::new(&instance, &device));
+        let sem_fd =
+            has_sync_fd.then(|| ash::khr::external_semaphore_fd::Device::new(&instance, &device));
+        // SAFETY: a plain binary semaphore on a live device.
+        let sync_sem =
+            unsafe { device.create_semaphore(&vk::SemaphoreCreateInfo::default(), None) }?;
 
         let buf = vk::DescriptorType::STORAGE_BUFFER;
         let img = vk::DescriptorType::SAMPLED_IMAGE;
@@ -395,18 +421,21 @@ impl Vulkan {
             rgba: None,
             imported: (0..max_buffers).map(|_| None).collect(),
             swap: None,
+            sem_fd,
+            sync_sem,
             counters: Counters::default(),
         };
         let (b, m, p) = vk.host_buffer(4, vk::BufferUsageFlags::TRANSFER_DST)?;
         vk.out = (b, m, p.cast());
         tracing::info!(
-            "Vulkan device {}: dma-buf import {}, DRM modifiers {}, host-pointer import {} (alignment {}), foreign queue {}",
+            "Vulkan device {}: dma-buf import {}, DRM modifiers {}, host-pointer import {} (alignment {}), foreign queue {}, sync-file semaphores {}",
             vk.device_name,
             vk.has_dma_buf,
             vk.has_modifier,
             vk.has_host,
             vk.host_align,
-            vk.has_foreign
+            vk.has_foreign,
+            vk.sem_fd.is_some()
         );
         Ok(vk)
     }
@@ -1152,17 +1181,72 @@ impl Vulkan {
         Ok(())
     }
 
-    fn submit_and_wait(&self) -> Result<()> {
+    /// Implicit sync for a dma-buf about to be read: export its pending writers as a sync file
+    /// (`DMA_BUF_IOCTL_EXPORT_SYNC_FILE`) and import it, temporarily, into `sync_sem` for the
+    /// submit to wait on. Buffers with several fds wait on the CPU (`poll`) instead.
+    fn implicit_wait(&mut self, path: ImportPath, buf: &FrameBuffer) -> Result<bool> {
+        if !matches!(path, ImportPath::DmabufImage | ImportPath::DmabufBuffer) {
+            return Ok(false);
+        }
+        let Some(sem_fd) = self.sem_fd.as_ref() else {
+            return Ok(false);
+        };
+        let mut files = Vec::with_capacity(buf.fds.len());
+        for fd in &buf.fds {
+            match dmabuf_core::sys::dma_buf::export_sync_file(
+                fd.as_fd(),
+                dmabuf_core::sys::dma_buf::SyncAccess::Read,
+            ) {
+                Ok(f) => files.push(f),
+                Err(e) => {
+                    tracing::warn!(
+                        "DMA_BUF_IOCTL_EXPORT_SYNC_FILE failed ({e}); no implicit sync from here on"
+                    );
+                    self.sem_fd = None;
+                    return Ok(false);
+                }
+            }
+        }
+        if files.len() > 1 {
+            for f in &files {
+                let mut p = [nix::poll::PollFd::new(
+                    f.as_fd(),
+                    nix::poll::PollFlags::POLLIN,
+                )];
+                nix::poll::poll(&mut p, nix::poll::PollTimeout::from(10_000u16))
+                    .context("waiting for a dma-buf's writers")?;
+            }
+            return Ok(false);
+        }
+        let file = files.pop().expect("one fd");
+        let info = vk::ImportSemaphoreFdInfoKHR::default()
+            .semaphore(self.sync_sem)
+            .flags(vk::SemaphoreImportFlags::TEMPORARY)
+            .handle_type(vk::ExternalSemaphoreHandleTypeFlags::SYNC_FD)
+            .fd(file.as_raw_fd());
+        // SAFETY: the semaphore is not in use (every submit is waited for); on success Vulkan
+        // owns the sync file (VUID-VkImportSemaphoreFdInfoKHR-handleType-01143), on failure we
+        // still own and close it.
+        unsafe { sem_fd.import_semaphore_fd(&info) }.context("vkImportSemaphoreFdKHR")?;
+        let _ = file.into_raw_fd();
+        self.counters.implicit_sync_waits += 1;
+        Ok(true)
+    }
+
+    fn submit_and_wait(&self, wait_sync: bool) -> Result<()> {
         let cmds = [self.cmd];
+        let waits = [self.sync_sem];
+        let stages = [vk::PipelineStageFlags::ALL_COMMANDS];
+        let mut submit = vk::SubmitInfo::default().command_buffers(&cmds);
+        if wait_sync {
+            submit = submit.wait_semaphores(&waits).wait_dst_stage_mask(&stages);
+        }
         // SAFETY: a fully recorded command buffer; we wait for the fence before touching any
         // resource it uses again (so Release goes back only after the GPU is done).
         unsafe {
             self.device.end_command_buffer(self.cmd)?;
-            self.device.queue_submit(
-                self.queue,
-                &[vk::SubmitInfo::default().command_buffers(&cmds)],
-                self.fence,
-            )?;
+            self.device
+                .queue_submit(self.queue, &[submit], self.fence)?;
             self.device
                 .wait_for_fences(&[self.fence], true, 10_000_000_000)
                 .context("waiting for the GPU (10 s)")?;
@@ -1202,15 +1286,17 @@ impl Vulkan {
 
     /// Make the frame in buffer `id` GPU-visible without computing anything: the copy path
     /// copies and uploads, the zero-copy paths acquire and release the memory.
-    pub fn touch(&mut self, id: u32, _buf: &FrameBuffer) -> Result<()> {
+    pub fn touch(&mut self, id: u32, buf: &FrameBuffer) -> Result<()> {
         let imp = self.imported[id as usize]
             .as_ref()
             .ok_or_else(|| anyhow!("buffer {id} was not imported"))?;
+        let path = imp.path;
         self.begin()?;
         self.record_copy(imp)?;
         self.ownership(imp, true);
         self.ownership(imp, false);
-        self.submit_and_wait()?;
+        let wait = self.implicit_wait(path, buf)?;
+        self.submit_and_wait(wait)?;
         if let Some(imp) = self.imported[id as usize].as_mut() {
             imp.fresh = false;
         }
@@ -1279,7 +1365,9 @@ impl Vulkan {
         }
         self.ownership(imp, false);
         self.host_barrier();
-        self.submit_and_wait()?;
+        let path = imp.path;
+        let wait = self.implicit_wait(path, buf)?;
+        self.submit_and_wait(wait)?;
         if let Some(imp) = self.imported[id as usize].as_mut() {
             imp.fresh = false;
         }
@@ -1381,7 +1469,9 @@ impl Vulkan {
         }
         self.ownership(imp, false);
         self.host_barrier();
-        self.submit_and_wait()?;
+        let path = imp.path;
+        let wait = self.implicit_wait(path, buf)?;
+        self.submit_and_wait(wait)?;
         if let Some(imp) = self.imported[id as usize].as_mut() {
             imp.fresh = false;
         }
@@ -1707,6 +1797,7 @@ impl Drop for Vulkan {
             self.device.destroy_buffer(self.out.0, None);
             self.device.free_memory(self.out.1, None);
             self.device.destroy_fence(self.fence, None);
+            self.device.destroy_semaphore(self.sync_sem, None);
             self.device.destroy_command_pool(self.cmd_pool, None);
             self.device.destroy_descriptor_pool(self.desc_pool, None);
             for p in [

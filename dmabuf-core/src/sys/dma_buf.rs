@@ -60,3 +60,44 @@ pub fn sync(fd: BorrowedFd<'_>, access: SyncAccess, end: bool) -> Result<(), Err
         }
     }
 }
+
+/// `struct dma_buf_export_sync_file` (Linux 6.0+).
+#[repr(C)]
+#[derive(Debug, Default)]
+pub struct DmaBufExportSyncFile {
+    pub flags: u32,
+    pub fd: i32,
+}
+const _: () = assert!(std::mem::size_of::<DmaBufExportSyncFile>() == 8);
+
+nix::ioctl_readwrite!(
+    dma_buf_ioctl_export_sync_file,
+    b'b',
+    2,
+    DmaBufExportSyncFile
+);
+
+/// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`: a sync file that signals when the dma-buf's pending work
+/// conflicting with `access` is done (for `Read`: every writer). Implicit sync for an importer
+/// that waits on it before touching the buffer.
+pub fn export_sync_file(
+    fd: BorrowedFd<'_>,
+    access: SyncAccess,
+) -> Result<std::os::fd::OwnedFd, Errno> {
+    use std::os::fd::FromRawFd;
+    let mut arg = DmaBufExportSyncFile {
+        flags: access.bits() as u32,
+        fd: -1,
+    };
+    loop {
+        // SAFETY: `fd` is live for the call and `arg` is a valid, writable struct of the size
+        // the ioctl number encodes.
+        match unsafe { dma_buf_ioctl_export_sync_file(fd.as_raw_fd(), &mut arg) } {
+            Ok(_) => break,
+            Err(Errno::EINTR) | Err(Errno::EAGAIN) => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    // SAFETY: on success the kernel installed a new sync-file descriptor for us alone.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(arg.fd) })
+}
