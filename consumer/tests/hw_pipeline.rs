@@ -74,7 +74,17 @@ fn pipeline_with(
         assert_eq!(s["mismatches"], 0, "{s}");
         assert_eq!(s["import_path"], import, "{s}");
         assert_eq!(s["gpu_verified"], import != "cpu-map", "{s}");
-        assert_eq!(s["fds_after_warmup"], s["fds_at_end"], "{s}");
+        // With implicit sync one sync file may be in flight: the driver closes the imported
+        // payload on its own queue thread. A per-frame leak would show as one per frame.
+        let slack = if import.starts_with("dmabuf-") { 1 } else { 0 };
+        let (warm, end) = (
+            s["fds_after_warmup"].as_i64().unwrap(),
+            s["fds_at_end"].as_i64().unwrap(),
+        );
+        assert!(
+            (end - warm).abs() <= slack,
+            "{test}: fds {warm} → {end}: {s}"
+        );
         if import.starts_with("dmabuf-") {
             // Implicit sync: every GPU read waited on the dma-buf's exported sync file.
             assert!(
@@ -197,9 +207,10 @@ fn vulkan_imports(test: &str, import: &str) {
             );
             ends.push(read_json(&json)["fds_at_end"].clone());
         }
-        assert_eq!(
-            ends[0], ends[1],
-            "{test}: fds grew with the number of frames"
+        let d = ends[1].as_i64().unwrap() - ends[0].as_i64().unwrap();
+        assert!(
+            d.abs() <= 1,
+            "{test}: fds grew with the number of frames: {ends:?}"
         );
     }
     // Captured by the test harness; shown with --nocapture or on failure.
