@@ -381,3 +381,46 @@ fn consumer_without_a_producer_says_so() {
     assert!(stderr.contains("no producer at"), "{stderr}");
     assert!(t.elapsed() < Duration::from_secs(5));
 }
+
+#[test]
+fn consumer_refuses_a_modifier_it_did_not_offer() {
+    let sock = socket("modifier");
+    let listener = Listener::bind(&sock, &ListenerOptions::default()).unwrap();
+    let s2 = sock.clone();
+    let consumer =
+        std::thread::spawn(move || run_consumer(&s2, &["--verify"], Duration::from_secs(30)));
+    let mut chan = listener
+        .accept(Some(T))
+        .unwrap()
+        .expect("consumer connects");
+    let offered = match chan.recv(Some(T), "Hello").unwrap().0 {
+        Message::Hello(h) => h.caps,
+        m => panic!("{m:?}"),
+    };
+    // I915_FORMAT_MOD_X_TILED: a tiled layout this consumer cannot import here.
+    let x_tiled = 0x0100_0000_0000_0001u64;
+    assert!(offered.iter().all(|c| c.modifier != x_tiled), "{offered:?}");
+    chan.send(&Message::Welcome(Welcome {
+        version: VERSION,
+        memory: MemoryKind::DmaBuf,
+        allocator: AllocatorKind::Gbm,
+        buffer_count: 2,
+        pixel: PixelFormat::Nv12,
+        width: 64,
+        height: 48,
+        fps_num: 60,
+        fps_den: 1,
+        color: ColorInfo::default(),
+        modifier: x_tiled,
+    }))
+    .unwrap();
+    let out = consumer.join().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(
+        e.contains("modifier 0x100000000000001") && e.contains("did not offer"),
+        "{e}"
+    );
+    let g = goodbye(&mut chan).expect("the consumer says why");
+    assert_eq!(g.reason, GoodbyeReason::Unsupported, "{g:?}");
+}
