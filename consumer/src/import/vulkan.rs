@@ -1337,31 +1337,7 @@ impl Vulkan {
                     vec![offset, p.stride, p.row_bytes, p.rows, i as u32],
                 )
             };
-            // SAFETY: recording compute work with a pipeline, set and push range that match.
-            unsafe {
-                self.device.cmd_bind_pipeline(
-                    self.cmd,
-                    vk::PipelineBindPoint::COMPUTE,
-                    pipe.pipeline,
-                );
-                self.device.cmd_bind_descriptor_sets(
-                    self.cmd,
-                    vk::PipelineBindPoint::COMPUTE,
-                    pipe.layout,
-                    0,
-                    &[set],
-                    &[],
-                );
-                self.device.cmd_push_constants(
-                    self.cmd,
-                    pipe.layout,
-                    vk::ShaderStageFlags::COMPUTE,
-                    0,
-                    &push_bytes(&words),
-                );
-                self.device
-                    .cmd_dispatch(self.cmd, p.rows.div_ceil(64), 1, 1);
-            }
+            self.dispatch(pipe, set, &words, [p.rows.div_ceil(64), 1, 1]);
         }
         self.ownership(imp, false);
         self.host_barrier();
@@ -1373,6 +1349,38 @@ impl Vulkan {
         }
         // SAFETY: the GPU finished (fence) and the memory is host-coherent.
         Ok(unsafe { self.out.2.read_volatile() })
+    }
+
+    /// Record one compute dispatch of `pipe` over descriptor `set` with `words` as push
+    /// constants.
+    fn dispatch(&self, pipe: &Pipeline, set: vk::DescriptorSet, words: &[u32], groups: [u32; 3]) {
+        debug_assert!(
+            words.len() * 4 <= 64,
+            "push constants exceed the 64-byte range"
+        );
+        // SAFETY: recording into our command buffer with a pipeline, a set of its layout and a
+        // push range inside the layout's 64 bytes.
+        unsafe {
+            self.device
+                .cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
+            self.device.cmd_bind_descriptor_sets(
+                self.cmd,
+                vk::PipelineBindPoint::COMPUTE,
+                pipe.layout,
+                0,
+                &[set],
+                &[],
+            );
+            self.device.cmd_push_constants(
+                self.cmd,
+                pipe.layout,
+                vk::ShaderStageFlags::COMPUTE,
+                0,
+                &push_bytes(words),
+            );
+            self.device
+                .cmd_dispatch(self.cmd, groups[0], groups[1], groups[2]);
+        }
     }
 
     fn host_barrier(&self) {
@@ -1445,28 +1453,12 @@ impl Vulkan {
         self.begin()?;
         self.record_copy(imp)?;
         self.ownership(imp, true);
-        // SAFETY: recording compute work with a pipeline, set and push range that match.
-        unsafe {
-            self.device
-                .cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
-            self.device.cmd_bind_descriptor_sets(
-                self.cmd,
-                vk::PipelineBindPoint::COMPUTE,
-                pipe.layout,
-                0,
-                &[imp.convert_set],
-                &[],
-            );
-            self.device.cmd_push_constants(
-                self.cmd,
-                pipe.layout,
-                vk::ShaderStageFlags::COMPUTE,
-                0,
-                &push_bytes(&words),
-            );
-            self.device
-                .cmd_dispatch(self.cmd, f.width.div_ceil(8), f.height.div_ceil(8), 1);
-        }
+        self.dispatch(
+            pipe,
+            imp.convert_set,
+            &words,
+            [f.width.div_ceil(8), f.height.div_ceil(8), 1],
+        );
         self.ownership(imp, false);
         self.host_barrier();
         let path = imp.path;
