@@ -164,21 +164,24 @@ fn auto_picks_dma_heap_when_present() {
 /// recomputed by the GPU over the imported memory.
 fn vulkan_imports(test: &str, import: &str) {
     let mut ran = 0;
-    for (alloc, device, format, size) in [
-        ("dma-heap", "/dev/dma_heap/system", "NV12", "1920x1080"),
-        ("dma-heap", "/dev/dma_heap/system", "I420", "1279x719"),
-        ("udmabuf", "/dev/udmabuf", "NV12", "1279x719"),
-        ("udmabuf", "/dev/udmabuf", "YUYV", "640x480"),
-        ("gbm", "/dev/dri/card0", "XRGB8888", "1279x719"),
-        ("gbm", "/dev/dri/card0", "NV12", "640x480"),
+    let heap = have(test, "/dev/dma_heap/system");
+    let udmabuf = have(test, "/dev/udmabuf");
+    let card = have(test, "/dev/dri/card0");
+    for (alloc, present, format, size) in [
+        ("dma-heap", heap, "NV12", "1920x1080"),
+        ("dma-heap", heap, "I420", "1279x719"),
+        ("udmabuf", udmabuf, "NV12", "1279x719"),
+        ("udmabuf", udmabuf, "YUYV", "640x480"),
+        ("gbm", card, "XRGB8888", "1279x719"),
+        ("gbm", card, "NV12", "640x480"),
     ] {
-        if have(test, device) {
+        if present {
             pipeline_with(test, alloc, format, size, 20, import, 1);
             ran += 1;
         }
     }
     // No per-frame growth: a 200-frame run ends with as many fds as a 20-frame one.
-    if have(test, "/dev/dma_heap/system") {
+    if heap {
         let mut ends = Vec::new();
         for frames in ["20", "200"] {
             let sock = socket(&format!("hw-fds-{import}-{frames}"));

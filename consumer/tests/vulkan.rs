@@ -20,8 +20,7 @@ fn vulkan_or_skip(test: &str) -> bool {
         if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
             panic!("{test}: no Vulkan device (vulkaninfo failed) and DMABUF_REQUIRE_VULKAN=1");
         }
-        use std::io::Write;
-        let _ = writeln!(std::io::stderr(), "SKIP {test}: no Vulkan device here");
+        dmabuf_core::testing::skip(test, "no Vulkan device here");
     }
     ok
 }

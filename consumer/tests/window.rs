@@ -20,8 +20,7 @@ fn require(test: &str, what: &str) -> bool {
     if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
         panic!("{test}: {what} missing and DMABUF_REQUIRE_VULKAN=1");
     }
-    use std::io::Write;
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {what}");
+    dmabuf_core::testing::skip(test, what);
     false
 }
 

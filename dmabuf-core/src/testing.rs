@@ -20,7 +20,26 @@ pub fn skip_or_fail(test: &str, why: impl std::fmt::Display) {
     if hw_required() {
         panic!("{test}: {why} ({REQUIRE_HW_ENV}=1: a missing device is a failure here)");
     }
-    let _ = writeln!(std::io::stderr(), "SKIP {test}: {why}");
+    skip(test, why);
+}
+
+/// Say `SKIP <test>: <why>` where a person will see it: appended (one atomic write) to the file
+/// named by `DMABUF_SKIP_LOG` when set (the test command lists them after the run), otherwise
+/// straight to the terminal, past libtest's output capture.
+pub fn skip(test: &str, why: impl std::fmt::Display) {
+    let line = format!("SKIP {test}: {why}\n");
+    if let Some(path) = std::env::var_os("DMABUF_SKIP_LOG") {
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            if f.write_all(line.as_bytes()).is_ok() {
+                return;
+            }
+        }
+    }
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
 /// Open descriptors of this process.
