@@ -229,3 +229,72 @@ fn vulkan_dmabuf_buffer_imports_verified() {
 fn vulkan_dmabuf_image_imports_verified() {
     vulkan_imports("vulkan_dmabuf_image_imports_verified", "dmabuf-image");
 }
+
+/// The bundled clip decoded into dma-heap buffers: what the consumer receives is byte for byte
+/// FFmpeg's decode of the same frames.
+#[test]
+fn decode_into_dma_heap_is_byte_identical() {
+    let t = "decode_into_dma_heap_is_byte_identical";
+    if !have(t, "/dev/dma_heap/system") {
+        return;
+    }
+    let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/clip-1080p60.mp4");
+    let sock = socket("hw-decode");
+    let src = format!("file:{}", clip.display());
+    let _p = Producer::start(
+        &sock,
+        &[
+            "--source",
+            &src,
+            "--alloc",
+            "dma-heap",
+            "--no-pace",
+            "--frames",
+            "30",
+        ],
+    );
+    let dump = sock.with_extension("raw");
+    let json = sock.with_extension("json");
+    let out = run_consumer(
+        &sock,
+        &[
+            "--import",
+            "cpu-map",
+            "--verify",
+            "--dump-raw",
+            dump.to_str().unwrap(),
+            "--stats-json",
+            json.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = read_json(&json);
+    assert_eq!(
+        (s["alloc"].as_str(), s["verified"].as_u64()),
+        (Some("dma-heap"), Some(30)),
+        "{s}"
+    );
+    let want = std::process::Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(&clip)
+        .args([
+            "-frames:v",
+            "30",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(want.status.success());
+    let got = std::fs::read(&dump).unwrap();
+    assert_eq!(got.len(), want.stdout.len());
+    assert!(got == want.stdout, "dma-heap decode differs from ffmpeg's");
+}

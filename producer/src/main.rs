@@ -4,6 +4,10 @@
 mod server;
 mod source;
 
+use source::decode::Decoder;
+use source::pattern::Pattern;
+use source::Source;
+
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
 use dmabuf_core::alloc::AllocChoice;
@@ -33,26 +37,37 @@ struct Args {
     socket: PathBuf,
 
     /// Frame source. `pattern`: moving colour bars drawn in the pool's pixel format.
+    /// `file:PATH`: a video file decoded by FFmpeg (H.264, HEVC, VP9, AV1 …) at its own size,
+    /// format and frame rate, paced at that rate; e.g. file:samples/clip-1080p60.mp4.
     #[arg(long, default_value = "pattern")]
     source: String,
+
+    /// With a file source: start again from the beginning at the end (timestamps keep going).
+    #[arg(long = "loop")]
+    looping: bool,
+
+    /// With a file source: decoder threads (frame threading); default: the cores available.
+    #[arg(long)]
+    decode_threads: Option<usize>,
 
     /// Buffer allocator: auto (dma-heap, then udmabuf, then gbm, then memfd; it says which it
     /// picked and why), memfd, dma-heap, udmabuf or gbm.
     #[arg(long, default_value = "auto")]
     alloc: AllocChoice,
 
-    /// Frame size, WIDTHxHEIGHT (odd sizes are fine).
-    #[arg(long, default_value = "1920x1080", value_parser = parse_size)]
-    size: (u32, u32),
+    /// Pattern frame size, WIDTHxHEIGHT (odd sizes are fine) [default: 1920x1080].
+    #[arg(long, value_parser = parse_size)]
+    size: Option<(u32, u32)>,
 
-    /// Pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as YU12,
-    /// XR24 also work).
-    #[arg(long, default_value = "NV12")]
-    format: PixelFormat,
+    /// Pattern pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as
+    /// YU12, XR24 also work) [default: NV12].
+    #[arg(long)]
+    format: Option<PixelFormat>,
 
-    /// Frames per second to pace at (a rational such as 30000/1001 works too).
-    #[arg(long, default_value = "60", value_parser = parse_fps)]
-    fps: (u32, u32),
+    /// Pattern frames per second to pace at (a rational such as 30000/1001 works too)
+    /// [default: 60]. A file plays at its own rate.
+    #[arg(long, value_parser = parse_fps)]
+    fps: Option<(u32, u32)>,
 
     /// Send frames as fast as the consumer releases buffers, ignoring --fps.
     #[arg(long)]
@@ -142,13 +157,44 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> Result<()> {
-    if args.source != "pattern" {
-        bail!(
-            "unknown source {:?}: this build serves `pattern` (decoding a file and V4L2 capture are not implemented yet)",
-            args.source
-        );
+fn source(args: &Args) -> Result<Source> {
+    if args.source == "pattern" {
+        if args.looping || args.decode_threads.is_some() {
+            bail!("--loop and --decode-threads apply to a file source");
+        }
+        let (w, h) = args.size.unwrap_or((1920, 1080));
+        let pixel = args.format.unwrap_or(PixelFormat::Nv12);
+        return Ok(Source::Pattern {
+            pattern: Pattern::new(pixel, w, h),
+            format: FrameFormat::linear(pixel, w, h),
+            fps: args.fps.unwrap_or((60, 1)),
+        });
     }
+    if let Some(path) = args.source.strip_prefix("file:") {
+        if args.size.is_some() || args.format.is_some() || args.fps.is_some() {
+            bail!("--size, --format and --fps apply to the pattern; a file plays at its own size, format and rate");
+        }
+        let threads = args
+            .decode_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if threads == 0 || threads > 64 {
+            bail!("--decode-threads must be 1..=64");
+        }
+        let dec = Decoder::open(std::path::Path::new(path), threads)?;
+        return Ok(Source::File {
+            dec: Box::new(dec),
+            looping: args.looping,
+            used: false,
+        });
+    }
+    bail!(
+        "unknown source {:?}: expected `pattern` or `file:PATH` (V4L2 capture is not implemented yet)",
+        args.source
+    )
+}
+
+fn run(args: Args) -> Result<()> {
+    let source = source(&args)?;
     if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
         bail!("--stall-timeout must be positive");
     }
@@ -161,15 +207,13 @@ fn run(args: Args) -> Result<()> {
         allow_uids: args.allow_uid.clone(),
     };
     let opts = server::ServeOptions {
-        format: FrameFormat::linear(args.format, args.size.0, args.size.1),
         alloc: args.alloc,
         buffers: args.buffers as usize,
-        fps: args.fps,
         pace: !args.no_pace,
         frames: args.frames,
         checksum: !args.no_checksum,
         hello_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs_f64(args.stall_timeout),
     };
-    server::serve(&args.socket, &listen, opts, stop)
+    server::serve(&args.socket, &listen, source, opts, stop)
 }

@@ -4,15 +4,13 @@
 //! `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd pool
 //! instead (no other consumer holds buffers, so the swap is safe).
 
-use crate::source::pattern::Pattern;
+use crate::source::Source;
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
-use dmabuf_core::format::{frame_checksum, FrameFormat};
+use dmabuf_core::format::frame_checksum;
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::server::{accepts, full_chunks, read_hello, Pumped, Session};
-use dmabuf_core::proto::wire::{
-    ColorInfo, Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, VERSION,
-};
+use dmabuf_core::proto::wire::{Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, VERSION};
 use dmabuf_core::proto::{Listener, ListenerOptions, ProtoError};
 use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
 use dmabuf_core::{AllocatorKind, MemoryKind};
@@ -24,10 +22,8 @@ use std::time::{Duration, Instant};
 /// How to serve.
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
-    pub format: FrameFormat,
     pub alloc: AllocChoice,
     pub buffers: usize,
-    pub fps: (u32, u32),
     pub pace: bool,
     pub frames: Option<u64>,
     pub checksum: bool,
@@ -51,7 +47,7 @@ enum SessionEnd {
 struct Server {
     opts: ServeOptions,
     pool: Pool,
-    pattern: Pattern,
+    source: Source,
     stop: Arc<AtomicBool>,
 }
 
@@ -60,27 +56,30 @@ struct Server {
 pub fn serve(
     socket: &Path,
     listen: &ListenerOptions,
+    source: Source,
     opts: ServeOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
-    let (allocator, why) = alloc::select(opts.alloc, opts.format)
-        .with_context(|| format!("no allocator for {}", opts.format))?;
+    let format = source.format();
+    tracing::info!("source: {}", source.describe());
+    let (allocator, why) =
+        alloc::select(opts.alloc, format).with_context(|| format!("no allocator for {format}"))?;
     tracing::info!("allocator: {why}");
-    let pool = Pool::new(allocator.as_ref(), opts.format, opts.buffers)
+    let pool = Pool::new(allocator.as_ref(), format, opts.buffers)
         .context("allocating the buffer pool")?;
     let layout = &pool.buffer(0).expect("pool is not empty").layout;
     tracing::info!(
         "pool: {} x {} bytes ({} in {}), strides {:?}",
         pool.len(),
         layout.size,
-        opts.format,
+        format,
         pool.allocator(),
         layout.planes.iter().map(|p| p.stride).collect::<Vec<_>>()
     );
     let listener = Listener::bind(socket, listen)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let mut server = Server {
-        pattern: Pattern::new(opts.format.pixel, opts.format.width, opts.format.height),
+        source,
         opts,
         pool,
         stop,
@@ -112,18 +111,9 @@ pub fn serve(
 
 impl Server {
     fn welcome(&self) -> Welcome {
-        let f = self.opts.format;
-        let color = if f.pixel.is_yuv() {
-            ColorInfo {
-                matrix: 2,
-                range: 1,
-            }
-        } else {
-            ColorInfo {
-                matrix: 0,
-                range: 2,
-            }
-        };
+        let f = self.source.format();
+        let color = self.source.color();
+        let (fps_num, fps_den) = self.source.fps();
         Welcome {
             version: VERSION,
             memory: self.pool.allocator().memory(),
@@ -132,8 +122,8 @@ impl Server {
             pixel: f.pixel,
             width: f.width,
             height: f.height,
-            fps_num: self.opts.fps.0,
-            fps_den: self.opts.fps.1,
+            fps_num,
+            fps_den,
             color,
             modifier: f.modifier,
         }
@@ -141,7 +131,7 @@ impl Server {
 
     fn session(&mut self, mut chan: dmabuf_core::proto::Channel) -> Result<SessionEnd> {
         let hello = read_hello(&mut chan, self.opts.hello_timeout)?;
-        let format = self.opts.format;
+        let format = self.source.format();
         let memory = self.pool.allocator().memory();
         if !accepts(&hello, &format, memory) {
             if self.opts.alloc == AllocChoice::Auto
@@ -183,6 +173,7 @@ impl Server {
             self.pool.len(),
             self.pool.allocator()
         );
+        self.source.restart()?;
         let end = self.stream(&mut sess);
         let (reason, text) = match &end {
             Ok(SessionEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream".into()),
@@ -199,7 +190,7 @@ impl Server {
     }
 
     fn stream(&mut self, sess: &mut Session<Arc<Lease>>) -> Result<SessionEnd> {
-        let (num, den) = self.opts.fps;
+        let (num, den) = self.source.fps();
         let period_ns = 1_000_000_000u64 * u64::from(den) / u64::from(num.max(1));
         let start = Instant::now();
         let cpu0 = process_cpu_ns();
@@ -230,15 +221,19 @@ impl Server {
                     }
                 }
             }
+            let Some(pts_ns) = self.source.advance(seq)? else {
+                tracing::info!("end of the stream after {seq} frames");
+                return Ok(SessionEnd::Completed);
+            };
             let Some(lease) = self.acquire(sess)? else {
                 return Ok(SessionEnd::ConsumerGone);
             };
             let layout = &lease.buffer().layout;
             let want_sum = self.opts.checksum;
-            let pattern = &mut self.pattern;
+            let source = &mut self.source;
             let checksum = lease
                 .with_bytes_mut(|data| {
-                    pattern.fill(seq, data, layout);
+                    source.write(seq, data, layout);
                     if want_sum {
                         frame_checksum(data, &layout.planes)
                     } else {
@@ -254,7 +249,7 @@ impl Server {
                     0
                 },
                 seq,
-                pts_ns: (seq * period_ns) as i64,
+                pts_ns,
                 publish_ns: monotonic_ns(),
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),

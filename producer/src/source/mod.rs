@@ -1,4 +1,105 @@
-//! Where frames come from. Today: the synthetic pattern; the decoder and the V4L2 webcam come
-//! with their own issue.
+//! Where frames come from: the synthetic pattern, or a file decoded by FFmpeg. (The V4L2 webcam
+//! comes with its own issue.)
 
+pub mod decode;
 pub mod pattern;
+
+use anyhow::Result;
+use dmabuf_core::format::{FrameFormat, FrameLayout};
+use dmabuf_core::proto::wire::ColorInfo;
+
+pub enum Source {
+    Pattern {
+        pattern: pattern::Pattern,
+        format: FrameFormat,
+        fps: (u32, u32),
+    },
+    File {
+        dec: Box<decode::Decoder>,
+        looping: bool,
+        /// Frames decoded since the last rewind.
+        used: bool,
+    },
+}
+
+impl Source {
+    pub fn format(&self) -> FrameFormat {
+        match self {
+            Source::Pattern { format, .. } => *format,
+            Source::File { dec, .. } => FrameFormat::linear(dec.pixel, dec.width, dec.height),
+        }
+    }
+
+    pub fn fps(&self) -> (u32, u32) {
+        match self {
+            Source::Pattern { fps, .. } => *fps,
+            Source::File { dec, .. } => dec.fps,
+        }
+    }
+
+    pub fn color(&self) -> ColorInfo {
+        match self {
+            Source::Pattern { format, .. } if format.pixel.is_yuv() => ColorInfo {
+                matrix: 2,
+                range: 1,
+            },
+            Source::Pattern { .. } => ColorInfo {
+                matrix: 0,
+                range: 2,
+            },
+            Source::File { dec, .. } => dec.color,
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        let f = self.format();
+        let (n, d) = self.fps();
+        match self {
+            Source::Pattern { .. } => format!("pattern, {f} at {n}/{d} fps"),
+            Source::File { dec, .. } => format!(
+                "{} decoded with {}, {f} at {n}/{d} fps (decode_path: copy)",
+                dec.path().display(),
+                dec.codec
+            ),
+        }
+    }
+
+    /// Start from the beginning for a new consumer.
+    pub fn restart(&mut self) -> Result<()> {
+        if let Source::File { dec, used, .. } = self {
+            if *used {
+                dec.rewind(false)?;
+                *used = false;
+            }
+        }
+        Ok(())
+    }
+
+    /// Make frame `seq` ready; its presentation time in ns, or `None` at the end of the stream.
+    pub fn advance(&mut self, seq: u64) -> Result<Option<i64>> {
+        match self {
+            Source::Pattern { fps, .. } => Ok(Some(
+                (seq * 1_000_000_000 * u64::from(fps.1) / u64::from(fps.0)) as i64,
+            )),
+            Source::File { dec, looping, used } => {
+                *used = true;
+                match dec.next()? {
+                    Some(pts) => Ok(Some(pts)),
+                    None if *looping => {
+                        dec.rewind(true)?;
+                        dec.next()
+                    }
+                    None => Ok(None),
+                }
+            }
+        }
+    }
+
+    /// Write the frame made ready by [`Source::advance`] into `data`, laid out as `layout`.
+    pub fn write(&mut self, seq: u64, data: &mut [u8], layout: &FrameLayout) {
+        match self {
+            Source::Pattern { pattern, .. } => pattern.fill(seq, data, layout),
+            Source::File { dec, .. } => dec.write(data, layout),
+        }
+    }
+}

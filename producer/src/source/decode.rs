@@ -1,0 +1,204 @@
+//! `--source file:PATH`: any file libavcodec decodes (H.264, HEVC, VP9, AV1 …), frame-threaded.
+//!
+//! This first version copies each decoded picture once, row by row, into a pool buffer
+//! (`decode_path: copy`). Decoding straight into pool buffers through a custom `get_buffer2`
+//! (zero copies) is the next step.
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use dmabuf_core::format::{FrameLayout, PixelFormat};
+use dmabuf_core::proto::wire::ColorInfo;
+use ffmpeg::format::Pixel;
+use ffmpeg_next as ffmpeg;
+use std::path::{Path, PathBuf};
+
+pub struct Decoder {
+    path: PathBuf,
+    input: ffmpeg::format::context::Input,
+    decoder: ffmpeg::decoder::Video,
+    stream: usize,
+    time_base: ffmpeg::Rational,
+    frame: ffmpeg::frame::Video,
+    eof_sent: bool,
+    pub pixel: PixelFormat,
+    pub width: u32,
+    pub height: u32,
+    pub fps: (u32, u32),
+    pub color: ColorInfo,
+    pub codec: String,
+    /// Added to the stream's timestamps after each `--loop` rewind.
+    pts_offset_ns: i64,
+    last_pts_ns: i64,
+}
+
+fn our_pixel(p: Pixel) -> Option<(PixelFormat, bool)> {
+    Some(match p {
+        Pixel::YUV420P => (PixelFormat::I420, false),
+        Pixel::YUVJ420P => (PixelFormat::I420, true),
+        Pixel::NV12 => (PixelFormat::Nv12, false),
+        Pixel::YUYV422 => (PixelFormat::Yuyv, false),
+        Pixel::BGRZ => (PixelFormat::Xrgb8888, false),
+        Pixel::BGRA => (PixelFormat::Argb8888, false),
+        _ => return None,
+    })
+}
+
+impl Decoder {
+    pub fn open(path: &Path, threads: usize) -> Result<Self> {
+        ffmpeg::init().context("initialising FFmpeg")?;
+        let input = ffmpeg::format::input(path)
+            .with_context(|| format!("cannot open {} as a video file", path.display()))?;
+        let st = input
+            .streams()
+            .best(ffmpeg::media::Type::Video)
+            .ok_or_else(|| anyhow!("{} has no video stream", path.display()))?;
+        let stream = st.index();
+        let time_base = st.time_base();
+        let rate = st.avg_frame_rate();
+        let mut ctx = ffmpeg::codec::context::Context::from_parameters(st.parameters())?;
+        let mut threading = ffmpeg::threading::Config::default();
+        threading.kind = ffmpeg::threading::Type::Frame;
+        threading.count = threads;
+        ctx.set_threading(threading);
+        let decoder = ctx
+            .decoder()
+            .video()
+            .with_context(|| format!("no decoder for the video in {}", path.display()))?;
+        let codec = decoder
+            .codec()
+            .map(|c| c.name().to_string())
+            .unwrap_or_else(|| "?".into());
+        let (pixel, full_range) = our_pixel(decoder.format()).ok_or_else(|| {
+            anyhow!(
+                "{} decodes to {:?}; this build carries I420, NV12, YUYV, BGR0 and BGRA \
+                 (convert it, e.g. ffmpeg -i IN -pix_fmt yuv420p OUT)",
+                path.display(),
+                decoder.format()
+            )
+        })?;
+        let (width, height) = (decoder.width(), decoder.height());
+        if width == 0 || height == 0 {
+            bail!("{}: the stream does not say its size", path.display());
+        }
+        let fps = if rate.numerator() > 0 && rate.denominator() > 0 {
+            (rate.numerator() as u32, rate.denominator() as u32)
+        } else {
+            (30, 1)
+        };
+        use ffmpeg::color::{Range, Space};
+        let matrix = match decoder.color_space() {
+            Space::BT709 => 2,
+            Space::BT470BG | Space::SMPTE170M => 1,
+            _ if height >= 720 => 2,
+            _ => 1,
+        };
+        let range = if full_range || decoder.color_range() == Range::JPEG {
+            2
+        } else {
+            1
+        };
+        let color = if pixel.is_yuv() {
+            ColorInfo { matrix, range }
+        } else {
+            ColorInfo {
+                matrix: 0,
+                range: 2,
+            }
+        };
+        Ok(Self {
+            path: path.to_path_buf(),
+            input,
+            decoder,
+            stream,
+            time_base,
+            frame: ffmpeg::frame::Video::empty(),
+            eof_sent: false,
+            pixel,
+            width,
+            height,
+            fps,
+            color,
+            codec,
+            pts_offset_ns: 0,
+            last_pts_ns: 0,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Decode the next frame; `Ok(None)` at the end of the stream. Returns its pts in ns.
+    pub fn next(&mut self) -> Result<Option<i64>> {
+        loop {
+            match self.decoder.receive_frame(&mut self.frame) {
+                Ok(()) => {
+                    if self.frame.width() != self.width
+                        || self.frame.height() != self.height
+                        || our_pixel(self.frame.format()).map(|p| p.0) != Some(self.pixel)
+                    {
+                        bail!(
+                            "{}: the stream changed to {:?} {}x{} mid-stream (renegotiation is not implemented yet)",
+                            self.path.display(),
+                            self.frame.format(),
+                            self.frame.width(),
+                            self.frame.height()
+                        );
+                    }
+                    let ts = self.frame.timestamp().or(self.frame.pts()).unwrap_or(0);
+                    let ns = ts as i128 * 1_000_000_000 * self.time_base.numerator() as i128
+                        / self.time_base.denominator().max(1) as i128;
+                    self.last_pts_ns = ns as i64 + self.pts_offset_ns;
+                    return Ok(Some(self.last_pts_ns));
+                }
+                Err(ffmpeg::Error::Eof) => return Ok(None),
+                Err(ffmpeg::Error::Other { errno }) if errno == nix::libc::EAGAIN => {}
+                Err(e) => return Err(e).context("decoding"),
+            }
+            if self.eof_sent {
+                return Ok(None);
+            }
+            let mut sent = false;
+            while let Some((st, pkt)) = self.input.packets().next() {
+                if st.index() == self.stream {
+                    self.decoder.send_packet(&pkt).context("decoding")?;
+                    sent = true;
+                    break;
+                }
+            }
+            if !sent {
+                self.decoder.send_eof()?;
+                self.eof_sent = true;
+            }
+        }
+    }
+
+    /// Back to the first frame (for `--loop` and for the next consumer); timestamps keep
+    /// increasing across loops when `continue_pts`.
+    pub fn rewind(&mut self, continue_pts: bool) -> Result<()> {
+        self.input
+            .seek(0, ..)
+            .with_context(|| format!("rewinding {}", self.path.display()))?;
+        self.decoder.flush();
+        self.eof_sent = false;
+        let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
+        self.pts_offset_ns = if continue_pts {
+            self.last_pts_ns + period
+        } else {
+            0
+        };
+        Ok(())
+    }
+
+    /// Copy the current frame into `data` laid out as `layout` (the one copy of this path).
+    pub fn write(&self, data: &mut [u8], layout: &FrameLayout) {
+        for (i, pl) in layout.planes.iter().enumerate() {
+            let src = self.frame.data(i);
+            let sstride = self.frame.stride(i);
+            let n = pl.row_bytes as usize;
+            for y in 0..pl.rows as usize {
+                let d = pl.offset as usize + y * pl.stride as usize;
+                data[d..d + n].copy_from_slice(&src[y * sstride..y * sstride + n]);
+            }
+        }
+    }
+}
