@@ -35,7 +35,12 @@ fn bad_arguments_are_named() {
         (vec!["--alloc", "vram"], 2, "expected auto, memfd, dma-heap"),
         (vec!["--buffers", "1"], 2, "--buffers"),
         (vec!["--mode", "999"], 2, "octal"),
-        (vec!["--source", "file:/nope.mkv"], 1, "unknown source"),
+        (
+            vec!["--source", "file:/nope.mkv"],
+            1,
+            "cannot open /nope.mkv",
+        ),
+        (vec!["--source", "v4l2:/dev/video0"], 1, "unknown source"),
     ] {
         let s = sock("bad.sock");
         let mut all = vec!["--socket", s.to_str().unwrap()];
