@@ -39,24 +39,17 @@ fn play(name: &str, file: &Path, alloc: &str, extra: &[&str]) -> (Vec<u8>, serde
     pargs.extend_from_slice(extra);
     let p = Producer::start(&sock, &pargs);
     let dump = sock.with_extension("raw");
-    let json = sock.with_extension("json");
-    let out = run_consumer(
+    let s = consume(
         &sock,
+        name,
         &[
             "--import",
             "cpu-map",
             "--verify",
             "--dump-raw",
             dump.to_str().unwrap(),
-            "--stats-json",
-            json.to_str().unwrap(),
         ],
         Duration::from_secs(300),
-    );
-    assert!(
-        out.status.success(),
-        "{name}: {}",
-        String::from_utf8_lossy(&out.stderr)
     );
     let (st, err) = p.wait(Duration::from_secs(30));
     assert!(st.success(), "{name}: producer: {err}");
@@ -64,7 +57,7 @@ fn play(name: &str, file: &Path, alloc: &str, extra: &[&str]) -> (Vec<u8>, serde
     let bytes = std::fs::read(&dump).unwrap();
     // The bundled clip's dump is 560 MB: do not leave it behind.
     let _ = std::fs::remove_file(&dump);
-    (bytes, read_json(&json))
+    (bytes, s)
 }
 
 #[test]

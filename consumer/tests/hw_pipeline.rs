@@ -48,25 +48,14 @@ fn pipeline_with(
     std::thread::sleep(Duration::from_millis(300));
     let base = fd_count_of(p.pid());
     let base_fds = fd_targets_of(p.pid());
-    let json = sock.with_extension("json");
     let n = frames.to_string();
     for round in 0..rounds {
-        let out = run_consumer(
+        let s = consume(
             &sock,
-            &[
-                "--frames",
-                &n,
-                "--verify",
-                "--import",
-                import,
-                "--stats-json",
-                json.to_str().unwrap(),
-            ],
+            &format!("round{round}"),
+            &["--frames", &n, "--verify", "--import", import],
             Duration::from_secs(300),
         );
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{test} round {round}: {stderr}");
-        let s = read_json(&json);
         assert_eq!(s["alloc"], alloc, "{s}");
         assert_eq!(s["memory"], "dma-buf", "{s}");
         assert_eq!(s["frames"], frames, "{s}");
@@ -140,24 +129,13 @@ fn auto_picks_dma_heap_when_present() {
     }
     let sock = socket("hw-auto");
     let _p = Producer::start(&sock, &["--size", "640x480", "--no-pace"]);
-    let json = sock.with_extension("json");
-    let out = run_consumer(
+    let s = consume(
         &sock,
-        &[
-            "--frames",
-            "10",
-            "--verify",
-            "--stats-json",
-            json.to_str().unwrap(),
-        ],
+        "auto",
+        &["--frames", "10", "--verify"],
         Duration::from_secs(120),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(read_json(&json)["alloc"], "dma-heap");
+    assert_eq!(s["alloc"], "dma-heap");
 }
 
 /// Every dma-buf allocator's buffers imported into Vulkan both ways, every frame's checksum
@@ -189,26 +167,13 @@ fn vulkan_imports(test: &str, import: &str) {
                 &sock,
                 &["--alloc", "dma-heap", "--size", "320x240", "--no-pace"],
             );
-            let json = sock.with_extension("json");
-            let out = run_consumer(
+            let s = consume(
                 &sock,
-                &[
-                    "--frames",
-                    frames,
-                    "--verify",
-                    "--import",
-                    import,
-                    "--stats-json",
-                    json.to_str().unwrap(),
-                ],
+                "fds",
+                &["--frames", frames, "--verify", "--import", import],
                 Duration::from_secs(300),
             );
-            assert!(
-                out.status.success(),
-                "{}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            ends.push(read_json(&json)["fds_at_end"].clone());
+            ends.push(s["fds_at_end"].clone());
         }
         let d = ends[1].as_i64().unwrap() - ends[0].as_i64().unwrap();
         assert!(
@@ -254,26 +219,18 @@ fn decode_into_dma_heap_is_byte_identical() {
         ],
     );
     let dump = sock.with_extension("raw");
-    let json = sock.with_extension("json");
-    let out = run_consumer(
+    let s = consume(
         &sock,
+        "decode",
         &[
             "--import",
             "cpu-map",
             "--verify",
             "--dump-raw",
             dump.to_str().unwrap(),
-            "--stats-json",
-            json.to_str().unwrap(),
         ],
         Duration::from_secs(300),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let s = read_json(&json);
     assert_eq!(
         (s["alloc"].as_str(), s["verified"].as_u64()),
         (Some("dma-heap"), Some(30)),

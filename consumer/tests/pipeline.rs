@@ -24,21 +24,12 @@ fn verify(format: &str, size: &str, frames: u32) {
             size,
         ],
     );
-    let json = sock.with_extension("json");
-    let out = run_consumer(
+    let s = consume(
         &sock,
-        &[
-            "--verify",
-            "--import",
-            "cpu-map",
-            "--stats-json",
-            json.to_str().unwrap(),
-        ],
+        &name,
+        &["--verify", "--import", "cpu-map"],
         Duration::from_secs(240),
     );
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{name}: consumer failed:\n{stderr}");
-    let s = read_json(&json);
     let (w, h) = size.split_once('x').unwrap();
     assert_eq!(s["frames"], frames, "{name}: {s}");
     assert_eq!(s["verified"], frames, "{name}: {s}");
@@ -100,25 +91,14 @@ fn paced_stream_keeps_its_rate_and_reports_latency() {
         &sock,
         &["--alloc", "memfd", "--fps", "60", "--size", "640x360"],
     );
-    let json = sock.with_extension("json");
     let t = std::time::Instant::now();
-    let out = run_consumer(
-        &sock,
-        &["--frames", "60", "--stats-json", json.to_str().unwrap()],
-        Duration::from_secs(30),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let s = consume(&sock, "paced", &["--frames", "60"], Duration::from_secs(30));
     // 60 frames at 60 fps take about a second; never a burst.
     assert!(
         t.elapsed() >= Duration::from_millis(900),
         "{:?}",
         t.elapsed()
     );
-    let s = read_json(&json);
     assert_eq!(s["frames"], 60);
     assert!(s["latency_us_p50"].as_f64().unwrap() > 0.0);
 }

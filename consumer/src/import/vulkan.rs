@@ -1624,44 +1624,52 @@ impl Vulkan {
                 depth: 1,
             })];
         self.begin()?;
-        // SAFETY: recording a layout change, a buffer-to-image copy inside both resources'
-        // bounds, and the change to the present layout.
+        let barrier = |src, dst, b: vk::ImageMemoryBarrier<'_>| {
+            // SAFETY: recording a layout transition of the acquired swapchain image.
+            unsafe {
+                self.device.cmd_pipeline_barrier(
+                    self.cmd,
+                    src,
+                    dst,
+                    vk::DependencyFlags::empty(),
+                    &[],
+                    &[],
+                    &[b],
+                )
+            }
+        };
+        barrier(
+            vk::PipelineStageFlags::TOP_OF_PIPE,
+            vk::PipelineStageFlags::TRANSFER,
+            to(
+                vk::ImageLayout::UNDEFINED,
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                vk::AccessFlags::empty(),
+                vk::AccessFlags::TRANSFER_WRITE,
+            ),
+        );
+        // SAFETY: a buffer-to-image copy inside both resources' bounds.
         unsafe {
-            self.device.cmd_pipeline_barrier(
-                self.cmd,
-                vk::PipelineStageFlags::TOP_OF_PIPE,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[to(
-                    vk::ImageLayout::UNDEFINED,
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::AccessFlags::empty(),
-                    vk::AccessFlags::TRANSFER_WRITE,
-                )],
-            );
             self.device.cmd_copy_buffer_to_image(
                 self.cmd,
                 rgba,
                 image,
                 vk::ImageLayout::TRANSFER_DST_OPTIMAL,
                 &region,
-            );
-            self.device.cmd_pipeline_barrier(
-                self.cmd,
-                vk::PipelineStageFlags::TRANSFER,
-                vk::PipelineStageFlags::BOTTOM_OF_PIPE,
-                vk::DependencyFlags::empty(),
-                &[],
-                &[],
-                &[to(
-                    vk::ImageLayout::TRANSFER_DST_OPTIMAL,
-                    vk::ImageLayout::PRESENT_SRC_KHR,
-                    vk::AccessFlags::TRANSFER_WRITE,
-                    vk::AccessFlags::empty(),
-                )],
-            );
+            )
+        };
+        barrier(
+            vk::PipelineStageFlags::TRANSFER,
+            vk::PipelineStageFlags::BOTTOM_OF_PIPE,
+            to(
+                vk::ImageLayout::TRANSFER_DST_OPTIMAL,
+                vk::ImageLayout::PRESENT_SRC_KHR,
+                vk::AccessFlags::TRANSFER_WRITE,
+                vk::AccessFlags::empty(),
+            ),
+        );
+        // SAFETY: ending the command buffer we began above.
+        unsafe {
             self.device.end_command_buffer(self.cmd)?;
         }
         let cmds = [self.cmd];

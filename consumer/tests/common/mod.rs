@@ -158,3 +158,19 @@ pub fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
         std::thread::sleep(Duration::from_millis(25));
     }
 }
+
+/// Run the consumer with `args` plus `--stats-json` (a file named after `sock` and `tag`), assert
+/// that it succeeded (showing its stderr otherwise), and return its statistics.
+pub fn consume(sock: &Path, tag: &str, args: &[&str], limit: Duration) -> serde_json::Value {
+    let json = sock.with_extension(format!("{tag}.json"));
+    let mut all = args.to_vec();
+    all.extend(["--stats-json", json.to_str().unwrap()]);
+    let out = run_consumer(sock, &all, limit);
+    assert!(
+        out.status.success(),
+        "{} {tag}: consumer failed:\n{}",
+        sock.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    read_json(&json)
+}
