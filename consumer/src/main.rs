@@ -11,7 +11,7 @@ use clap::Parser;
 use dmabuf_core::buffer::MemoryKind;
 use dmabuf_core::format::{PixelFormat, MOD_LINEAR};
 use dmabuf_core::proto::client::{Client, Event};
-use dmabuf_core::proto::wire::{Cap, GoodbyeReason, FRAME_FLAG_CHECKSUM};
+use dmabuf_core::proto::wire::{Cap, GoodbyeReason, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED};
 use dmabuf_core::proto::{Channel, ProtoError};
 use import::cpu::MappedBuffer;
 use import::vulkan::{ImportPath, Vulkan};
@@ -335,6 +335,9 @@ fn run(args: &Args) -> Result<i32> {
                 let buf = client.buffer(id).expect("validated by the client");
                 let map = maps[id as usize].as_ref();
                 let mut checked = false;
+                if f.flags & FRAME_FLAG_COPIED != 0 {
+                    stats.report.producer_copied += 1;
+                }
                 if args.verify {
                     if f.flags & FRAME_FLAG_CHECKSUM == 0 {
                         stats.report.unverifiable += 1;

@@ -15,6 +15,11 @@ pub struct Report {
     pub dropped: u64,
     /// Frames that came without a checksum while --verify was on.
     pub unverifiable: u64,
+    /// Frames whose pixels the producer's CPU copied into the buffer (`Frame` flag bit 1).
+    pub producer_copied: u64,
+    /// How the frames got into the shared buffers: `direct` (written in place: decoded straight
+    /// into the buffer, or drawn there), `copy` (one CPU copy each), `mixed`, or empty for none.
+    pub decode_path: String,
     pub alloc: String,
     pub memory: String,
     pub import_path: String,
@@ -162,6 +167,12 @@ impl Stats {
         self.report.latency_us_max = self.latencies_us.last().copied().unwrap_or(0.0);
         self.process_us.sort_by(f64::total_cmp);
         self.report.process_us_p50 = percentile(&self.process_us, 0.5);
+        self.report.decode_path = match (self.report.frames, self.report.producer_copied) {
+            (0, _) => String::new(),
+            (_, 0) => "direct".into(),
+            (n, c) if c == n => "copy".into(),
+            _ => "mixed".into(),
+        };
         self.report
     }
 }

@@ -53,7 +53,16 @@ fn play(name: &str, file: &Path, alloc: &str, extra: &[&str]) -> (Vec<u8>, serde
     );
     let (st, err) = p.wait(Duration::from_secs(30));
     assert!(st.success(), "{name}: producer: {err}");
-    assert!(err.contains("decode_path: copy"), "{err}");
+    // What the producer set up, and what the frames said happened.
+    let copy = extra.windows(2).any(|w| w == ["--decode-path", "copy"]);
+    let small_pool = extra.contains(&"--decoder-buffers");
+    let (setup, path) = match (copy, small_pool) {
+        (true, _) => ("copy", "copy"),
+        (false, true) => ("direct", "mixed"),
+        (false, false) => ("direct", "direct"),
+    };
+    assert!(err.contains(&format!("decode_path: {setup}")), "{err}");
+    assert_eq!(s["decode_path"], path, "{name}: {s}\n{err}");
     let bytes = std::fs::read(&dump).unwrap();
     // The bundled clip's dump is 560 MB: do not leave it behind.
     let _ = std::fs::remove_file(&dump);
@@ -62,17 +71,35 @@ fn play(name: &str, file: &Path, alloc: &str, extra: &[&str]) -> (Vec<u8>, serde
 
 #[test]
 fn bundled_clip_is_byte_identical_to_ffmpeg() {
-    let (dump, s) = play("clip", &sample(), "memfd", &[]);
     let want = ffmpeg_raw(&sample(), "yuv420p", None);
-    assert_eq!(s["frames"], 180, "{s}");
-    assert_eq!(s["verified"], 180, "{s}");
-    assert_eq!(s["pixel_format"], "I420");
-    assert_eq!(
-        (s["width"].as_u64(), s["height"].as_u64()),
-        (Some(1920), Some(1080))
-    );
-    assert_eq!(dump.len(), want.len(), "dump size");
-    assert!(dump == want, "the dump differs from ffmpeg's decode");
+    // Decoded straight into the shared buffers; copied once per frame (for comparison); and
+    // with a pool too small for the decoder's references, so that most pictures find it dry
+    // and go through the same-layout spare buffers and one copy (the fallback).
+    for (name, extra) in [
+        ("clip", &[][..]),
+        ("clip-copy", &["--decode-path", "copy"][..]),
+        ("clip-dry", &["--decoder-buffers", "2"][..]),
+    ] {
+        let (dump, s) = play(name, &sample(), "memfd", extra);
+        assert_eq!(s["frames"], 180, "{s}");
+        assert_eq!(s["verified"], 180, "{s}");
+        let copied = s["producer_copied"].as_u64().unwrap();
+        match name {
+            "clip" => assert_eq!(copied, 0, "{s}"),
+            "clip-copy" => assert_eq!(copied, 180, "{s}"),
+            _ => assert!(copied > 0 && copied < 180, "{s}"),
+        }
+        assert_eq!(s["pixel_format"], "I420");
+        assert_eq!(
+            (s["width"].as_u64(), s["height"].as_u64()),
+            (Some(1920), Some(1080))
+        );
+        assert_eq!(dump.len(), want.len(), "{name}: dump size");
+        assert!(
+            dump == want,
+            "{name}: the dump differs from ffmpeg's decode"
+        );
+    }
 }
 
 #[test]

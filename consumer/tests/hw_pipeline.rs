@@ -195,47 +195,13 @@ fn vulkan_dmabuf_image_imports_verified() {
     vulkan_imports("vulkan_dmabuf_image_imports_verified", "dmabuf-image");
 }
 
-/// The bundled clip decoded into dma-heap buffers: what the consumer receives is byte for byte
-/// FFmpeg's decode of the same frames.
+/// The bundled clip decoded straight into dma-heap and udmabuf buffers (`decode_path: direct`)
+/// and, because GBM memory may be write-combined, into FFmpeg's buffers and copied once into
+/// GBM buffers (`copy`): what the consumer receives is byte for byte FFmpeg's decode.
 #[test]
-fn decode_into_dma_heap_is_byte_identical() {
-    let t = "decode_into_dma_heap_is_byte_identical";
-    if !have(t, "/dev/dma_heap/system") {
-        return;
-    }
+fn decode_into_dma_bufs_is_byte_identical() {
+    let t = "decode_into_dma_bufs_is_byte_identical";
     let clip = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/clip-1080p60.mp4");
-    let sock = socket("hw-decode");
-    let src = format!("file:{}", clip.display());
-    let _p = Producer::start(
-        &sock,
-        &[
-            "--source",
-            &src,
-            "--alloc",
-            "dma-heap",
-            "--no-pace",
-            "--frames",
-            "30",
-        ],
-    );
-    let dump = sock.with_extension("raw");
-    let s = consume(
-        &sock,
-        "decode",
-        &[
-            "--import",
-            "cpu-map",
-            "--verify",
-            "--dump-raw",
-            dump.to_str().unwrap(),
-        ],
-        Duration::from_secs(300),
-    );
-    assert_eq!(
-        (s["alloc"].as_str(), s["verified"].as_u64()),
-        (Some("dma-heap"), Some(30)),
-        "{s}"
-    );
     let want = std::process::Command::new("ffmpeg")
         .args(["-loglevel", "error", "-i"])
         .arg(&clip)
@@ -251,7 +217,50 @@ fn decode_into_dma_heap_is_byte_identical() {
         .output()
         .unwrap();
     assert!(want.status.success());
-    let got = std::fs::read(&dump).unwrap();
-    assert_eq!(got.len(), want.stdout.len());
-    assert!(got == want.stdout, "dma-heap decode differs from ffmpeg's");
+    for (alloc, device, path) in [
+        ("dma-heap", "/dev/dma_heap/system", "direct"),
+        ("udmabuf", "/dev/udmabuf", "direct"),
+        ("gbm", "/dev/dri/card0", "copy"),
+    ] {
+        if !have(t, device) {
+            continue;
+        }
+        let sock = socket(&format!("hw-decode-{alloc}"));
+        let src = format!("file:{}", clip.display());
+        let _p = Producer::start(
+            &sock,
+            &[
+                "--source",
+                &src,
+                "--alloc",
+                alloc,
+                "--no-pace",
+                "--frames",
+                "30",
+            ],
+        );
+        let dump = sock.with_extension("raw");
+        let s = consume(
+            &sock,
+            "decode",
+            &[
+                "--import",
+                "cpu-map",
+                "--verify",
+                "--dump-raw",
+                dump.to_str().unwrap(),
+            ],
+            Duration::from_secs(300),
+        );
+        assert_eq!(
+            (s["alloc"].as_str(), s["verified"].as_u64()),
+            (Some(alloc), Some(30)),
+            "{s}"
+        );
+        assert_eq!(s["decode_path"], path, "{alloc}: {s}");
+        let got = std::fs::read(&dump).unwrap();
+        let _ = std::fs::remove_file(&dump);
+        assert_eq!(got.len(), want.stdout.len(), "{alloc}");
+        assert!(got == want.stdout, "{alloc} decode differs from ffmpeg's");
+    }
 }

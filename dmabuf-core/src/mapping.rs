@@ -57,6 +57,23 @@ impl CpuMapping {
         self.region.as_ptr()
     }
 
+    /// Start address for a writer outside Rust's borrows: a decoder writing through the
+    /// picture pointers FFmpeg hands it. Such writes go between [`CpuMapping::begin_raw_write`]
+    /// and [`CpuMapping::end_raw_write`].
+    pub fn as_mut_ptr(&self) -> Result<*mut u8, MapError> {
+        self.region.as_mut_ptr().ok_or(MapError::ReadOnly)
+    }
+
+    /// Open a read+write bracket that no guard tracks (see [`CpuMapping::as_mut_ptr`]).
+    pub fn begin_raw_write(&self) -> Result<(), MapError> {
+        self.sync(SyncAccess::ReadWrite, false)
+    }
+
+    /// Close the bracket [`CpuMapping::begin_raw_write`] opened.
+    pub fn end_raw_write(&self) -> Result<(), MapError> {
+        self.sync(SyncAccess::ReadWrite, true)
+    }
+
     fn sync(&self, access: SyncAccess, end: bool) -> Result<(), MapError> {
         if self.memory == MemoryKind::DmaBuf {
             dma_buf::sync(self.fd.as_fd(), access, end).map_err(|source| MapError::Sync {

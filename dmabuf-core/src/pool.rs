@@ -6,7 +6,7 @@
 
 use crate::alloc::{AllocError, Allocator};
 use crate::buffer::{AllocatorKind, FrameBuffer};
-use crate::format::FrameFormat;
+use crate::format::{FrameFormat, FrameLayout};
 use crate::mapping::{CpuMapping, MapError};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -59,24 +59,43 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Allocate and map `count` buffers for `format`.
+    /// Allocate and map `count` buffers for `format`, laid out as the allocator likes.
     pub fn new(
         allocator: &dyn Allocator,
         format: FrameFormat,
         count: usize,
+    ) -> Result<Self, PoolError> {
+        Self::build(allocator, format, count, |a| a.allocate(format))
+    }
+
+    /// Allocate and map `count` buffers laid out exactly as `layout` (for a decoder that writes
+    /// into them with its own alignment; see [`FrameLayout::with_storage`]).
+    pub fn with_layout(
+        allocator: &dyn Allocator,
+        layout: &FrameLayout,
+        count: usize,
+    ) -> Result<Self, PoolError> {
+        Self::build(allocator, layout.format, count, |a| {
+            a.allocate_layout(layout)
+        })
+    }
+
+    fn build(
+        allocator: &dyn Allocator,
+        format: FrameFormat,
+        count: usize,
+        allocate: impl Fn(&dyn Allocator) -> Result<FrameBuffer, AllocError>,
     ) -> Result<Self, PoolError> {
         if count == 0 {
             return Err(PoolError::Empty);
         }
         let mut slots = Vec::with_capacity(count);
         for index in 0..count {
-            let buffer = allocator
-                .allocate(format)
-                .map_err(|source| PoolError::Alloc {
-                    index,
-                    count,
-                    source,
-                })?;
+            let buffer = allocate(allocator).map_err(|source| PoolError::Alloc {
+                index,
+                count,
+                source,
+            })?;
             let mapping = CpuMapping::new(
                 buffer.fds[0].clone(),
                 buffer.fd_sizes[0],
@@ -124,9 +143,26 @@ impl Pool {
         self.inner.slots.get(id as usize).map(|s| &s.buffer)
     }
 
+    /// Where buffer `id` is mapped in this process (to recognise a pointer into it).
+    pub fn base_ptr(&self, id: u32) -> Option<*const u8> {
+        let slot = self.inner.slots.get(id as usize)?;
+        Some(lock(&slot.mapping).as_ptr())
+    }
+
     /// The least recently returned free buffer, if any.
     pub fn try_acquire(&self) -> Option<Lease> {
-        let id = lock(&self.inner.free).pop_front()?;
+        self.try_acquire_leaving(0)
+    }
+
+    /// A free buffer only if more than `reserve` are free (checked and taken atomically), so
+    /// one user (a decoder) cannot take the buffers another (the copy path) needs.
+    pub fn try_acquire_leaving(&self, reserve: usize) -> Option<Lease> {
+        let mut free = lock(&self.inner.free);
+        if free.len() <= reserve {
+            return None;
+        }
+        let id = free.pop_front()?;
+        drop(free);
         Some(Lease {
             inner: self.inner.clone(),
             id,
@@ -163,6 +199,24 @@ impl Lease {
     }
 }
 
+impl Lease {
+    /// Open a CPU write bracket that outlives any borrow and return the buffer's start address:
+    /// for a decoder that writes the frame through raw pointers from its own threads. Close it
+    /// with [`Lease::end_raw_write`] before the frame is published. The address stays valid
+    /// while the lease lives.
+    pub fn begin_raw_write(&self) -> Result<*mut u8, MapError> {
+        let mapping = lock(&self.inner.slots[self.id as usize].mapping);
+        let ptr = mapping.as_mut_ptr()?;
+        mapping.begin_raw_write()?;
+        Ok(ptr)
+    }
+
+    /// Close the bracket [`Lease::begin_raw_write`] opened.
+    pub fn end_raw_write(&self) -> Result<(), MapError> {
+        lock(&self.inner.slots[self.id as usize].mapping).end_raw_write()
+    }
+}
+
 impl Drop for Lease {
     fn drop(&mut self) {
         lock(&self.inner.free).push_back(self.id);
@@ -174,6 +228,28 @@ mod tests {
     use super::*;
     use crate::alloc::MemfdAllocator;
     use crate::format::PixelFormat;
+
+    #[test]
+    fn a_reserve_is_left_for_others() {
+        let fmt = FrameFormat::linear(PixelFormat::I420, 64, 48);
+        let layout = FrameLayout::with_storage(fmt, 64, 64, 80).unwrap();
+        let pool = Pool::with_layout(&MemfdAllocator::new(), &layout, 3).unwrap();
+        assert_eq!(pool.buffer(0).unwrap().layout, layout);
+        let a = pool.try_acquire_leaving(1).unwrap();
+        let b = pool.try_acquire_leaving(1).unwrap();
+        assert!(
+            pool.try_acquire_leaving(1).is_none(),
+            "the last one is reserved"
+        );
+        let c = pool
+            .try_acquire()
+            .expect("the reserve is there for try_acquire");
+        let base = pool.base_ptr(c.id()).unwrap();
+        assert_eq!(c.begin_raw_write().unwrap() as *const u8, base);
+        c.end_raw_write().unwrap();
+        drop((a, b, c));
+        assert_eq!(pool.free_count(), 3);
+    }
 
     #[test]
     fn leases_cycle_without_allocating() {

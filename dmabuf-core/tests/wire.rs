@@ -249,11 +249,23 @@ fn malformed_messages_are_named_errors() {
     short[6..8].copy_from_slice(&24u16.to_le_bytes());
     assert!(matches!(decode(&short), Err(WireError::BadLength { .. })));
     // Unknown flag bits, too many chunks, bad chunk flags, garbage in an unused chunk.
-    for (at, val) in [(12usize, 2u32), (44, 5), (44, 0), (52, 2), (76, 1)] {
+    for (at, val) in [
+        (12usize, 4u32),
+        (12, 1 << 31),
+        (44, 5),
+        (44, 0),
+        (52, 2),
+        (76, 1),
+    ] {
         assert!(
             decode(&patched(frame, at, &val.to_le_bytes())).is_err(),
             "frame byte {at} = {val}"
         );
+    }
+    // Both defined flag bits (checksum, copied) are accepted.
+    match decode(&patched(frame, 12, &3u32.to_le_bytes())) {
+        Ok(Message::Frame(f)) => assert_eq!(f.flags, FRAME_FLAG_CHECKSUM | FRAME_FLAG_COPIED),
+        other => panic!("flags 3: {other:?}"),
     }
     // Hello: more caps than allowed, nonzero reserved flags.
     let hello = &s[0];

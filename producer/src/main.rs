@@ -50,6 +50,20 @@ struct Args {
     #[arg(long)]
     decode_threads: Option<usize>,
 
+    /// With a file source: `direct` decodes straight into the shared buffers (a custom
+    /// get_buffer2; no copy), falling back to one copy per frame when it cannot (GBM memory,
+    /// pool dry, a picture that does not fit); `copy` always decodes into FFmpeg's own buffers
+    /// and copies each frame once (for comparison).
+    #[arg(long, value_enum, default_value_t = DecodePath::Direct)]
+    decode_path: DecodePath,
+
+    /// With a file source decoding in place: pool buffers for the decoder (its reference
+    /// frames and threads) on top of --buffers; default: the stream's reference limit (from its
+    /// codec and level) + decode threads + 2. Fewer save memory; pictures that find the pool
+    /// dry are copied once.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=64))]
+    decoder_buffers: Option<u32>,
+
     /// Buffer allocator: auto (dma-heap, then udmabuf, then gbm, then memfd; it says which it
     /// picked and why), memfd, dma-heap, udmabuf or gbm.
     #[arg(long, default_value = "auto")]
@@ -157,10 +171,22 @@ fn main() {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum DecodePath {
+    Direct,
+    Copy,
+}
+
 fn source(args: &Args) -> Result<Source> {
     if args.source == "pattern" {
-        if args.looping || args.decode_threads.is_some() {
-            bail!("--loop and --decode-threads apply to a file source");
+        if args.looping
+            || args.decode_threads.is_some()
+            || args.decode_path != DecodePath::Direct
+            || args.decoder_buffers.is_some()
+        {
+            bail!(
+                "--loop, --decode-threads, --decode-path and --decoder-buffers apply to a file source"
+            );
         }
         let (w, h) = args.size.unwrap_or((1920, 1080));
         let pixel = args.format.unwrap_or(PixelFormat::Nv12);
@@ -180,7 +206,11 @@ fn source(args: &Args) -> Result<Source> {
         if threads == 0 || threads > 64 {
             bail!("--decode-threads must be 1..=64");
         }
-        let dec = Decoder::open(std::path::Path::new(path), threads)?;
+        let mut dec = Decoder::open(std::path::Path::new(path), threads)?;
+        if args.decode_path == DecodePath::Copy {
+            dec.force_copy();
+        }
+        dec.decoder_buffers = args.decoder_buffers.map(|n| n as usize);
         return Ok(Source::File {
             dec: Box::new(dec),
             looping: args.looping,

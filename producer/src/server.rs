@@ -10,7 +10,9 @@ use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::format::frame_checksum;
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::server::{accepts, full_chunks, read_hello, Pumped, Session};
-use dmabuf_core::proto::wire::{Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, VERSION};
+use dmabuf_core::proto::wire::{
+    Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED, VERSION,
+};
 use dmabuf_core::proto::{Listener, ListenerOptions, ProtoError};
 use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
 use dmabuf_core::{AllocatorKind, MemoryKind};
@@ -65,8 +67,8 @@ pub fn serve(
     let (allocator, why) =
         alloc::select(opts.alloc, format).with_context(|| format!("no allocator for {format}"))?;
     tracing::info!("allocator: {why}");
-    let pool = Pool::new(allocator.as_ref(), format, opts.buffers)
-        .context("allocating the buffer pool")?;
+    let mut source = source;
+    let pool = source.make_pool(allocator.as_ref(), opts.buffers)?;
     let layout = &pool.buffer(0).expect("pool is not empty").layout;
     tracing::info!(
         "pool: {} x {} bytes ({} in {}), strides {:?}",
@@ -140,7 +142,7 @@ impl Server {
             {
                 tracing::info!("consumer cannot import {memory}; switching the pool to memfd");
                 let memfd = alloc::open(AllocatorKind::Memfd)?;
-                self.pool = Pool::new(memfd.as_ref(), format, self.opts.buffers)?;
+                self.pool = self.source.make_pool(memfd.as_ref(), self.opts.buffers)?;
             } else {
                 let offered: Vec<String> = hello
                     .caps
@@ -204,6 +206,9 @@ impl Server {
                     seq as f64 / secs,
                     (process_cpu_ns() - cpu0) as f64 / 1e3 / seq.max(1) as f64
                 );
+                if let Some(paths) = self.source.path_summary() {
+                    tracing::info!("{paths}");
+                }
                 return Ok(SessionEnd::Completed);
             }
             if self.stop.load(Ordering::Relaxed) {
@@ -221,40 +226,53 @@ impl Server {
                     }
                 }
             }
+            // The consumer may hold --buffers frames; the rest of the pool is the decoder's.
+            if !self.wait_for_room(sess)? {
+                return Ok(SessionEnd::ConsumerGone);
+            }
             let Some(pts_ns) = self.source.advance(seq)? else {
                 tracing::info!("end of the stream after {seq} frames");
+                if let Some(paths) = self.source.path_summary() {
+                    tracing::info!("{paths}");
+                }
                 return Ok(SessionEnd::Completed);
             };
-            let Some(lease) = self.acquire(sess)? else {
-                return Ok(SessionEnd::ConsumerGone);
+            let (lease, copied) = match self.source.filled_lease() {
+                Some(lease) => (lease, false),
+                None => {
+                    let Some(lease) = self.acquire(sess)? else {
+                        return Ok(SessionEnd::ConsumerGone);
+                    };
+                    let layout = &lease.buffer().layout;
+                    let source = &mut self.source;
+                    let copied = lease
+                        .with_bytes_mut(|data| source.write(seq, data, layout))
+                        .context("writing the frame")?;
+                    (Arc::new(lease), copied)
+                }
             };
-            let layout = &lease.buffer().layout;
-            let want_sum = self.opts.checksum;
-            let source = &mut self.source;
-            let checksum = lease
-                .with_bytes_mut(|data| {
-                    source.write(seq, data, layout);
-                    if want_sum {
-                        frame_checksum(data, &layout.planes)
-                    } else {
-                        None
-                    }
-                })
-                .context("writing the frame")?;
+            let checksum = if self.opts.checksum {
+                let planes = &lease.buffer().layout.planes;
+                lease
+                    .with_bytes_mut(|data| frame_checksum(data, planes))
+                    .context("reading the frame back")?
+            } else {
+                None
+            };
+            let mut flags = if copied { FRAME_FLAG_COPIED } else { 0 };
+            if checksum.is_some() {
+                flags |= FRAME_FLAG_CHECKSUM;
+            }
             let frame = Frame {
                 buffer_id: lease.id(),
-                flags: if checksum.is_some() {
-                    FRAME_FLAG_CHECKSUM
-                } else {
-                    0
-                },
+                flags,
                 seq,
                 pts_ns,
                 publish_ns: monotonic_ns(),
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),
             };
-            match sess.send_frame(frame, Arc::new(lease)) {
+            match sess.send_frame(frame, lease) {
                 Ok(()) => {}
                 Err(ProtoError::Closed) => return Ok(SessionEnd::ConsumerGone),
                 Err(e) => return Err(e.into()),
@@ -278,13 +296,31 @@ impl Server {
         unreachable!()
     }
 
-    /// A free buffer, waiting for releases; `None` if the consumer left. A consumer that holds
-    /// every buffer for longer than the stall timeout is dropped.
+    /// Wait until the consumer holds fewer than `--buffers` frames (the pool may be larger:
+    /// a decoder keeps its references in it); false if the consumer left.
+    fn wait_for_room(&self, sess: &mut Session<Arc<Lease>>) -> Result<bool> {
+        let buffers = self.opts.buffers;
+        self.wait_consumer(sess, |s| (s.held_count() < buffers).then_some(()))
+            .map(|r| r.is_some())
+    }
+
+    /// A free buffer, waiting for releases; `None` if the consumer left.
     fn acquire(&self, sess: &mut Session<Arc<Lease>>) -> Result<Option<Lease>> {
+        let pool = &self.pool;
+        self.wait_consumer(sess, |_| pool.try_acquire())
+    }
+
+    /// Pump the consumer's releases until `ready` gives something; `None` if the consumer left
+    /// or a signal came. A consumer that releases nothing for the stall timeout is dropped.
+    fn wait_consumer<R>(
+        &self,
+        sess: &mut Session<Arc<Lease>>,
+        mut ready: impl FnMut(&Session<Arc<Lease>>) -> Option<R>,
+    ) -> Result<Option<R>> {
         let since = Instant::now();
         loop {
-            if let Some(l) = self.pool.try_acquire() {
-                return Ok(Some(l));
+            if let Some(r) = ready(sess) {
+                return Ok(Some(r));
             }
             let left = self.opts.stall_timeout.saturating_sub(since.elapsed());
             if left.is_zero() {

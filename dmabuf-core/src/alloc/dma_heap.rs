@@ -42,7 +42,11 @@ impl Allocator for DmaHeapAllocator {
     }
 
     fn allocate(&self, format: FrameFormat) -> Result<FrameBuffer, AllocError> {
-        let layout = FrameLayout::gpu_friendly(format)?;
+        self.allocate_layout(&FrameLayout::gpu_friendly(format)?)
+    }
+
+    fn allocate_layout(&self, layout: &FrameLayout) -> Result<FrameBuffer, AllocError> {
+        let format = layout.format;
         let fd = sys::dma_heap::alloc(self.heap.as_fd(), layout.size).map_err(|source| {
             AllocError::Failed {
                 allocator: AllocatorKind::DmaHeap,
@@ -53,7 +57,7 @@ impl Allocator for DmaHeapAllocator {
         })?;
         let size = layout.size;
         Ok(FrameBuffer::single(
-            layout,
+            layout.clone(),
             fd,
             size,
             AllocatorKind::DmaHeap,

@@ -97,6 +97,11 @@ impl Allocator for GbmAllocator {
         AllocatorKind::Gbm
     }
 
+    fn cpu_cached(&self) -> bool {
+        // A real GPU's GBM buffers may be write-combined: fine to fill, ruinous to read back.
+        false
+    }
+
     fn allocate(&self, format: FrameFormat) -> Result<FrameBuffer, AllocError> {
         let failed = |what, e: std::io::Error| AllocError::Failed {
             allocator: AllocatorKind::Gbm,

@@ -32,7 +32,11 @@ impl Allocator for MemfdAllocator {
     }
 
     fn allocate(&self, format: FrameFormat) -> Result<FrameBuffer, AllocError> {
-        let layout = FrameLayout::gpu_friendly(format)?;
+        self.allocate_layout(&FrameLayout::gpu_friendly(format)?)
+    }
+
+    fn allocate_layout(&self, layout: &FrameLayout) -> Result<FrameBuffer, AllocError> {
+        let format = layout.format;
         let seals = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL;
         let fd = sealed_memfd("dmabuf-frame", layout.size, seals).map_err(|source| {
             AllocError::Failed {
@@ -43,6 +47,11 @@ impl Allocator for MemfdAllocator {
             }
         })?;
         let size = layout.size;
-        Ok(FrameBuffer::single(layout, fd, size, AllocatorKind::Memfd))
+        Ok(FrameBuffer::single(
+            layout.clone(),
+            fd,
+            size,
+            AllocatorKind::Memfd,
+        ))
     }
 }

@@ -13,7 +13,7 @@ pub use self::memfd::{sealed_memfd, MemfdAllocator};
 pub use self::udmabuf::UdmabufAllocator;
 
 use crate::buffer::{AllocatorKind, FrameBuffer};
-use crate::format::{FrameFormat, LayoutError};
+use crate::format::{FrameFormat, FrameLayout, LayoutError};
 use nix::errno::Errno;
 use std::fmt;
 use std::str::FromStr;
@@ -50,6 +50,21 @@ pub trait Allocator: Send + Sync {
     fn kind(&self) -> AllocatorKind;
     /// Allocate one buffer able to hold a `format` frame (layout chosen by the allocator).
     fn allocate(&self, format: FrameFormat) -> Result<FrameBuffer, AllocError>;
+    /// Allocate one buffer with exactly `layout` (for a writer with its own alignment rules,
+    /// such as a decoder). Allocators that choose their own layout refuse.
+    fn allocate_layout(&self, layout: &FrameLayout) -> Result<FrameBuffer, AllocError> {
+        Err(AllocError::Unsupported {
+            allocator: self.kind(),
+            format: layout.format,
+            why: "this allocator chooses its own layout".into(),
+        })
+    }
+    /// Is the memory ordinary cached system memory, fit for a CPU to read back as well as
+    /// write (a decoder reading its reference frames)? Device memory that may be
+    /// write-combined (GBM on a real GPU) is not.
+    fn cpu_cached(&self) -> bool {
+        true
+    }
 }
 
 /// What the user asked for on the command line.

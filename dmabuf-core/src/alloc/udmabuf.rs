@@ -39,7 +39,15 @@ impl UdmabufAllocator {
         format: FrameFormat,
         seals: SealFlag,
     ) -> Result<FrameBuffer, AllocError> {
-        let layout = FrameLayout::gpu_friendly(format)?;
+        self.create_with_layout(&FrameLayout::gpu_friendly(format)?, seals)
+    }
+
+    fn create_with_layout(
+        &self,
+        layout: &FrameLayout,
+        seals: SealFlag,
+    ) -> Result<FrameBuffer, AllocError> {
+        let format = layout.format;
         let failed = |what, source| AllocError::Failed {
             allocator: AllocatorKind::Udmabuf,
             what,
@@ -52,7 +60,7 @@ impl UdmabufAllocator {
             .map_err(|e| failed("UDMABUF_CREATE", e))?;
         let size = layout.size;
         Ok(FrameBuffer::single(
-            layout,
+            layout.clone(),
             fd,
             size,
             AllocatorKind::Udmabuf,
@@ -69,6 +77,13 @@ impl Allocator for UdmabufAllocator {
         // udmabuf requires F_SEAL_SHRINK and refuses F_SEAL_WRITE; GROW and SEAL are fine.
         self.create_from_memfd(
             format,
+            SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
+        )
+    }
+
+    fn allocate_layout(&self, layout: &FrameLayout) -> Result<FrameBuffer, AllocError> {
+        self.create_with_layout(
+            layout,
             SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW | SealFlag::F_SEAL_SEAL,
         )
     }

@@ -35,6 +35,11 @@ pub const MAX_MESSAGE_LEN: usize = HELLO_FIXED_LEN + MAX_CAPS * CAP_LEN;
 
 /// `Frame.flags`: `checksum` is valid.
 pub const FRAME_FLAG_CHECKSUM: u32 = 1 << 0;
+/// `Frame.flags`: the producer's CPU copied these pixels into the buffer (a decoded picture
+/// that could not be decoded in place); clear when the source wrote them in place.
+pub const FRAME_FLAG_COPIED: u32 = 1 << 1;
+/// Every `Frame.flags` bit this version defines.
+pub const FRAME_FLAGS_KNOWN: u32 = FRAME_FLAG_CHECKSUM | FRAME_FLAG_COPIED;
 /// `Chunk.flags`: the decoder reported this plane's data corrupt.
 pub const CHUNK_FLAG_CORRUPTED: u32 = 1 << 0;
 
@@ -623,7 +628,7 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
             expect_len(name, FRAME_LEN, buf.len())?;
             let buffer_id = r.u32();
             let flags = r.u32();
-            r.range("flags", flags.into(), flags & !FRAME_FLAG_CHECKSUM == 0)?;
+            r.range("flags", flags.into(), flags & !FRAME_FLAGS_KNOWN == 0)?;
             let seq = r.u64();
             let pts_ns = r.u64() as i64;
             let publish_ns = r.u64();

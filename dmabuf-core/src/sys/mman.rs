@@ -60,6 +60,11 @@ impl MappedRegion {
         self.ptr.as_ptr()
     }
 
+    /// Start address for writing; `None` for a read-only mapping.
+    pub fn as_mut_ptr(&self) -> Option<*mut u8> {
+        self.writable.then_some(self.ptr.as_ptr())
+    }
+
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` is mapped readable for the life of `self`, and the fd cannot
         // shrink (see the type's docs), so every byte is accessible.

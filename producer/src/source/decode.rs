@@ -1,15 +1,21 @@
 //! `--source file:PATH`: any file libavcodec decodes (H.264, HEVC, VP9, AV1 …), frame-threaded.
 //!
-//! This first version copies each decoded picture once, row by row, into a pool buffer
-//! (`decode_path: copy`). Decoding straight into pool buffers through a custom `get_buffer2`
-//! (zero copies) is the next step.
+//! Pictures are decoded straight into pool buffers ([`super::direct`], a custom `get_buffer2`):
+//! `decode_path: direct`, no copy. When that is impossible — the decoder lacks
+//! `AV_CODEC_CAP_DR1`, the allocator's memory must not be read back by the CPU (GBM), the pool
+//! is dry, or the picture does not fit — the frame is copied once, row by row, into a pool
+//! buffer (`decode_path: copy`), and the frame message says so.
 
+use super::direct::{DirectCounts, DirectDecode, PLANE_SLACK};
 use anyhow::{anyhow, bail, Context as _, Result};
-use dmabuf_core::format::{FrameLayout, PixelFormat};
+use dmabuf_core::alloc::{AllocError, Allocator};
+use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat};
+use dmabuf_core::pool::{Lease, Pool, PoolError};
 use dmabuf_core::proto::wire::ColorInfo;
 use ffmpeg::format::Pixel;
 use ffmpeg_next as ffmpeg;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 pub struct Decoder {
     path: PathBuf,
@@ -28,6 +34,16 @@ pub struct Decoder {
     /// Added to the stream's timestamps after each `--loop` rewind.
     pts_offset_ns: i64,
     last_pts_ns: i64,
+    threads: usize,
+    forced_copy: bool,
+    /// Pool buffers for the decoder on top of the consumers' (`--decoder-buffers`); `None`:
+    /// references + threads + 2.
+    pub decoder_buffers: Option<usize>,
+    /// How pictures reach the pool, for the logs: "direct (…)" or "copy (why)".
+    pub decode_path: String,
+    /// Declared last: the codec context (in `decoder`) must be freed before the callback's
+    /// state.
+    direct: Result<DirectDecode, String>,
 }
 
 fn our_pixel(p: Pixel) -> Option<(PixelFormat, bool)> {
@@ -59,6 +75,10 @@ impl Decoder {
         threading.kind = ffmpeg::threading::Type::Frame;
         threading.count = threads;
         ctx.set_threading(threading);
+        let direct = match ffmpeg::decoder::find(ctx.id()) {
+            Some(codec) => DirectDecode::install(&mut ctx, &codec),
+            None => Err("no decoder found".to_string()),
+        };
         let decoder = ctx
             .decoder()
             .video()
@@ -120,7 +140,82 @@ impl Decoder {
             codec,
             pts_offset_ns: 0,
             last_pts_ns: 0,
+            threads: threads.max(1),
+            forced_copy: false,
+            decoder_buffers: None,
+            decode_path: "copy (no pool yet)".into(),
+            direct,
         })
+    }
+
+    /// Allocate the pool the decoder writes into: laid out for the decoder's aligned picture
+    /// and sized for `consumer_buffers` held downstream plus the decoder's references and
+    /// threads. Falls back to a plain pool (and one copy per frame) when direct decoding is
+    /// impossible with this decoder or allocator.
+    pub fn make_pool(
+        &mut self,
+        allocator: &dyn Allocator,
+        consumer_buffers: usize,
+    ) -> Result<Pool> {
+        let format = FrameFormat::linear(self.pixel, self.width, self.height);
+        let why = match &self.direct {
+            _ if self.forced_copy => "--decode-path copy".to_string(),
+            Err(why) => why.clone(),
+            Ok(_) if !allocator.cpu_cached() => format!(
+                "{} memory may be write-combined; the decoder reads its references back",
+                allocator.kind()
+            ),
+            Ok(direct) => {
+                let (sw, sh) = DirectDecode::storage_size(&mut self.decoder);
+                let layout = FrameLayout::with_storage(format, sw, sh, PLANE_SLACK)?;
+                let refs = DirectDecode::reference_frames(&mut self.decoder);
+                let decoder_share = self.decoder_buffers.unwrap_or(refs + self.threads + 2);
+                let count = consumer_buffers + decoder_share;
+                match Pool::with_layout(allocator, &layout, count) {
+                    Ok(pool) => {
+                        direct.attach(pool.clone(), self.decoder.format());
+                        self.decode_path = format!(
+                            "direct ({count} buffers: {consumer_buffers} for consumers, \
+                             {decoder_share} for the decoder ({refs} references by the \
+                             stream's level, {} threads); storage {sw}x{sh})",
+                            self.threads
+                        );
+                        return Ok(pool);
+                    }
+                    Err(PoolError::Alloc {
+                        source: e @ AllocError::Unsupported { .. },
+                        ..
+                    }) => e.to_string(),
+                    Err(e) => return Err(e).context("allocating the decoder's pool"),
+                }
+            }
+        };
+        if let Ok(direct) = &self.direct {
+            direct.detach();
+        }
+        self.decode_path = format!("copy ({why})");
+        Pool::new(allocator, format, consumer_buffers).context("allocating the buffer pool")
+    }
+
+    /// The pool buffer the current frame was decoded into, ready to publish; `None` when it
+    /// must be copied with [`Decoder::write`].
+    pub fn lease(&self) -> Option<Arc<Lease>> {
+        self.direct.as_ref().ok()?.lease_of(&self.frame)
+    }
+
+    /// Never decode into the pool: one copy per frame (`--decode-path copy`).
+    pub fn force_copy(&mut self) {
+        // Keep the installed callback's state (the codec context points at it): it simply
+        // never gets a pool, so every picture goes to FFmpeg's buffers.
+        self.forced_copy = true;
+    }
+
+    /// Pictures decoded in place, and why others were not.
+    pub fn counts(&self) -> DirectCounts {
+        self.direct
+            .as_ref()
+            .map(DirectDecode::counts)
+            .unwrap_or_default()
     }
 
     pub fn path(&self) -> &Path {

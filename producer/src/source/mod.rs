@@ -2,11 +2,15 @@
 //! comes with its own issue.)
 
 pub mod decode;
+mod direct;
 pub mod pattern;
 
-use anyhow::Result;
+use anyhow::{Context as _, Result};
+use dmabuf_core::alloc::Allocator;
 use dmabuf_core::format::{FrameFormat, FrameLayout};
+use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::wire::ColorInfo;
+use std::sync::Arc;
 
 pub enum Source {
     Pattern {
@@ -57,10 +61,48 @@ impl Source {
         match self {
             Source::Pattern { .. } => format!("pattern, {f} at {n}/{d} fps"),
             Source::File { dec, .. } => format!(
-                "{} decoded with {}, {f} at {n}/{d} fps (decode_path: copy)",
+                "{} decoded with {}, {f} at {n}/{d} fps",
                 dec.path().display(),
                 dec.codec
             ),
+        }
+    }
+
+    /// Allocate the pool this source fills: `buffers` for the consumers to hold, plus what the
+    /// decoder keeps when it decodes in place.
+    pub fn make_pool(&mut self, allocator: &dyn Allocator, buffers: usize) -> Result<Pool> {
+        match self {
+            Source::Pattern { format, .. } => {
+                Pool::new(allocator, *format, buffers).context("allocating the buffer pool")
+            }
+            Source::File { dec, .. } => {
+                let pool = dec.make_pool(allocator, buffers)?;
+                tracing::info!("decode_path: {}", dec.decode_path);
+                Ok(pool)
+            }
+        }
+    }
+
+    /// The pool buffer the frame made ready by [`Source::advance`] already lives in (decoded in
+    /// place); `None` when it must be written with [`Source::write`].
+    pub fn filled_lease(&self) -> Option<Arc<Lease>> {
+        match self {
+            Source::Pattern { .. } => None,
+            Source::File { dec, .. } => dec.lease(),
+        }
+    }
+
+    /// For the logs: how frames reached the pool so far.
+    pub fn path_summary(&self) -> Option<String> {
+        match self {
+            Source::Pattern { .. } => None,
+            Source::File { dec, .. } => {
+                let c = dec.counts();
+                Some(format!(
+                    "decoded in place {}, pool dry {}, not fitting the pool {}",
+                    c.direct, c.pool_dry, c.unfit
+                ))
+            }
         }
     }
 
@@ -96,10 +138,18 @@ impl Source {
     }
 
     /// Write the frame made ready by [`Source::advance`] into `data`, laid out as `layout`.
-    pub fn write(&mut self, seq: u64, data: &mut [u8], layout: &FrameLayout) {
+    /// True when that was a copy of pixels that already existed (a decoded picture), false
+    /// when the source drew them in place.
+    pub fn write(&mut self, seq: u64, data: &mut [u8], layout: &FrameLayout) -> bool {
         match self {
-            Source::Pattern { pattern, .. } => pattern.fill(seq, data, layout),
-            Source::File { dec, .. } => dec.write(data, layout),
+            Source::Pattern { pattern, .. } => {
+                pattern.fill(seq, data, layout);
+                false
+            }
+            Source::File { dec, .. } => {
+                dec.write(data, layout);
+                true
+            }
         }
     }
 }
