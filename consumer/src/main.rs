@@ -109,6 +109,9 @@ impl ImportChoice {
 }
 
 /// The GPU side: the device, and the path chosen once the producer's Welcome is known.
+/// The most buffers a producer may announce (the wire's limit): Vulkan state is sized for it.
+const MAX_BUFFERS: u32 = 256;
+
 struct Gpu {
     vk: Vulkan,
     path: ImportPath,
@@ -122,7 +125,7 @@ fn open_gpu(
     if choice == ImportChoice::CpuMap {
         return Ok(None);
     }
-    match Vulkan::new(64, display) {
+    match Vulkan::new(MAX_BUFFERS, display) {
         Ok(vk) => {
             if let Some(path) = choice.forced() {
                 if let Some(why) = vk.lacks(path) {
@@ -262,7 +265,7 @@ fn run(args: &Args) -> Result<i32> {
     let chan = connect(args)?;
     let mut client = Client::handshake(chan, offered, Duration::from_secs(5))
         .context("handshake with the producer")?;
-    let w = client.welcome().clone();
+    let mut w = client.welcome().clone();
     let mut gpu = vk.map(|vk| Gpu {
         path: choose_path(&vk, args.import, &w),
         vk,
@@ -322,6 +325,30 @@ fn run(args: &Args) -> Result<i32> {
                 if args.dump_raw.is_some() && maps[id as usize].is_none() {
                     maps[id as usize] = Some(MappedBuffer::new(buf)?);
                 }
+            }
+            Ok(Event::Renegotiated) => {
+                // Every buffer was removed (imports dropped above); new ones follow.
+                w = client.welcome().clone();
+                tracing::info!(
+                    "renegotiated: {} {}x{}, {} buffers of {}",
+                    w.pixel,
+                    w.width,
+                    w.height,
+                    w.buffer_count,
+                    w.memory
+                );
+                maps = (0..w.buffer_count).map(|_| None).collect();
+                if let Some(g) = gpu.as_mut() {
+                    g.path = choose_path(&g.vk, args.import, &w);
+                    stats.report.import_path = g.path.name().into();
+                }
+                stats.report.renegotiations += 1;
+                stats.report.alloc = w.allocator.name().into();
+                stats.report.memory = w.memory.name().into();
+                stats.report.pixel_format = w.pixel.name().into();
+                stats.report.width = w.width;
+                stats.report.height = w.height;
+                stats.report.buffers = w.buffer_count;
             }
             Ok(Event::BufferRemoved(id)) => {
                 maps[id as usize] = None;

@@ -20,6 +20,8 @@ pub struct Report {
     /// How the frames got into the shared buffers: `direct` (written in place: decoded straight
     /// into the buffer, or drawn there), `copy` (one CPU copy each), `mixed`, or empty for none.
     pub decode_path: String,
+    /// Mid-stream format changes (the fields below describe the last format).
+    pub renegotiations: u64,
     pub alloc: String,
     pub memory: String,
     pub import_path: String,

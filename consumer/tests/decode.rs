@@ -55,7 +55,10 @@ fn play(name: &str, file: &Path, alloc: &str, extra: &[&str]) -> (Vec<u8>, serde
     assert!(st.success(), "{name}: producer: {err}");
     // What the producer set up, and what the frames said happened.
     let copy = extra.windows(2).any(|w| w == ["--decode-path", "copy"]);
-    let small_pool = extra.contains(&"--decoder-buffers");
+    // A pool too small for the decoder, or a size change (pictures of the new size decoded
+    // before the new pool exists), sends some frames through the copy.
+    let small_pool =
+        extra.contains(&"--decoder-buffers") || s["renegotiations"].as_u64().unwrap() > 0;
     let (setup, path) = match (copy, small_pool) {
         (true, _) => ("copy", "copy"),
         (false, true) => ("direct", "mixed"),
@@ -181,6 +184,101 @@ fn other_codecs_and_odd_sizes_are_byte_identical() {
             "{name}: the dump differs from ffmpeg's decode"
         );
     }
+}
+
+/// A raw H.264 stream that changes size twice (320x240, 480x360, 320x240; 15 frames each).
+fn size_changing_clip() -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dmabuf-decode-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut all = Vec::new();
+    for size in ["320x240", "480x360", "320x240"] {
+        let seg = dir.join(format!("seg-{size}.h264"));
+        let st = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size={size}:rate=30"))
+            .args(["-frames:v", "15", "-pix_fmt", "yuv420p", "-c:v", "libx264"])
+            .args(["-bsf:v", "h264_mp4toannexb"])
+            .arg(&seg)
+            .status()
+            .unwrap();
+        assert!(st.success(), "making {size}");
+        all.extend(std::fs::read(&seg).unwrap());
+    }
+    let out = dir.join("size-change.h264");
+    std::fs::write(&out, all).unwrap();
+    out
+}
+
+#[test]
+fn a_size_change_mid_stream_renegotiates() {
+    let clip = size_changing_clip();
+    // The reference keeps each frame's own size (-autoscale 0), as our dump does.
+    let want = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(&clip)
+        .args([
+            "-autoscale",
+            "0",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(want.status.success());
+    assert_eq!(want.stdout.len(), (320 * 240 * 30 + 480 * 360 * 15) * 3 / 2);
+    let (dump, s) = play("size-change", &clip, "memfd", &[]);
+    assert_eq!(s["frames"], 45, "{s}");
+    assert_eq!(s["verified"], 45, "{s}");
+    assert_eq!(s["renegotiations"], 2, "{s}");
+    assert_eq!(
+        (s["width"].as_u64(), s["height"].as_u64()),
+        (Some(320), Some(240))
+    );
+    assert!(dump == want.stdout, "the dump differs from ffmpeg's decode");
+    // The old buffers' fds were closed at each change: the last pool (15 buffers, as the first)
+    // leaves no more fds open than the first did; leaking the 480x360 pool would add 19.
+    assert!(
+        s["fds_at_end"].as_u64().unwrap() <= s["fds_after_warmup"].as_u64().unwrap(),
+        "{s}"
+    );
+
+    // Through Vulkan (lavapipe): verified on the GPU, snapshots at each size.
+    let sock = socket("size-change-vk");
+    let src = format!("file:{}", clip.display());
+    let _p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+    let snaps = sock.with_extension("snaps");
+    let s = consume(
+        &sock,
+        "size-change-vk",
+        &[
+            "--verify",
+            "--snapshot-every",
+            "20",
+            "--snapshot-dir",
+            snaps.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(
+        (s["verified"].as_u64(), s["gpu_verified"].as_bool()),
+        (Some(45), Some(true)),
+        "{s}"
+    );
+    assert_eq!(s["renegotiations"], 2, "{s}");
+    let sizes: Vec<(u32, u32)> = s["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            let d = png::Decoder::new(std::fs::File::open(p.as_str().unwrap()).unwrap());
+            let r = d.read_info().unwrap();
+            (r.info().width, r.info().height)
+        })
+        .collect();
+    assert_eq!(sizes, [(320, 240), (480, 360), (320, 240)]);
 }
 
 #[test]

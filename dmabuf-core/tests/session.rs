@@ -441,6 +441,108 @@ fn bad_frames_are_refused() {
     );
 }
 
+/// A second Welcome renegotiates only once every buffer is removed, with our version and a
+/// format we offered; otherwise the consumer refuses it and says why.
+#[test]
+fn renegotiation_is_checked() {
+    let _g = serial();
+    let add = |prod: &Channel, client: &mut Client| {
+        let fd = good_memfd();
+        prod.send_with_fds(&Message::AddBuffer(add_buffer(0)), &[fd.as_fd()])
+            .unwrap();
+        client.next_event(Some(T)).unwrap();
+    };
+    let rewelcome = |w: Welcome| encode(&Message::Welcome(w));
+    expect_client_error(
+        MemoryKind::Memfd,
+        add,
+        rewelcome(welcome(MemoryKind::Memfd)),
+        &[],
+        |e| matches!(e, ProtoError::BadBuffer { id: 0, .. }),
+        "still added when the producer sent a new Welcome",
+    );
+    let mut other_version = welcome(MemoryKind::Memfd);
+    other_version.version += 1;
+    expect_client_error(
+        MemoryKind::Memfd,
+        nothing,
+        rewelcome(other_version),
+        &[],
+        |e| matches!(e, ProtoError::Version { .. }),
+        "version",
+    );
+    let mut not_offered = welcome(MemoryKind::Memfd);
+    not_offered.modifier = 0x0100_0000_0000_0001;
+    expect_client_error(
+        MemoryKind::Memfd,
+        nothing,
+        rewelcome(not_offered),
+        &[],
+        |e| matches!(e, ProtoError::Unsupported(_)),
+        "which we did not offer",
+    );
+
+    // The good case: remove, re-welcome at another size and count, add a buffer of the new
+    // layout; the fds of the removed buffer are closed.
+    let (prod, mut client) = connected(MemoryKind::Memfd);
+    let before = fd_count();
+    add(&prod, &mut client);
+    assert_eq!(fd_count(), before + 1);
+    prod.send(&Message::RemoveBuffer(RemoveBuffer { buffer_id: 0 }))
+        .unwrap();
+    assert!(matches!(
+        client.next_event(Some(T)).unwrap(),
+        Event::BufferRemoved(0)
+    ));
+    assert_eq!(fd_count(), before, "the removed buffer's fd is closed");
+    let mut bigger = welcome(MemoryKind::Memfd);
+    bigger.width *= 2;
+    bigger.buffer_count = 7;
+    prod.send(&Message::Welcome(bigger.clone())).unwrap();
+    assert!(matches!(
+        client.next_event(Some(T)).unwrap(),
+        Event::Renegotiated
+    ));
+    assert_eq!(client.welcome(), &bigger);
+    let format = FrameFormat {
+        pixel: bigger.pixel,
+        modifier: bigger.modifier,
+        width: bigger.width,
+        height: bigger.height,
+    };
+    let l = FrameLayout::gpu_friendly(format).unwrap();
+    let fd = sealed_memfd(
+        "renegotiated",
+        l.size,
+        SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW,
+    )
+    .unwrap();
+    let planes = l
+        .planes
+        .iter()
+        .map(|p| WirePlane {
+            fd_index: 0,
+            stride: p.stride,
+            offset: p.offset,
+            size: p.size(),
+        })
+        .collect();
+    prod.send_with_fds(
+        &Message::AddBuffer(AddBuffer {
+            buffer_id: 6,
+            n_fds: 1,
+            planes,
+        }),
+        &[fd.as_fd()],
+    )
+    .unwrap();
+    assert!(matches!(
+        client.next_event(Some(T)).unwrap(),
+        Event::BufferAdded(6)
+    ));
+    assert_eq!(client.buffer(6).unwrap().layout.format, format);
+}
+
 #[test]
 fn handshake_errors_are_named() {
     let _g = serial();

@@ -237,6 +237,9 @@ impl Server {
                 }
                 return Ok(SessionEnd::Completed);
             };
+            if self.source.format() != self.pool.format() && !self.renegotiate(sess)? {
+                return Ok(SessionEnd::ConsumerGone);
+            }
             let (lease, copied) = match self.source.filled_lease() {
                 Some(lease) => (lease, false),
                 None => {
@@ -294,6 +297,34 @@ impl Server {
             }
         }
         unreachable!()
+    }
+
+    /// The source changed size or format mid-stream: once the consumer has released
+    /// everything, remove the old buffers, announce the new format and send a new pool's
+    /// buffers. False if the consumer left.
+    fn renegotiate(&mut self, sess: &mut Session<Arc<Lease>>) -> Result<bool> {
+        let (old, new) = (self.pool.format(), self.source.format());
+        if self
+            .wait_consumer(sess, |s| (s.held_count() == 0).then_some(()))?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        let allocator = alloc::open(self.pool.allocator())
+            .with_context(|| format!("reopening {} for {new}", self.pool.allocator()))?;
+        self.pool = self
+            .source
+            .make_pool(allocator.as_ref(), self.opts.buffers)?;
+        sess.renegotiate(&self.welcome())?;
+        for id in 0..self.pool.len() as u32 {
+            sess.add_buffer(id, self.pool.buffer(id).expect("id in range"))?;
+        }
+        tracing::info!(
+            "renegotiated {old} -> {new}: {} new buffers of {}",
+            self.pool.len(),
+            self.pool.allocator()
+        );
+        Ok(true)
     }
 
     /// Wait until the consumer holds fewer than `--buffers` frames (the pool may be larger:

@@ -18,6 +18,9 @@ pub enum Event {
     Frame(Frame),
     /// The producer withdrew a buffer.
     BufferRemoved(u32),
+    /// The producer changed the stream's format mid-stream (every buffer was removed first);
+    /// [`Client::welcome`] is the new one, and new buffers follow.
+    Renegotiated,
     /// The producer ended the stream.
     End(Goodbye),
 }
@@ -26,6 +29,8 @@ pub enum Event {
 pub struct Client {
     chan: Channel,
     welcome: Welcome,
+    /// What we offered in Hello (a renegotiated format must be among them too).
+    caps: Vec<Cap>,
     buffers: Vec<Option<FrameBuffer>>,
     /// For each buffer id, the seq of the frame the consumer still holds in it.
     held: Vec<Option<u64>>,
@@ -71,25 +76,14 @@ impl Client {
                 },
             ));
         }
-        let fourcc = welcome.pixel.fourcc() as u32;
-        let ok = caps.iter().any(|c| {
-            c.fourcc == fourcc
-                && c.modifier == welcome.modifier
-                && c.memory_mask & welcome.memory.bit() != 0
-        });
-        if !ok {
-            return Err(fail(
-                &chan,
-                ProtoError::Unsupported(format!(
-                    "producer chose {} modifier {:#x} in {}, which we did not offer",
-                    welcome.pixel, welcome.modifier, welcome.memory
-                )),
-            ));
+        if let Err(e) = check_offered(&caps, &welcome) {
+            return Err(fail(&chan, e));
         }
         let n = welcome.buffer_count as usize;
         Ok(Client {
             chan,
             welcome,
+            caps,
             buffers: (0..n).map(|_| None).collect(),
             held: vec![None; n],
             last_seq: None,
@@ -184,9 +178,33 @@ impl Client {
                     }),
                 }
             }
+            Message::Welcome(w) => {
+                // Renegotiation: only once every buffer is gone, same version, a format we
+                // offered.
+                if let Some(id) = self.buffers.iter().position(Option::is_some) {
+                    return Err(ProtoError::BadBuffer {
+                        id: id as u32,
+                        why: "still added when the producer sent a new Welcome (remove every \
+                              buffer first)"
+                            .into(),
+                    });
+                }
+                if w.version != VERSION {
+                    return Err(ProtoError::Version {
+                        ours: VERSION,
+                        theirs: w.version,
+                    });
+                }
+                check_offered(&self.caps, &w)?;
+                let n = w.buffer_count as usize;
+                self.buffers = (0..n).map(|_| None).collect();
+                self.held = vec![None; n];
+                self.welcome = w;
+                Ok(Event::Renegotiated)
+            }
             Message::Goodbye(g) => Ok(Event::End(g)),
             other => Err(ProtoError::Unexpected {
-                expected: "AddBuffer, Frame, RemoveBuffer or Goodbye",
+                expected: "AddBuffer, Frame, RemoveBuffer, Welcome or Goodbye",
                 got: other.name(),
             }),
         }
@@ -219,6 +237,24 @@ impl Client {
 }
 
 /// Receive one message; a malformed one is answered with a Goodbye naming the problem.
+/// Is what the producer chose among what we offered?
+fn check_offered(caps: &[Cap], welcome: &Welcome) -> Result<(), ProtoError> {
+    let fourcc = welcome.pixel.fourcc() as u32;
+    let ok = caps.iter().any(|c| {
+        c.fourcc == fourcc
+            && c.modifier == welcome.modifier
+            && c.memory_mask & welcome.memory.bit() != 0
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err(ProtoError::Unsupported(format!(
+            "producer chose {} modifier {:#x} in {}, which we did not offer",
+            welcome.pixel, welcome.modifier, welcome.memory
+        )))
+    }
+}
+
 pub(crate) fn recv_or_fail(
     chan: &mut Channel,
     timeout: Option<Duration>,

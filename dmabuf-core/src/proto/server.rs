@@ -6,7 +6,8 @@
 use super::channel::Channel;
 use super::client::{fail, recv_or_fail};
 use super::wire::{
-    AddBuffer, Chunk, Frame, Goodbye, GoodbyeReason, Hello, Message, Welcome, WirePlane, VERSION,
+    AddBuffer, Chunk, Frame, Goodbye, GoodbyeReason, Hello, Message, RemoveBuffer, Welcome,
+    WirePlane, VERSION,
 };
 use super::ProtoError;
 use crate::buffer::{FrameBuffer, MemoryKind};
@@ -113,6 +114,25 @@ impl<T> Session<T> {
         });
         let fds: Vec<_> = buf.fds.iter().map(|f| f.as_fd()).collect();
         self.chan.send_with_fds(&msg, &fds)
+    }
+
+    /// Change the stream's format mid-stream: remove every buffer, then send the new Welcome
+    /// (the caller sends the new buffers with [`Session::add_buffer`]). The consumer must hold
+    /// nothing (wait for its releases first).
+    pub fn renegotiate(&mut self, welcome: &Welcome) -> Result<(), ProtoError> {
+        if let Some(id) = self.held.keys().next() {
+            return Err(ProtoError::BadBuffer {
+                id: *id,
+                why: "still held by the consumer; cannot renegotiate yet".into(),
+            });
+        }
+        for id in 0..self.buffer_count {
+            self.chan
+                .send(&Message::RemoveBuffer(RemoveBuffer { buffer_id: id }))?;
+        }
+        self.chan.send(&Message::Welcome(welcome.clone()))?;
+        self.buffer_count = welcome.buffer_count;
+        Ok(())
     }
 
     /// Publish a frame; `token` is kept until the consumer releases the buffer.

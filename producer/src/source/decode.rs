@@ -170,7 +170,8 @@ impl Decoder {
                 let layout = FrameLayout::with_storage(format, sw, sh, PLANE_SLACK)?;
                 let refs = DirectDecode::reference_frames(&mut self.decoder);
                 let decoder_share = self.decoder_buffers.unwrap_or(refs + self.threads + 2);
-                let count = consumer_buffers + decoder_share;
+                // The wire carries at most 256 buffers.
+                let count = (consumer_buffers + decoder_share).min(256);
                 match Pool::with_layout(allocator, &layout, count) {
                     Ok(pool) => {
                         direct.attach(pool.clone(), self.decoder.format());
@@ -227,17 +228,32 @@ impl Decoder {
         loop {
             match self.decoder.receive_frame(&mut self.frame) {
                 Ok(()) => {
-                    if self.frame.width() != self.width
-                        || self.frame.height() != self.height
+                    let (w, h) = (self.frame.width(), self.frame.height());
+                    if w != self.width
+                        || h != self.height
                         || our_pixel(self.frame.format()).map(|p| p.0) != Some(self.pixel)
                     {
-                        bail!(
-                            "{}: the stream changed to {:?} {}x{} mid-stream (renegotiation is not implemented yet)",
+                        // A new size or format mid-stream: the server sees `format()` change
+                        // and renegotiates with the consumers before publishing this frame.
+                        let Some((pixel, _)) = our_pixel(self.frame.format()) else {
+                            bail!(
+                                "{}: the stream changed to {:?} mid-stream, which this build \
+                                 does not carry",
+                                self.path.display(),
+                                self.frame.format()
+                            );
+                        };
+                        if w == 0 || h == 0 {
+                            bail!("{}: a frame of size {w}x{h}", self.path.display());
+                        }
+                        tracing::info!(
+                            "{}: the stream changes from {} {}x{} to {pixel} {w}x{h}",
                             self.path.display(),
-                            self.frame.format(),
-                            self.frame.width(),
-                            self.frame.height()
+                            self.pixel,
+                            self.width,
+                            self.height
                         );
+                        (self.pixel, self.width, self.height) = (pixel, w, h);
                     }
                     let ts = self.frame.timestamp().or(self.frame.pts()).unwrap_or(0);
                     let ns = ts as i128 * 1_000_000_000 * self.time_base.numerator() as i128
