@@ -1,5 +1,6 @@
 //! Counters, the live statistics line and the `--stats-json` report.
 
+use dmabuf_core::procstat;
 use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
@@ -50,8 +51,24 @@ pub struct Report {
     pub fds_at_end: usize,
     /// PNG snapshots written.
     pub snapshots: Vec<String>,
+    /// Times the consumer resumed with a new producer (--reconnect). Counters add up across
+    /// producers; a new producer's first frame is not counted as a gap.
+    pub reconnects: u64,
+    /// RSS and open descriptors over time: at the first frame, every --report-every seconds,
+    /// and at the end.
+    pub resources: Vec<Sample>,
     /// `null` when the stream ended normally, else what went wrong.
     pub error: Option<String>,
+}
+
+/// One point of the `resources` time series.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the consumer started.
+    pub t_s: f64,
+    pub frames: u64,
+    pub rss_kib: u64,
+    pub fds: usize,
 }
 
 pub struct Stats {
@@ -66,6 +83,8 @@ pub struct Stats {
     last_line: Instant,
     line_frames: u64,
     line_cpu: u64,
+    sample_every: Option<Duration>,
+    last_sample: Instant,
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,7 +96,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Stats {
-    pub fn new(live: bool) -> Self {
+    pub fn new(live: bool, sample_every: Option<Duration>) -> Self {
         Self {
             report: Report::default(),
             latencies_us: Vec::new(),
@@ -90,7 +109,32 @@ impl Stats {
             last_line: Instant::now(),
             line_frames: 0,
             line_cpu: process_cpu_ns(),
+            sample_every,
+            last_sample: Instant::now(),
         }
+    }
+
+    /// A new producer: its sequence numbers start afresh.
+    pub fn reconnected(&mut self) {
+        self.report.reconnects += 1;
+        self.last_seq = None;
+    }
+
+    fn sample(&mut self) {
+        let s = Sample {
+            t_s: self.start.elapsed().as_secs_f64(),
+            frames: self.report.frames,
+            rss_kib: procstat::rss_kib(),
+            fds: procstat::fd_count(),
+        };
+        if self.sample_every.is_some() {
+            eprintln!(
+                "consumer: t={:.0} s frames {} RSS {} KiB fds {} dropped {}",
+                s.t_s, s.frames, s.rss_kib, s.fds, self.report.dropped
+            );
+        }
+        self.report.resources.push(s);
+        self.last_sample = Instant::now();
     }
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
@@ -104,6 +148,13 @@ impl Stats {
         self.last_seq = Some(seq);
         self.report.frames += 1;
         self.line_frames += 1;
+        if self.report.frames == 1
+            || self
+                .sample_every
+                .is_some_and(|d| self.last_sample.elapsed() >= d)
+        {
+            self.sample();
+        }
         let lat = received_ns.saturating_sub(publish_ns) as f64 / 1e3;
         self.latencies_us.push(lat);
         self.process_us
@@ -150,6 +201,7 @@ impl Stats {
             eprintln!();
         }
         self.report.fds_at_end = open_fds();
+        self.sample();
         let wall = self.start.elapsed();
         self.report.wall_ns = wall.as_nanos() as u64;
         self.report.cpu_ns = process_cpu_ns() - self.cpu0;
