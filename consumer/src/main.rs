@@ -17,6 +17,8 @@ use import::cpu::MappedBuffer;
 use import::vulkan::{ImportPath, Vulkan};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Receive video frames from a producer without copying them.
@@ -26,8 +28,9 @@ use std::time::{Duration, Instant};
 /// producer's checksum over the shared memory. A live line of statistics (fps, latency,
 /// CPU) is printed to stderr every second.
 ///
-/// Exit status: 0 on a clean end of stream or after --frames; 1 on errors; 3 if --verify found
-/// mismatches.
+/// Exit status: 0 on a clean end of stream, after --frames/--duration, or on SIGINT/SIGTERM
+/// (it says goodbye and writes its statistics); 1 on errors (a producer that goes away is one,
+/// unless --reconnect); 3 if --verify found mismatches.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -229,7 +232,7 @@ fn caps() -> Vec<Cap> {
 }
 
 /// Connect, retrying for up to `timeout` seconds (`None`: forever) while no producer listens.
-fn connect(args: &Args, timeout: Option<f64>) -> Result<Channel> {
+fn connect(args: &Args, timeout: Option<f64>, stop: &AtomicBool) -> Result<Channel> {
     let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
     loop {
         match Channel::connect(&args.socket) {
@@ -243,6 +246,7 @@ fn connect(args: &Args, timeout: Option<f64>) -> Result<Channel> {
                     )
                 })
             }
+            Err(_) if stop.load(Ordering::Relaxed) => bail!("interrupted while connecting"),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -298,10 +302,15 @@ fn run(args: &Args) -> Result<i32> {
         )),
         None => None,
     };
+    // SIGINT/SIGTERM: leave cleanly after the current frame (Goodbye, statistics written).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
     let started = Instant::now();
     let mut connect_timeout = Some(args.connect_timeout);
     let result: Result<()> = loop {
-        let chan = match connect(args, connect_timeout) {
+        let chan = match connect(args, connect_timeout, &stop) {
             Ok(c) => c,
             Err(e) => break Err(e),
         };
@@ -378,10 +387,11 @@ fn run(args: &Args) -> Result<i32> {
             stats: &mut stats,
             dump: &mut dump,
             started,
+            stop: &stop,
         };
         match s.run() {
             Ok(Outcome::Done) => break Ok(()),
-            Ok(Outcome::ProducerGone(why)) if args.reconnect => {
+            Ok(Outcome::ProducerGone(why)) if args.reconnect && !stop.load(Ordering::Relaxed) => {
                 eprintln!(
                     "consumer: {why}; waiting for a producer at {} (--reconnect)",
                     args.socket.display()
@@ -462,6 +472,7 @@ struct Stream<'a> {
     stats: &'a mut stats::Stats,
     dump: &'a mut Option<std::io::BufWriter<std::fs::File>>,
     started: Instant,
+    stop: &'a AtomicBool,
 }
 
 impl Stream<'_> {
@@ -471,7 +482,12 @@ impl Stream<'_> {
         let mut scratch = Vec::new();
         let mut maps: Vec<Option<MappedBuffer>> = (0..w.buffer_count).map(|_| None).collect();
         loop {
-            match self.client.next_event(None) {
+            if self.stop.load(Ordering::Relaxed) {
+                self.client.goodbye(GoodbyeReason::Leaving, "interrupted");
+                return Ok(Outcome::Done);
+            }
+            match self.client.next_event(Some(Duration::from_millis(250))) {
+                Err(ProtoError::Timeout { .. }) => continue,
                 Ok(Event::BufferAdded(id)) => {
                     let buf = self.client.buffer(id).expect("just added");
                     match self.gpu.as_mut() {

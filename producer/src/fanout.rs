@@ -11,8 +11,10 @@
 //! the buffer returns to the pool only when the last consumer holding it has let go.
 //!
 //! Slow-consumer policy (see `docs/ARCHITECTURE.md`): with more than one member, a member may
-//! hold at most [`Fanout::quota`] buffers (half the pool, rounded up); a member at its quota is
-//! skipped for that frame (the frame is not sent to it: it sees a gap in `seq`, which its
+//! hold at most [`Fanout::quota`] buffers (half the pool, rounded up). When a member reaches its
+//! quota, the producer waits up to one frame period for it to release (a bounded wait, once
+//! per episode: see [`Fanout::waiting_on_quota`]); if it has not, it is skipped for that frame
+//! and every following one until it comes back below its quota (the frame is not sent to it: it sees a gap in `seq`, which its
 //! statistics count as dropped, and the producer counts it as `skipped`). So a stalled consumer
 //! pins at most half the pool and the others keep their rate. A member that holds buffers and
 //! releases none for `--stall-timeout` is dropped (Goodbye `InternalError`, naming why). A
@@ -44,6 +46,9 @@ pub struct Member {
     pub skipped: u64,
     /// Last release, or when it went from holding nothing to holding a frame.
     last_progress: Instant,
+    /// It was skipped at its quota and has not come back below it since: no more waiting for
+    /// it.
+    lagging: bool,
 }
 
 /// A consumer that connected and has not said `Hello` yet.
@@ -92,6 +97,7 @@ impl Fanout {
             sess,
             skipped: 0,
             last_progress: Instant::now(),
+            lagging: false,
         });
     }
 
@@ -103,6 +109,16 @@ impl Fanout {
         } else {
             pool_len.div_ceil(2)
         }
+    }
+
+    /// Whether a member that is not known to lag holds its quota: the server then waits for
+    /// it (a bounded time: one frame period) before skipping it, so that a consumer that was
+    /// only briefly descheduled, or got a burst of late frames, loses nothing.
+    pub fn waiting_on_quota(&self, pool_len: usize) -> bool {
+        let quota = self.quota(pool_len);
+        self.members
+            .iter()
+            .any(|m| !m.lagging && m.sess.held_count() >= quota)
     }
 
     /// Wait up to `timeout` for activity and handle it: accept connections, read `Hello`s
@@ -233,6 +249,7 @@ impl Fanout {
         for i in (0..self.members.len()).rev() {
             let m = &mut self.members[i];
             if m.sess.held_count() >= quota {
+                m.lagging = true;
                 m.skipped += 1;
                 if m.skipped.is_power_of_two() {
                     tracing::info!(
@@ -244,6 +261,7 @@ impl Fanout {
                 }
                 continue;
             }
+            m.lagging = false;
             if m.sess.held_count() == 0 {
                 m.last_progress = Instant::now();
             }

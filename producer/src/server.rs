@@ -302,8 +302,16 @@ impl Server {
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),
             };
-            self.fan
-                .publish(&frame, Arc::new(lease), self.pool.len());
+            // The bounded wait for a consumer at its quota (see crate::fanout).
+            let until = Instant::now() + Duration::from_nanos(period_ns);
+            while self.fan.waiting_on_quota(self.pool.len()) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                self.wait(listener, left)?;
+            }
+            self.fan.publish(&frame, Arc::new(lease), self.pool.len());
             self.wait(listener, Duration::ZERO)?;
             report_frames += 1;
             let since = last_report.elapsed();
