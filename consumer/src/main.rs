@@ -290,10 +290,7 @@ fn run(args: &Args) -> Result<i32> {
             ImportPath::Copy,
         ]),
     };
-    let mut stats = stats::Stats::new(
-        !args.quiet,
-        args.report_every.map(Duration::from_secs_f64),
-    );
+    let mut stats = stats::Stats::new(!args.quiet, args.report_every.map(Duration::from_secs_f64));
     let mut gpu: Option<Gpu> = None;
     let mut vk = vk;
     let mut dump = match &args.dump_raw {
@@ -342,7 +339,8 @@ fn run(args: &Args) -> Result<i32> {
                 g.vk.attach_window(d, handle, w.width, w.height)?;
             }
         }
-        if viewer.is_some() && (w.width, w.height) != (stats.report.width, stats.report.height)
+        if viewer.is_some()
+            && (w.width, w.height) != (stats.report.width, stats.report.height)
             && stats.report.width != 0
         {
             break Err(anyhow::anyhow!(
@@ -491,10 +489,10 @@ impl Stream<'_> {
                 Ok(Event::BufferAdded(id)) => {
                     let buf = self.client.buffer(id).expect("just added");
                     match self.gpu.as_mut() {
-                        Some(g) => g
-                            .vk
-                            .import(id, buf, g.path)
-                            .with_context(|| format!("importing buffer {id} ({})", g.path))?,
+                        Some(g) => {
+                            g.vk.import(id, buf, g.path)
+                                .with_context(|| format!("importing buffer {id} ({})", g.path))?
+                        }
                         None => maps[id as usize] = Some(MappedBuffer::new(buf)?),
                     }
                     if args.dump_raw.is_some() && maps[id as usize].is_none() {
@@ -546,8 +544,7 @@ impl Stream<'_> {
                         if let Some(v) = self.viewer.as_mut() {
                             if !v.pump() {
                                 self.client.release(id)?;
-                                self.client
-                                    .goodbye(GoodbyeReason::Leaving, "window closed");
+                                self.client.goodbye(GoodbyeReason::Leaving, "window closed");
                                 return Ok(Outcome::Done);
                             }
                             g.vk.present(id, buf, w.color)?;
@@ -583,12 +580,12 @@ impl Stream<'_> {
                 Ok(Event::End(g)) => {
                     return match g.reason {
                         GoodbyeReason::EndOfStream => Ok(Outcome::Done),
-                        r @ (GoodbyeReason::Leaving | GoodbyeReason::InternalError) => Ok(
-                            Outcome::ProducerGone(format!(
+                        r @ (GoodbyeReason::Leaving | GoodbyeReason::InternalError) => {
+                            Ok(Outcome::ProducerGone(format!(
                                 "producer ended the stream ({r:?}): {}",
                                 g.message
-                            )),
-                        ),
+                            )))
+                        }
                         r => bail!("producer ended the stream ({r:?}): {}", g.message),
                     };
                 }

@@ -83,7 +83,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
     assert!(base0 > 4, "listener + pool fds expected, got {base0}");
     // A good consumer streams the whole time: no hostile one may disturb it.
     let bystander_json = sock.with_extension("bystander.json");
-    let mut bystander = std::process::Command::new(consumer_bin())
+    let bystander = std::process::Command::new(consumer_bin())
         .arg("--socket")
         .arg(&sock)
         .args(["--quiet", "--import", "cpu-map", "--verify", "--stats-json"])
@@ -91,8 +91,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    assert!(eventually(Duration::from_secs(10), || fd_count_of(pid)
-        == base0 + 1));
+    assert!(eventually(Duration::from_secs(10), || fd_count_of(pid) == base0 + 1));
     let base = base0 + 1;
 
     type Case = Box<dyn Fn(&mut Channel) -> Option<Goodbye>>;
@@ -333,8 +332,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
     assert_eq!(b["verified"].as_u64(), Some(frames), "bystander: {b}");
     assert_eq!(b["dropped"].as_u64(), Some(0), "bystander: {b}");
     let base = base0;
-    assert!(eventually(Duration::from_secs(5), || fd_count_of(pid)
-        == base));
+    assert!(eventually(Duration::from_secs(5), || fd_count_of(pid) == base));
 
     // And the next, well-behaved consumer gets every frame verified.
     let s = consume(

@@ -28,7 +28,10 @@ fn parse_rss(status: &str) -> Option<u64> {
 mod tests {
     #[test]
     fn parses_vmrss() {
-        assert_eq!(super::parse_rss("Name:\tx\nVmRSS:\t  12345 kB\n"), Some(12345));
+        assert_eq!(
+            super::parse_rss("Name:\tx\nVmRSS:\t  12345 kB\n"),
+            Some(12345)
+        );
         assert_eq!(super::parse_rss("Name:\tx\n"), None);
         assert!(super::rss_kib() > 0);
         assert!(super::fd_count() >= 3);

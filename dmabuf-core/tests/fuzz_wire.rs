@@ -49,7 +49,7 @@ fn check(bytes: &[u8]) -> Result<bool, TestCaseError> {
 }
 
 fn samples() -> Vec<Vec<u8>> {
-    let msgs = vec![
+    let msgs = [
         Message::Hello(Hello {
             version: VERSION,
             caps: (0..5)
@@ -168,7 +168,11 @@ fn bytes_behind_a_valid_header() {
             Ok(())
         })
         .unwrap();
-    report("bytes_behind_a_valid_header", u64::from(cases()), accepted.get());
+    report(
+        "bytes_behind_a_valid_header",
+        u64::from(cases()),
+        accepted.get(),
+    );
 }
 
 #[derive(Debug, Clone)]
@@ -228,7 +232,10 @@ fn mutated_valid_messages() {
 /// Valid messages with arbitrary field values round-trip exactly.
 #[test]
 fn arbitrary_frames_and_releases_round_trip() {
-    let chunk = (any::<u32>(), prop_oneof![Just(0u32), Just(CHUNK_FLAG_CORRUPTED)])
+    let chunk = (
+        any::<u32>(),
+        prop_oneof![Just(0u32), Just(CHUNK_FLAG_CORRUPTED)],
+    )
         .prop_map(|(bytes_used, flags)| Chunk { bytes_used, flags });
     let frame = (
         any::<u32>(),
@@ -239,17 +246,19 @@ fn arbitrary_frames_and_releases_round_trip() {
         any::<bool>(),
         prop::collection::vec(chunk, 1..=MAX_PLANES),
     )
-        .prop_map(|(buffer_id, seq, pts_ns, publish_ns, checksum, sum, chunks)| {
-            Message::Frame(Frame {
-                buffer_id,
-                flags: if sum { FRAME_FLAG_CHECKSUM } else { 0 },
-                seq,
-                pts_ns,
-                publish_ns,
-                checksum,
-                chunks,
-            })
-        });
+        .prop_map(
+            |(buffer_id, seq, pts_ns, publish_ns, checksum, sum, chunks)| {
+                Message::Frame(Frame {
+                    buffer_id,
+                    flags: if sum { FRAME_FLAG_CHECKSUM } else { 0 },
+                    seq,
+                    pts_ns,
+                    publish_ns,
+                    checksum,
+                    chunks,
+                })
+            },
+        );
     let release = (any::<u32>(), any::<u64>())
         .prop_map(|(buffer_id, seq)| Message::Release(Release { buffer_id, seq }));
     let goodbye = ".{0,60}".prop_map(|message| {
@@ -275,5 +284,9 @@ fn arbitrary_frames_and_releases_round_trip() {
             Ok(())
         })
         .unwrap();
-    report("arbitrary_frames_and_releases_round_trip", u64::from(cases()), u64::from(cases()));
+    report(
+        "arbitrary_frames_and_releases_round_trip",
+        u64::from(cases()),
+        u64::from(cases()),
+    );
 }

@@ -146,7 +146,10 @@ impl Fanout {
                     .map(|m| PollFd::new(m.sess.channel().as_fd(), PollFlags::POLLIN)),
             );
             let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-            match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
                 Ok(_) => fds
                     .iter()
                     .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
@@ -324,7 +327,10 @@ impl Fanout {
                     .map(|m| PollFd::new(m.sess.channel().as_fd(), PollFlags::POLLIN))
                     .collect();
                 let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-                match poll(&mut fds, PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX)) {
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                ) {
                     Ok(_) => fds
                         .iter()
                         .map(|f| f.revents().is_some_and(|r| !r.is_empty()))

@@ -5,12 +5,12 @@
 //! With `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd
 //! pool instead, if no other consumer is connected (otherwise it is refused, saying why).
 
+use crate::fanout::{Arrival, Fanout};
 use crate::source::Source;
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::format::frame_checksum;
 use dmabuf_core::pool::{Lease, Pool};
-use crate::fanout::{Arrival, Fanout};
 use dmabuf_core::procstat;
 use dmabuf_core::proto::server::{accepts, full_chunks, Session};
 use dmabuf_core::proto::wire::{Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, VERSION};
