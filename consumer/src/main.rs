@@ -306,16 +306,26 @@ fn run(args: &Args) -> Result<i32> {
     }
     let started = Instant::now();
     let mut connect_timeout = Some(args.connect_timeout);
+    // While reconnecting: when the wait began.
+    let mut waiting_since: Option<Instant> = None;
     let result: Result<()> = loop {
-        let chan = match connect(args, connect_timeout, &stop) {
+        let timeout = match (waiting_since, connect_timeout) {
+            (Some(t), Some(limit)) => Some((limit - t.elapsed().as_secs_f64()).max(0.0)),
+            (_, limit) => limit,
+        };
+        let chan = match connect(args, timeout, &stop) {
             Ok(c) => c,
             Err(e) => break Err(e),
         };
-        let client = match Client::handshake(chan, offered.clone(), Duration::from_secs(5))
-            .context("handshake with the producer")
-        {
+        let client = match Client::handshake(chan, offered.clone(), Duration::from_secs(5)) {
             Ok(c) => c,
-            Err(e) => break Err(e),
+            // A producer that is still going away (or not quite up) can accept and close:
+            // while reconnecting, keep waiting.
+            Err(ProtoError::Closed) if waiting_since.is_some() && !stop.load(Ordering::Relaxed) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
+            Err(e) => break Err(anyhow::Error::new(e).context("handshake with the producer")),
         };
         let w = client.welcome().clone();
         if let Some(g) = gpu.take() {
@@ -387,7 +397,11 @@ fn run(args: &Args) -> Result<i32> {
             started,
             stop: &stop,
         };
-        match s.run() {
+        let outcome = s.run();
+        // While the connection and the buffers are still open, as after the warm-up.
+        s.stats.stream_ended();
+        drop(s);
+        match outcome {
             Ok(Outcome::Done) => break Ok(()),
             Ok(Outcome::ProducerGone(why)) if args.reconnect && !stop.load(Ordering::Relaxed) => {
                 eprintln!(
@@ -396,6 +410,7 @@ fn run(args: &Args) -> Result<i32> {
                 );
                 stats.reconnected();
                 connect_timeout = args.reconnect_timeout;
+                waiting_since = Some(Instant::now());
             }
             Ok(Outcome::ProducerGone(why)) => {
                 break Err(anyhow::anyhow!(

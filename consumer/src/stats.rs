@@ -46,7 +46,8 @@ pub struct Report {
     /// Whether `verified` was computed by the GPU over the imported memory.
     pub gpu_verified: bool,
     /// Open descriptors after the first 3 frames (every buffer imported, and whatever the
-    /// driver opens lazily on first use) and at the end: equal unless something leaks per frame.
+    /// driver opens lazily on first use) and at the end of the (last) stream, its connection
+    /// still open: equal unless something leaks per frame.
     pub fds_after_warmup: usize,
     pub fds_at_end: usize,
     /// PNG snapshots written.
@@ -168,6 +169,12 @@ impl Stats {
         }
     }
 
+    /// A connection's stream ended (its socket and buffers still open): the fds to compare
+    /// with `fds_after_warmup`.
+    pub fn stream_ended(&mut self) {
+        self.report.fds_at_end = open_fds();
+    }
+
     /// A new producer: its sequence numbers start afresh.
     pub fn reconnected(&mut self) {
         self.report.reconnects += 1;
@@ -256,7 +263,9 @@ impl Stats {
         if self.live && self.tty {
             eprintln!();
         }
-        self.report.fds_at_end = open_fds();
+        if self.report.frames == 0 {
+            self.report.fds_at_end = open_fds();
+        }
         self.sample();
         let wall = self.start.elapsed();
         self.report.wall_ns = wall.as_nanos() as u64;

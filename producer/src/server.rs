@@ -190,13 +190,15 @@ impl Server {
                         format!("{name}/{:#x}/mask {:#x}", c.modifier, c.memory_mask)
                     })
                     .collect();
-                let mut msg = format!("consumer cannot take {format} in {memory}");
-                if memfd_would_do {
-                    msg += &format!(
-                        "; the pool cannot switch to memfd while {} other consumer(s) use it",
+                // Goodbye text is at most 112 bytes: the reason first.
+                let msg = if memfd_would_do {
+                    format!(
+                        "cannot switch the {memory} pool to memfd while {} other consumer(s) use it",
                         self.fan.len()
-                    );
-                }
+                    )
+                } else {
+                    format!("consumer cannot take {format} in {memory}")
+                };
                 let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
                     dmabuf_core::proto::wire::Goodbye {
                         reason: GoodbyeReason::Unsupported,
