@@ -17,6 +17,8 @@ use import::cpu::MappedBuffer;
 use import::vulkan::{ImportPath, Vulkan};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Receive video frames from a producer without copying them.
@@ -26,8 +28,9 @@ use std::time::{Duration, Instant};
 /// producer's checksum over the shared memory. A live line of statistics (fps, latency,
 /// CPU) is printed to stderr every second.
 ///
-/// Exit status: 0 on a clean end of stream or after --frames; 1 on errors; 3 if --verify found
-/// mismatches.
+/// Exit status: 0 on a clean end of stream, after --frames/--duration, or on SIGINT/SIGTERM
+/// (it says goodbye and writes its statistics); 1 on errors (a producer that goes away is one,
+/// unless --reconnect); 3 if --verify found mismatches.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -80,6 +83,27 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
 
+    /// When the producer goes away (closes, is killed, or says Leaving), wait for a producer to
+    /// listen on the socket again and resume: imports are dropped and redone, statistics carry
+    /// on (frames, verified, dropped add up; `reconnects` counts the resumptions). Without it,
+    /// the consumer ends with an error naming what happened.
+    #[arg(long)]
+    reconnect: bool,
+
+    /// With --reconnect: give up after this many seconds without a producer (default: wait
+    /// forever).
+    #[arg(long, requires = "reconnect")]
+    reconnect_timeout: Option<f64>,
+
+    /// Leave after this many seconds (like --frames; for soak tests).
+    #[arg(long)]
+    duration: Option<f64>,
+
+    /// Every this many seconds, record this process's RSS and open fds (printed, and kept as a
+    /// time series in --stats-json `resources`).
+    #[arg(long)]
+    report_every: Option<f64>,
+
     /// No live statistics line.
     #[arg(long, short)]
     quiet: bool,
@@ -109,13 +133,13 @@ impl ImportChoice {
 }
 
 /// The GPU side: the device, and the path chosen once the producer's Welcome is known.
-/// The most buffers a producer may announce (the wire's limit): Vulkan state is sized for it.
-const MAX_BUFFERS: u32 = 256;
-
 struct Gpu {
     vk: Vulkan,
     path: ImportPath,
 }
+
+/// The most buffers a producer may announce (the wire's limit): Vulkan state is sized for it.
+const MAX_BUFFERS: u32 = 256;
 
 /// Open Vulkan for `choice` (able to present on `display`); `None` means the CPU mapping path.
 fn open_gpu(
@@ -210,15 +234,13 @@ fn caps() -> Vec<Cap> {
         .collect()
 }
 
-fn connect(args: &Args) -> Result<Channel> {
-    if args.connect_timeout.is_nan() || args.connect_timeout < 0.0 {
-        bail!("--connect-timeout must be >= 0");
-    }
-    let deadline = Instant::now() + Duration::from_secs_f64(args.connect_timeout);
+/// Connect, retrying for up to `timeout` seconds (`None`: forever) while no producer listens.
+fn connect(args: &Args, timeout: Option<f64>, stop: &AtomicBool) -> Result<Channel> {
+    let deadline = timeout.map(|t| Instant::now() + Duration::from_secs_f64(t));
     loop {
         match Channel::connect(&args.socket) {
             Ok(c) => return Ok(c),
-            Err(e) if Instant::now() >= deadline => {
+            Err(e) if deadline.is_some_and(|d| Instant::now() >= d) => {
                 return Err(e).with_context(|| {
                     format!(
                         "no producer at {} (is `producer --socket {}` running?)",
@@ -227,6 +249,7 @@ fn connect(args: &Args) -> Result<Channel> {
                     )
                 })
             }
+            Err(_) if stop.load(Ordering::Relaxed) => bail!("interrupted while connecting"),
             Err(_) => std::thread::sleep(Duration::from_millis(50)),
         }
     }
@@ -238,6 +261,14 @@ fn run(args: &Args) -> Result<i32> {
     }
     if args.window_hold.is_nan() || args.window_hold < 0.0 {
         bail!("--window-hold must be >= 0");
+    }
+    if args.connect_timeout.is_nan() || args.connect_timeout < 0.0 {
+        bail!("--connect-timeout must be >= 0");
+    }
+    let positive = |v: Option<f64>| v.is_none_or(|v| v.is_finite() && v > 0.0);
+    if !positive(args.reconnect_timeout) || !positive(args.duration) || !positive(args.report_every)
+    {
+        bail!("--reconnect-timeout, --duration and --report-every must be positive seconds");
     }
     // Declared before the GPU so that it is dropped after it (the surface goes first).
     let mut viewer = match args.window {
@@ -262,178 +293,136 @@ fn run(args: &Args) -> Result<i32> {
             ImportPath::Copy,
         ]),
     };
-    let chan = connect(args)?;
-    let mut client = Client::handshake(chan, offered, Duration::from_secs(5))
-        .context("handshake with the producer")?;
-    let mut w = client.welcome().clone();
-    let mut gpu = vk.map(|vk| Gpu {
-        path: choose_path(&vk, args.import, &w),
-        vk,
-    });
-    if let (Some(v), Some(g), Some(d)) = (viewer.as_mut(), gpu.as_mut(), display) {
-        let title = format!("{} {}x{} ({})", w.pixel, w.width, w.height, g.path);
-        let handle = v.open(w.width, w.height, &title)?;
-        g.vk.attach_window(d, handle, w.width, w.height)?;
-    }
-    if args.snapshot_every.is_some() {
-        std::fs::create_dir_all(&args.snapshot_dir)
-            .with_context(|| format!("creating {}", args.snapshot_dir.display()))?;
-    }
-    tracing::info!(
-        "stream: {} {}x{} at {}/{} fps, {} buffers of {} ({})",
-        w.pixel,
-        w.width,
-        w.height,
-        w.fps_num,
-        w.fps_den,
-        w.buffer_count,
-        w.memory,
-        w.allocator
-    );
-    let mut stats = stats::Stats::new(!args.quiet);
-    stats.report.alloc = w.allocator.name().into();
-    stats.report.memory = w.memory.name().into();
-    stats.report.import_path = gpu.as_ref().map_or("cpu-map", |g| g.path.name()).into();
-    if let Some(g) = &gpu {
-        stats.report.vk_device = Some(g.vk.device_name.clone());
-        tracing::info!("import path: {} on {}", g.path, g.vk.device_name);
-    }
-    stats.report.pixel_format = w.pixel.name().into();
-    stats.report.width = w.width;
-    stats.report.height = w.height;
-    stats.report.buffers = w.buffer_count;
-
+    let mut stats = stats::Stats::new(!args.quiet, args.report_every.map(Duration::from_secs_f64));
+    let mut gpu: Option<Gpu> = None;
+    let mut vk = vk;
     let mut dump = match &args.dump_raw {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
         )),
         None => None,
     };
-    let mut scratch = Vec::new();
-    let mut maps: Vec<Option<MappedBuffer>> = (0..w.buffer_count).map(|_| None).collect();
-    let result: Result<()> = (|| loop {
-        match client.next_event(None) {
-            Ok(Event::BufferAdded(id)) => {
-                let buf = client.buffer(id).expect("just added");
-                match gpu.as_mut() {
-                    Some(g) => {
-                        g.vk.import(id, buf, g.path)
-                            .with_context(|| format!("importing buffer {id} ({})", g.path))?
-                    }
-                    None => maps[id as usize] = Some(MappedBuffer::new(buf)?),
-                }
-                if args.dump_raw.is_some() && maps[id as usize].is_none() {
-                    maps[id as usize] = Some(MappedBuffer::new(buf)?);
-                }
+    // SIGINT/SIGTERM: leave cleanly after the current frame (Goodbye, statistics written).
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
+    }
+    let started = Instant::now();
+    let mut connect_timeout = Some(args.connect_timeout);
+    // While reconnecting: when the wait began.
+    let mut waiting_since: Option<Instant> = None;
+    let result: Result<()> = loop {
+        let timeout = match (waiting_since, connect_timeout) {
+            (Some(t), Some(limit)) => Some((limit - t.elapsed().as_secs_f64()).max(0.0)),
+            (_, limit) => limit,
+        };
+        let chan = match connect(args, timeout, &stop) {
+            Ok(c) => c,
+            Err(e) => break Err(e),
+        };
+        let client = match Client::handshake(chan, offered.clone(), Duration::from_secs(5)) {
+            Ok(c) => c,
+            // A producer that is still going away (or not quite up) can accept and close:
+            // while reconnecting, keep waiting.
+            Err(ProtoError::Closed) if waiting_since.is_some() && !stop.load(Ordering::Relaxed) => {
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
             }
-            Ok(Event::Renegotiated) => {
-                // Every buffer was removed (imports dropped above); new ones follow.
-                w = client.welcome().clone();
-                tracing::info!(
-                    "renegotiated: {} {}x{}, {} buffers of {}",
-                    w.pixel,
-                    w.width,
-                    w.height,
-                    w.buffer_count,
-                    w.memory
-                );
-                maps = (0..w.buffer_count).map(|_| None).collect();
-                if let Some(g) = gpu.as_mut() {
-                    g.path = choose_path(&g.vk, args.import, &w);
-                    stats.report.import_path = g.path.name().into();
-                }
-                stats.report.renegotiations += 1;
-                stats.report.alloc = w.allocator.name().into();
-                stats.report.memory = w.memory.name().into();
-                stats.report.pixel_format = w.pixel.name().into();
-                stats.report.width = w.width;
-                stats.report.height = w.height;
-                stats.report.buffers = w.buffer_count;
+            Err(e) => break Err(anyhow::Error::new(e).context("handshake with the producer")),
+        };
+        let w = client.welcome().clone();
+        if let Some(g) = gpu.take() {
+            // A new producer: forget every import of the previous one.
+            let mut vk = g.vk;
+            for id in 0..MAX_BUFFERS {
+                vk.remove(id);
             }
-            Ok(Event::BufferRemoved(id)) => {
-                maps[id as usize] = None;
-                if let Some(g) = gpu.as_mut() {
-                    g.vk.remove(id);
-                }
+            gpu = Some(Gpu {
+                path: choose_path(&vk, args.import, &w),
+                vk,
+            });
+        } else if let Some(vk) = vk.take() {
+            gpu = Some(Gpu {
+                path: choose_path(&vk, args.import, &w),
+                vk,
+            });
+            if let (Some(v), Some(g), Some(d)) = (viewer.as_mut(), gpu.as_mut(), display) {
+                let title = format!("{} {}x{} ({})", w.pixel, w.width, w.height, g.path);
+                let handle = v.open(w.width, w.height, &title)?;
+                g.vk.attach_window(d, handle, w.width, w.height)?;
             }
-            Ok(Event::Frame(f)) => {
-                let received_ns = dmabuf_core::time::monotonic_ns();
-                let id = f.buffer_id;
-                let buf = client.buffer(id).expect("validated by the client");
-                let map = maps[id as usize].as_ref();
-                let mut checked = false;
-                if f.flags & FRAME_FLAG_COPIED != 0 {
-                    stats.report.producer_copied += 1;
-                }
-                if args.verify {
-                    if f.flags & FRAME_FLAG_CHECKSUM == 0 {
-                        stats.report.unverifiable += 1;
-                    } else {
-                        let got = match gpu.as_mut() {
-                            Some(g) => g.vk.checksum(id, buf)?,
-                            None => map.expect("mapped when added").checksum(buf)?,
-                        };
-                        checked = true;
-                        if got == f.checksum {
-                            stats.report.verified += 1;
-                        } else {
-                            stats.report.mismatches += 1;
-                            if stats.report.mismatches <= 5 {
-                                tracing::error!(
-                                    "frame {}: checksum {got:#010x}, producer sent {:#010x}",
-                                    f.seq,
-                                    f.checksum
-                                );
-                            }
-                        }
-                    }
-                }
-                if let Some(g) = gpu.as_mut() {
-                    if !checked {
-                        // Make the frame GPU-visible even when not verifying (the copy path
-                        // copies; the zero-copy paths acquire and release the memory).
-                        g.vk.touch(id, buf)?;
-                    }
-                    if let Some(v) = viewer.as_mut() {
-                        if !v.pump() {
-                            client.release(id)?;
-                            client.goodbye(GoodbyeReason::Leaving, "window closed");
-                            return Ok(());
-                        }
-                        g.vk.present(id, buf, w.color)?;
-                    }
-                    if let Some(n) = args.snapshot_every {
-                        if stats.report.frames % n == 0 {
-                            let rgba = g.vk.convert(id, buf, w.color)?;
-                            let path = args.snapshot_dir.join(format!("frame-{:06}.png", f.seq));
-                            write_png(&path, w.width, w.height, &rgba)?;
-                            stats.report.snapshots.push(path.display().to_string());
-                        }
-                    }
-                }
-                if let Some(out) = dump.as_mut() {
-                    scratch.clear();
-                    map.expect("mapped when added")
-                        .append_packed(buf, &mut scratch)?;
-                    out.write_all(&scratch).context("writing --dump-raw")?;
-                }
-                client.release(id)?;
-                stats.frame(f.seq, f.publish_ns, received_ns);
-                if args.frames.is_some_and(|n| stats.report.frames >= n) {
-                    client.goodbye(GoodbyeReason::Leaving, "got the frames I wanted");
-                    return Ok(());
-                }
-            }
-            Ok(Event::End(g)) => {
-                return match g.reason {
-                    GoodbyeReason::EndOfStream => Ok(()),
-                    r => bail!("producer ended the stream ({r:?}): {}", g.message),
-                };
-            }
-            Err(ProtoError::Closed) => bail!("producer closed the connection without a goodbye"),
-            Err(e) => return Err(e).context("protocol error"),
         }
-    })();
+        if viewer.is_some()
+            && (w.width, w.height) != (stats.report.width, stats.report.height)
+            && stats.report.width != 0
+        {
+            break Err(anyhow::anyhow!(
+                "the new producer sends {}x{}, the window shows {}x{}",
+                w.width,
+                w.height,
+                stats.report.width,
+                stats.report.height
+            ));
+        }
+        if args.snapshot_every.is_some() {
+            std::fs::create_dir_all(&args.snapshot_dir)
+                .with_context(|| format!("creating {}", args.snapshot_dir.display()))?;
+        }
+        tracing::info!(
+            "stream: {} {}x{} at {}/{} fps, {} buffers of {} ({})",
+            w.pixel,
+            w.width,
+            w.height,
+            w.fps_num,
+            w.fps_den,
+            w.buffer_count,
+            w.memory,
+            w.allocator
+        );
+        stats.report.alloc = w.allocator.name().into();
+        stats.report.memory = w.memory.name().into();
+        stats.report.import_path = gpu.as_ref().map_or("cpu-map", |g| g.path.name()).into();
+        if let Some(g) = &gpu {
+            stats.report.vk_device = Some(g.vk.device_name.clone());
+            tracing::info!("import path: {} on {}", g.path, g.vk.device_name);
+        }
+        stats.report.pixel_format = w.pixel.name().into();
+        stats.report.width = w.width;
+        stats.report.height = w.height;
+        stats.report.buffers = w.buffer_count;
+        let mut s = Stream {
+            args,
+            client,
+            gpu: &mut gpu,
+            viewer: &mut viewer,
+            stats: &mut stats,
+            dump: &mut dump,
+            started,
+            stop: &stop,
+        };
+        let outcome = s.run();
+        // While the connection and the buffers are still open, as after the warm-up.
+        s.stats.stream_ended();
+        drop(s);
+        match outcome {
+            Ok(Outcome::Done) => break Ok(()),
+            Ok(Outcome::ProducerGone(why)) if args.reconnect && !stop.load(Ordering::Relaxed) => {
+                eprintln!(
+                    "consumer: {why}; waiting for a producer at {} (--reconnect)",
+                    args.socket.display()
+                );
+                stats.reconnected();
+                connect_timeout = args.reconnect_timeout;
+                waiting_since = Some(Instant::now());
+            }
+            Ok(Outcome::ProducerGone(why)) => {
+                break Err(anyhow::anyhow!(
+                    "{why} (use --reconnect to wait for the next producer)"
+                ))
+            }
+            Err(e) => break Err(e),
+        }
+    };
     if let Some(mut out) = dump {
         out.flush().context("writing --dump-raw")?;
     }
@@ -467,6 +456,9 @@ fn run(args: &Args) -> Result<i32> {
         report.memory,
         report.import_path
     );
+    if report.reconnects > 0 {
+        eprintln!("consumer: reconnected {} time(s)", report.reconnects);
+    }
     if let Some(first) = report.snapshots.first() {
         eprintln!(
             "consumer: {} PNG snapshot(s) in {} (first: {first})",
@@ -476,4 +468,180 @@ fn run(args: &Args) -> Result<i32> {
     }
     result?;
     Ok(if report.mismatches > 0 { 3 } else { 0 })
+}
+
+/// How one connection ended.
+enum Outcome {
+    /// End of stream, --frames, --duration or the window closed: the consumer is done.
+    Done,
+    /// The producer went away (closed, or said Leaving / InternalError): with --reconnect, wait
+    /// for the next one.
+    ProducerGone(String),
+}
+
+/// One connection's stream of frames.
+struct Stream<'a> {
+    args: &'a Args,
+    client: Client,
+    gpu: &'a mut Option<Gpu>,
+    viewer: &'a mut Option<window::Viewer>,
+    stats: &'a mut stats::Stats,
+    dump: &'a mut Option<std::io::BufWriter<std::fs::File>>,
+    started: Instant,
+    stop: &'a AtomicBool,
+}
+
+impl Stream<'_> {
+    fn run(&mut self) -> Result<Outcome> {
+        let args = self.args;
+        let mut w = self.client.welcome().clone();
+        let mut scratch = Vec::new();
+        let mut maps: Vec<Option<MappedBuffer>> = (0..w.buffer_count).map(|_| None).collect();
+        loop {
+            if self.stop.load(Ordering::Relaxed) {
+                self.client.goodbye(GoodbyeReason::Leaving, "interrupted");
+                return Ok(Outcome::Done);
+            }
+            match self.client.next_event(Some(Duration::from_millis(250))) {
+                Err(ProtoError::Timeout { .. }) => continue,
+                Ok(Event::BufferAdded(id)) => {
+                    let buf = self.client.buffer(id).expect("just added");
+                    match self.gpu.as_mut() {
+                        Some(g) => {
+                            g.vk.import(id, buf, g.path)
+                                .with_context(|| format!("importing buffer {id} ({})", g.path))?
+                        }
+                        None => maps[id as usize] = Some(MappedBuffer::new(buf)?),
+                    }
+                    if args.dump_raw.is_some() && maps[id as usize].is_none() {
+                        maps[id as usize] = Some(MappedBuffer::new(buf)?);
+                    }
+                }
+                Ok(Event::Renegotiated) => {
+                    // Every buffer was removed (imports dropped above); new ones follow.
+                    w = self.client.welcome().clone();
+                    tracing::info!(
+                        "renegotiated: {} {}x{}, {} buffers of {}",
+                        w.pixel,
+                        w.width,
+                        w.height,
+                        w.buffer_count,
+                        w.memory
+                    );
+                    maps = (0..w.buffer_count).map(|_| None).collect();
+                    let report = &mut self.stats.report;
+                    if let Some(g) = self.gpu.as_mut() {
+                        g.path = choose_path(&g.vk, args.import, &w);
+                        report.import_path = g.path.name().into();
+                    }
+                    report.renegotiations += 1;
+                    report.alloc = w.allocator.name().into();
+                    report.memory = w.memory.name().into();
+                    report.pixel_format = w.pixel.name().into();
+                    report.width = w.width;
+                    report.height = w.height;
+                    report.buffers = w.buffer_count;
+                }
+                Ok(Event::BufferRemoved(id)) => {
+                    maps[id as usize] = None;
+                    if let Some(g) = self.gpu.as_mut() {
+                        g.vk.remove(id);
+                    }
+                }
+                Ok(Event::Frame(f)) => {
+                    let received_ns = dmabuf_core::time::monotonic_ns();
+                    let id = f.buffer_id;
+                    let buf = self.client.buffer(id).expect("validated by the client");
+                    let map = maps[id as usize].as_ref();
+                    let stats = &mut *self.stats;
+                    let mut checked = false;
+                    if f.flags & FRAME_FLAG_COPIED != 0 {
+                        stats.report.producer_copied += 1;
+                    }
+                    if args.verify {
+                        if f.flags & FRAME_FLAG_CHECKSUM == 0 {
+                            stats.report.unverifiable += 1;
+                        } else {
+                            let got = match self.gpu.as_mut() {
+                                Some(g) => g.vk.checksum(id, buf)?,
+                                None => map.expect("mapped when added").checksum(buf)?,
+                            };
+                            checked = true;
+                            if got == f.checksum {
+                                stats.report.verified += 1;
+                            } else {
+                                stats.report.mismatches += 1;
+                                if stats.report.mismatches <= 5 {
+                                    tracing::error!(
+                                        "frame {}: checksum {got:#010x}, producer sent {:#010x}",
+                                        f.seq,
+                                        f.checksum
+                                    );
+                                }
+                            }
+                        }
+                    }
+                    if let Some(g) = self.gpu.as_mut() {
+                        if !checked {
+                            // Make the frame GPU-visible even when not verifying (the copy path
+                            // copies; the zero-copy paths acquire and release the memory).
+                            g.vk.touch(id, buf)?;
+                        }
+                        if let Some(v) = self.viewer.as_mut() {
+                            if !v.pump() {
+                                self.client.release(id)?;
+                                self.client.goodbye(GoodbyeReason::Leaving, "window closed");
+                                return Ok(Outcome::Done);
+                            }
+                            g.vk.present(id, buf, w.color)?;
+                        }
+                        if let Some(n) = args.snapshot_every {
+                            if stats.report.frames % n == 0 {
+                                let rgba = g.vk.convert(id, buf, w.color)?;
+                                let path =
+                                    args.snapshot_dir.join(format!("frame-{:06}.png", f.seq));
+                                write_png(&path, w.width, w.height, &rgba)?;
+                                stats.report.snapshots.push(path.display().to_string());
+                            }
+                        }
+                    }
+                    if let Some(out) = self.dump.as_mut() {
+                        scratch.clear();
+                        map.expect("mapped when added")
+                            .append_packed(buf, &mut scratch)?;
+                        out.write_all(&scratch).context("writing --dump-raw")?;
+                    }
+                    self.client.release(id)?;
+                    stats.frame(f.seq, f.publish_ns, received_ns);
+                    let enough = args.frames.is_some_and(|n| stats.report.frames >= n)
+                        || args
+                            .duration
+                            .is_some_and(|d| self.started.elapsed().as_secs_f64() >= d);
+                    if enough {
+                        self.client
+                            .goodbye(GoodbyeReason::Leaving, "got the frames I wanted");
+                        return Ok(Outcome::Done);
+                    }
+                }
+                Ok(Event::End(g)) => {
+                    return match g.reason {
+                        GoodbyeReason::EndOfStream => Ok(Outcome::Done),
+                        r @ (GoodbyeReason::Leaving | GoodbyeReason::InternalError) => {
+                            Ok(Outcome::ProducerGone(format!(
+                                "producer ended the stream ({r:?}): {}",
+                                g.message
+                            )))
+                        }
+                        r => bail!("producer ended the stream ({r:?}): {}", g.message),
+                    };
+                }
+                Err(ProtoError::Closed) => {
+                    return Ok(Outcome::ProducerGone(
+                        "producer closed the connection without a goodbye".into(),
+                    ))
+                }
+                Err(e) => return Err(e).context("protocol error"),
+            }
+        }
+    }
 }

@@ -1,5 +1,6 @@
 //! Counters, the live statistics line and the `--stats-json` report.
 
+use dmabuf_core::procstat;
 use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
@@ -52,19 +53,38 @@ pub struct Report {
     /// Whether `verified` was computed by the GPU over the imported memory.
     pub gpu_verified: bool,
     /// Open descriptors after the first 3 frames (every buffer imported, and whatever the
-    /// driver opens lazily on first use) and at the end: equal unless something leaks per frame.
+    /// driver opens lazily on first use) and at the end of the (last) stream, its connection
+    /// still open: equal unless something leaks per frame.
     pub fds_after_warmup: usize,
     pub fds_at_end: usize,
     /// PNG snapshots written.
     pub snapshots: Vec<String>,
+    /// Times the consumer resumed with a new producer (--reconnect). Counters add up across
+    /// producers; a new producer's first frame is not counted as a gap.
+    pub reconnects: u64,
+    /// RSS and open descriptors over time: at the first frame, every --report-every seconds,
+    /// and at the end.
+    pub resources: Vec<Sample>,
     /// `null` when the stream ended normally, else what went wrong.
     pub error: Option<String>,
 }
 
+/// One point of the `resources` time series.
+#[derive(Debug, Default, Clone, Serialize)]
+pub struct Sample {
+    /// Seconds since the consumer started.
+    pub t_s: f64,
+    pub frames: u64,
+    pub rss_kib: u64,
+    pub fds: usize,
+}
+
 pub struct Stats {
     pub report: Report,
-    latencies_us: Vec<f64>,
-    process_us: Vec<f64>,
+    latencies_us: Histogram,
+    process_us: Histogram,
+    /// This second's latencies, for the live line.
+    line_latencies_us: Vec<f64>,
     start: Instant,
     cpu0: u64,
     last_seq: Option<u64>,
@@ -73,6 +93,59 @@ pub struct Stats {
     last_line: Instant,
     line_frames: u64,
     line_cpu: u64,
+    sample_every: Option<Duration>,
+    last_sample: Instant,
+}
+
+/// Percentiles in constant memory (a run may last days): log-spaced buckets 0.5 % wide from
+/// 0.01 µs to 1e8 µs; a percentile is its bucket's geometric middle (within 0.25 %), the maximum
+/// is exact.
+struct Histogram {
+    counts: Vec<u64>,
+    n: u64,
+    max: f64,
+}
+
+const H_MIN: f64 = 0.01;
+const H_STEP: f64 = 1.005;
+
+impl Histogram {
+    fn new() -> Self {
+        let buckets = ((1e8f64 / H_MIN).ln() / H_STEP.ln()).ceil() as usize + 1;
+        Self {
+            counts: vec![0; buckets],
+            n: 0,
+            max: 0.0,
+        }
+    }
+
+    fn add(&mut self, v: f64) {
+        let i = if v <= H_MIN {
+            0
+        } else {
+            ((v / H_MIN).ln() / H_STEP.ln()) as usize
+        };
+        let last = self.counts.len() - 1;
+        self.counts[i.min(last)] += 1;
+        self.n += 1;
+        self.max = self.max.max(v);
+    }
+
+    fn percentile(&self, p: f64) -> f64 {
+        if self.n == 0 {
+            return 0.0;
+        }
+        let rank = ((self.n - 1) as f64 * p).round() as u64;
+        let mut seen = 0;
+        for (i, c) in self.counts.iter().enumerate() {
+            seen += c;
+            if seen > rank {
+                let mid = H_MIN * H_STEP.powf(i as f64 + 0.5);
+                return mid.min(self.max);
+            }
+        }
+        self.max
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -84,11 +157,12 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Stats {
-    pub fn new(live: bool) -> Self {
+    pub fn new(live: bool, sample_every: Option<Duration>) -> Self {
         Self {
             report: Report::default(),
-            latencies_us: Vec::new(),
-            process_us: Vec::new(),
+            latencies_us: Histogram::new(),
+            process_us: Histogram::new(),
+            line_latencies_us: Vec::new(),
             start: Instant::now(),
             cpu0: process_cpu_ns(),
             last_seq: None,
@@ -97,7 +171,38 @@ impl Stats {
             last_line: Instant::now(),
             line_frames: 0,
             line_cpu: process_cpu_ns(),
+            sample_every,
+            last_sample: Instant::now(),
         }
+    }
+
+    /// A connection's stream ended (its socket and buffers still open): the fds to compare
+    /// with `fds_after_warmup`.
+    pub fn stream_ended(&mut self) {
+        self.report.fds_at_end = open_fds();
+    }
+
+    /// A new producer: its sequence numbers start afresh.
+    pub fn reconnected(&mut self) {
+        self.report.reconnects += 1;
+        self.last_seq = None;
+    }
+
+    fn sample(&mut self) {
+        let s = Sample {
+            t_s: self.start.elapsed().as_secs_f64(),
+            frames: self.report.frames,
+            rss_kib: procstat::rss_kib(),
+            fds: procstat::fd_count(),
+        };
+        if self.sample_every.is_some() {
+            eprintln!(
+                "consumer: t={:.0} s frames {} RSS {} KiB fds {} dropped {}",
+                s.t_s, s.frames, s.rss_kib, s.fds, self.report.dropped
+            );
+        }
+        self.report.resources.push(s);
+        self.last_sample = Instant::now();
     }
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
@@ -111,10 +216,20 @@ impl Stats {
         self.last_seq = Some(seq);
         self.report.frames += 1;
         self.line_frames += 1;
+        if self.report.frames == 1
+            || self
+                .sample_every
+                .is_some_and(|d| self.last_sample.elapsed() >= d)
+        {
+            self.sample();
+        }
         let lat = received_ns.saturating_sub(publish_ns) as f64 / 1e3;
-        self.latencies_us.push(lat);
+        self.latencies_us.add(lat);
+        if self.live {
+            self.line_latencies_us.push(lat);
+        }
         self.process_us
-            .push(monotonic_ns().saturating_sub(received_ns) as f64 / 1e3);
+            .add(monotonic_ns().saturating_sub(received_ns) as f64 / 1e3);
         if self.live && self.last_line.elapsed() >= Duration::from_secs(1) {
             self.print_line();
         }
@@ -125,8 +240,7 @@ impl Stats {
         let cpu = process_cpu_ns();
         let fps = self.line_frames as f64 / dt;
         let cpu_pct = (cpu - self.line_cpu) as f64 / 1e9 / dt * 100.0;
-        let recent = &self.latencies_us[self.latencies_us.len() - self.line_frames as usize..];
-        let mut r = recent.to_vec();
+        let mut r = std::mem::take(&mut self.line_latencies_us);
         r.sort_by(f64::total_cmp);
         let line = format!(
             "frames {:>6} | {:6.1} fps | latency p50 {:7.1} µs p99 {:7.1} µs | consumer CPU {:5.1} % | verified {} mismatches {} dropped {}",
@@ -156,19 +270,20 @@ impl Stats {
         if self.live && self.tty {
             eprintln!();
         }
-        self.report.fds_at_end = open_fds();
+        if self.report.frames == 0 {
+            self.report.fds_at_end = open_fds();
+        }
+        self.sample();
         let wall = self.start.elapsed();
         self.report.wall_ns = wall.as_nanos() as u64;
         self.report.cpu_ns = process_cpu_ns() - self.cpu0;
         let n = self.report.frames.max(1) as f64;
         self.report.cpu_ns_per_frame = self.report.cpu_ns as f64 / n;
         self.report.fps = self.report.frames as f64 / wall.as_secs_f64().max(1e-9);
-        self.latencies_us.sort_by(f64::total_cmp);
-        self.report.latency_us_p50 = percentile(&self.latencies_us, 0.5);
-        self.report.latency_us_p99 = percentile(&self.latencies_us, 0.99);
-        self.report.latency_us_max = self.latencies_us.last().copied().unwrap_or(0.0);
-        self.process_us.sort_by(f64::total_cmp);
-        self.report.process_us_p50 = percentile(&self.process_us, 0.5);
+        self.report.latency_us_p50 = self.latencies_us.percentile(0.5);
+        self.report.latency_us_p99 = self.latencies_us.percentile(0.99);
+        self.report.latency_us_max = self.latencies_us.max;
+        self.report.process_us_p50 = self.process_us.percentile(0.5);
         self.report.decode_path = match (self.report.frames, self.report.producer_copied) {
             (0, _) => String::new(),
             (_, 0) => "direct".into(),
@@ -181,4 +296,24 @@ impl Stats {
 
 fn open_fds() -> usize {
     std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn histogram_percentiles_are_within_half_a_percent() {
+        let mut h = super::Histogram::new();
+        let mut v: Vec<f64> = (1..=10_000).map(|i| i as f64 * 0.37).collect();
+        for x in &v {
+            h.add(*x);
+        }
+        v.sort_by(f64::total_cmp);
+        for p in [0.5, 0.99] {
+            let exact = super::percentile(&v, p);
+            let got = h.percentile(p);
+            assert!((got / exact - 1.0).abs() < 0.005, "p{p}: {got} vs {exact}");
+        }
+        assert_eq!(h.max, 3700.0);
+        assert_eq!(super::Histogram::new().percentile(0.5), 0.0);
+    }
 }

@@ -72,13 +72,27 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
             "320x240",
             "--stall-timeout",
             "1",
+            "--buffers",
+            "8",
         ],
     );
     let pid = p.pid();
     // Let it settle after binding, then take its fd count.
     std::thread::sleep(Duration::from_millis(200));
-    let base = fd_count_of(pid);
-    assert!(base > 4, "listener + pool fds expected, got {base}");
+    let base0 = fd_count_of(pid);
+    assert!(base0 > 4, "listener + pool fds expected, got {base0}");
+    // A good consumer streams the whole time: no hostile one may disturb it.
+    let bystander_json = sock.with_extension("bystander.json");
+    let bystander = std::process::Command::new(consumer_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--quiet", "--import", "cpu-map", "--verify", "--stats-json"])
+        .arg(&bystander_json)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(10), || fd_count_of(pid) == base0 + 1));
+    let base = base0 + 1;
 
     type Case = Box<dyn Fn(&mut Channel) -> Option<Goodbye>>;
     let pipe = nix::unistd::pipe().unwrap();
@@ -171,6 +185,100 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
             Some("double release"),
         ),
         (
+            "release of a buffer never sent to it",
+            Box::new(|c| {
+                let (id, _) = first_frame(c);
+                // Buffer `id + 1` may or may not have reached it yet: either way its seq is wrong.
+                c.send(&Message::Release(Release {
+                    buffer_id: (id + 1) % 8,
+                    seq: u64::MAX - 1,
+                }))
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("release: buffer"),
+        ),
+        (
+            "release with the wrong seq",
+            Box::new(|c| {
+                let (id, seq) = first_frame(c);
+                c.send(&Message::Release(Release {
+                    buffer_id: id,
+                    seq: seq + 1000,
+                }))
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("not"),
+        ),
+        (
+            "truncated Release mid-stream",
+            Box::new(|c| {
+                let (id, seq) = first_frame(c);
+                let bytes = encode(&Message::Release(Release { buffer_id: id, seq }));
+                c.send_raw(&bytes[..12], &[]).unwrap();
+                goodbye(c)
+            }),
+            Some("header says"),
+        ),
+        (
+            "unknown message type mid-stream",
+            Box::new(|c| {
+                let (id, seq) = first_frame(c);
+                let mut bytes = encode(&Message::Release(Release { buffer_id: id, seq }));
+                bytes[4..6].copy_from_slice(&77u16.to_le_bytes());
+                c.send_raw(&bytes, &[]).unwrap();
+                goodbye(c)
+            }),
+            Some("unknown message type 77"),
+        ),
+        (
+            "Release carrying a directory, /dev/null and a socket",
+            Box::new(|c| {
+                let (id, seq) = first_frame(c);
+                let d = std::fs::File::open("/").unwrap();
+                let n = std::fs::File::open("/dev/null").unwrap();
+                let (s1, _s2) = Channel::pair().unwrap();
+                c.send_with_fds(
+                    &Message::Release(Release { buffer_id: id, seq }),
+                    &[d.as_fd(), n.as_fd(), s1.as_fd()],
+                )
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("Release carried 3 descriptor"),
+        ),
+        (
+            "a second Hello mid-stream",
+            Box::new(|c| {
+                first_frame(c);
+                c.send(&hello()).unwrap();
+                goodbye(c)
+            }),
+            Some("got Hello"),
+        ),
+        (
+            "Welcome instead of Hello",
+            Box::new(|c| {
+                c.send(&Message::Welcome(Welcome {
+                    version: VERSION,
+                    memory: MemoryKind::Memfd,
+                    allocator: AllocatorKind::Memfd,
+                    buffer_count: 2,
+                    pixel: PixelFormat::Nv12,
+                    width: 64,
+                    height: 48,
+                    fps_num: 60,
+                    fps_den: 1,
+                    color: ColorInfo::default(),
+                    modifier: MOD_LINEAR,
+                }))
+                .unwrap();
+                goodbye(c)
+            }),
+            Some("expected Hello, got Welcome"),
+        ),
+        (
             "a consumer that stops releasing",
             Box::new(|c| {
                 first_frame(c);
@@ -205,6 +313,26 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
             fd_count_of(pid)
         );
     }
+
+    // The bystander was not disturbed: every frame it got verified, none dropped.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(bystander.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = bystander.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "bystander: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let b = read_json(&bystander_json);
+    let frames = b["frames"].as_u64().unwrap();
+    assert!(frames > 60, "bystander: {b}");
+    assert_eq!(b["verified"].as_u64(), Some(frames), "bystander: {b}");
+    assert_eq!(b["dropped"].as_u64(), Some(0), "bystander: {b}");
+    let base = base0;
+    assert!(eventually(Duration::from_secs(5), || fd_count_of(pid) == base));
 
     // And the next, well-behaved consumer gets every frame verified.
     let s = consume(
@@ -411,4 +539,212 @@ fn consumer_refuses_a_modifier_it_did_not_offer() {
     );
     let g = goodbye(&mut chan).expect("the consumer says why");
     assert_eq!(g.reason, GoodbyeReason::Unsupported, "{g:?}");
+}
+
+/// Every other way a producer can be hostile after a good Welcome, each against a fresh
+/// consumer process: it must exit 1 naming the problem (and tell the producer in a Goodbye),
+/// never panic, hang or die of SIGBUS. (The fd accounting of each case — every received fd
+/// closed — is asserted in-process by `dmabuf-core/tests/session.rs`.)
+#[test]
+fn consumer_refuses_every_hostile_producer() {
+    fn good() -> OwnedFd {
+        memfd(65536, SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW)
+    }
+    type Bad = Box<dyn FnOnce(&Channel)>;
+    let cases: Vec<(&str, MemoryKind, Bad, &str)> = vec![
+        (
+            "socket-fd",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let (s1, _s2) = Channel::pair().unwrap();
+                c.send_with_fds(&add(0, 16384), &[s1.as_fd()]).unwrap();
+            }),
+            "expected a memfd, got socket:",
+        ),
+        (
+            "directory-fd",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let d = std::fs::File::open("/").unwrap();
+                c.send_with_fds(&add(0, 16384), &[d.as_fd()]).unwrap();
+            }),
+            "expected a memfd, got /",
+        ),
+        (
+            "dev-null-fd",
+            MemoryKind::DmaBuf,
+            Box::new(|c| {
+                let d = std::fs::File::open("/dev/null").unwrap();
+                c.send_with_fds(&add(0, 16384), &[d.as_fd()]).unwrap();
+            }),
+            "expected a dma-buf, got /dev/null",
+        ),
+        (
+            "shrunk-memfd",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                // Shrunk before it was sealed: the layout no longer fits.
+                let fd = memfd(65536, SealFlag::empty());
+                nix::unistd::ftruncate(&fd, 4096).unwrap();
+                nix::fcntl::fcntl(
+                    &fd,
+                    nix::fcntl::FcntlArg::F_ADD_SEALS(
+                        SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW,
+                    ),
+                )
+                .unwrap();
+                c.send_with_fds(&add(0, 16384), &[fd.as_fd()]).unwrap();
+            }),
+            "beyond the end of fd 0",
+        ),
+        (
+            "overflowing-layout",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let fd = good();
+                c.send_with_fds(&add(0, u64::MAX - 100), &[fd.as_fd()])
+                    .unwrap();
+            }),
+            "overflows",
+        ),
+        (
+            "200-fds",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let fds: Vec<OwnedFd> = (0..200).map(|_| good()).collect();
+                let b: Vec<BorrowedFd> = fds.iter().map(|f| f.as_fd()).collect();
+                c.send_with_fds(&add(0, 16384), &b).unwrap();
+            }),
+            "too many descriptors",
+        ),
+        (
+            "duplicate-id",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let (a, b) = (good(), good());
+                c.send_with_fds(&add(0, 16384), &[a.as_fd()]).unwrap();
+                c.send_with_fds(&add(0, 16384), &[b.as_fd()]).unwrap();
+            }),
+            "sent twice",
+        ),
+        (
+            "id-out-of-range",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let fd = good();
+                c.send_with_fds(&add(7, 16384), &[fd.as_fd()]).unwrap();
+            }),
+            "out of range",
+        ),
+        (
+            "garbage",
+            MemoryKind::Memfd,
+            Box::new(|c| c.send_raw(b"\x00\x01garbage garbage", &[]).unwrap()),
+            "bad magic",
+        ),
+        (
+            "truncated",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let bytes = encode(&add(0, 16384));
+                c.send_raw(&bytes[..20], &[]).unwrap();
+            }),
+            "header says",
+        ),
+        (
+            "oversized",
+            MemoryKind::Memfd,
+            Box::new(|c| c.send_raw(&[0x44u8; 65000], &[]).unwrap()),
+            "longer than the largest valid message",
+        ),
+        (
+            "unknown-type",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let mut bytes = encode(&add(0, 16384));
+                bytes[4..6].copy_from_slice(&99u16.to_le_bytes());
+                c.send_raw(&bytes, &[]).unwrap();
+            }),
+            "unknown message type 99",
+        ),
+        (
+            // A second Welcome renegotiates, but only once every buffer is removed.
+            "second-welcome-with-buffers-added",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let fd = good();
+                c.send_with_fds(&add(0, 16384), &[fd.as_fd()]).unwrap();
+                c.send(&Message::Welcome(Welcome {
+                    version: VERSION,
+                    memory: MemoryKind::Memfd,
+                    allocator: AllocatorKind::Memfd,
+                    buffer_count: 2,
+                    pixel: PixelFormat::Nv12,
+                    width: 64,
+                    height: 48,
+                    fps_num: 60,
+                    fps_den: 1,
+                    color: ColorInfo::default(),
+                    modifier: MOD_LINEAR,
+                }))
+                .unwrap();
+            }),
+            "still added when the producer sent a new Welcome",
+        ),
+        (
+            "frame-before-its-buffer",
+            MemoryKind::Memfd,
+            Box::new(|c| {
+                let fd = good();
+                c.send_with_fds(&add(0, 16384), &[fd.as_fd()]).unwrap();
+                c.send(&Message::Frame(Frame {
+                    buffer_id: 1,
+                    flags: 0,
+                    seq: 0,
+                    pts_ns: 0,
+                    publish_ns: 0,
+                    checksum: 0,
+                    chunks: vec![Chunk::default(); 2],
+                }))
+                .unwrap();
+            }),
+            "buffer 1 was never added",
+        ),
+    ];
+    for (name, memory, bad, want) in cases {
+        consumer_refuses(name, memory, bad, want);
+    }
+}
+
+/// A producer speaking another protocol version: refused at the handshake.
+#[test]
+fn consumer_refuses_a_wrong_version() {
+    let sock = socket("wrong-version");
+    let listener = Listener::bind(&sock, &ListenerOptions::default()).unwrap();
+    let s2 = sock.clone();
+    let consumer = std::thread::spawn(move || run_consumer(&s2, &[], Duration::from_secs(30)));
+    let mut chan = listener.accept(Some(T)).unwrap().expect("connects");
+    chan.recv(Some(T), "Hello").unwrap();
+    let mut bytes = encode(&Message::Welcome(Welcome {
+        version: VERSION,
+        memory: MemoryKind::Memfd,
+        allocator: AllocatorKind::Memfd,
+        buffer_count: 2,
+        pixel: PixelFormat::Nv12,
+        width: 64,
+        height: 48,
+        fps_num: 60,
+        fps_den: 1,
+        color: ColorInfo::default(),
+        modifier: MOD_LINEAR,
+    }));
+    // Welcome.version is the first field after the 8-byte header.
+    bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());
+    chan.send_raw(&bytes, &[]).unwrap();
+    let out = consumer.join().unwrap();
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("version mismatch"), "{e}");
+    let g = goodbye(&mut chan).expect("the consumer says why");
+    assert_eq!(g.reason, GoodbyeReason::VersionMismatch, "{g:?}");
 }

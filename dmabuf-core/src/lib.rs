@@ -6,6 +6,7 @@ pub mod buffer;
 pub mod format;
 pub mod mapping;
 pub mod pool;
+pub mod procstat;
 pub mod proto;
 pub mod sys;
 #[doc(hidden)]

@@ -1,6 +1,7 @@
 //! `producer`: allocates a pool of frame buffers, fills them, and serves them to consumers over
 //! a Unix socket (fds once per buffer, then small per-frame messages).
 
+mod fanout;
 mod server;
 mod source;
 
@@ -21,10 +22,12 @@ use std::time::Duration;
 /// Serve video frames to consumers without copying them.
 ///
 /// The producer allocates a fixed pool of frame buffers (dma-buf from a dma-heap, udmabuf or
-/// GBM; or sealed memfds), draws frames into them and publishes each frame to the connected
+/// GBM; or sealed memfds), draws frames into them and publishes each frame to every connected
 /// consumer as a small message naming the buffer. Each buffer's file descriptors cross the
-/// socket once per consumer (SCM_RIGHTS); the consumer releases buffers back. When a consumer
-/// leaves, the producer waits for the next one, unless --frames ended the stream.
+/// socket once per consumer (SCM_RIGHTS); consumers release buffers back, and a buffer is reused
+/// only once every consumer has released it. Several consumers may connect at any time; a slow
+/// one is skipped (its frames dropped and counted) rather than slowing the others. When the
+/// last consumer leaves, the producer waits for the next one, unless --frames ended the stream.
 #[derive(Debug, Parser)]
 #[command(
     version,
@@ -87,9 +90,18 @@ struct Args {
     #[arg(long)]
     no_pace: bool,
 
-    /// Stop after this many frames to one consumer (otherwise serve forever).
+    /// End the stream after this many frames (otherwise serve forever). The stream starts when
+    /// the first consumer connects to an idle producer.
     #[arg(long)]
     frames: Option<u64>,
+
+    /// End the stream after this many seconds (like --frames; for soak tests).
+    #[arg(long)]
+    duration: Option<f64>,
+
+    /// Seconds between progress lines (frames, fps, consumers, pool, RSS, open fds).
+    #[arg(long, default_value_t = 5.0)]
+    report_every: f64,
 
     /// Buffers in the pool.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
@@ -99,15 +111,18 @@ struct Args {
     #[arg(long)]
     no_checksum: bool,
 
-    /// Socket file mode, octal.
-    #[arg(long, default_value = "600", value_parser = parse_mode)]
+    /// Socket file mode, octal (0600: only our uid may connect; peers are also checked with
+    /// SO_PEERCRED).
+    #[arg(long, visible_alias = "socket-mode", default_value = "600", value_parser = parse_mode)]
     mode: u32,
 
     /// Also accept consumers running as this uid (repeatable). Our own uid is always allowed.
     #[arg(long)]
     allow_uid: Vec<u32>,
 
-    /// Seconds a consumer may keep every buffer before it is dropped.
+    /// Seconds a consumer may hold buffers without releasing any before it is dropped. (With
+    /// several consumers, one that holds half the pool is skipped, its frames dropped, until it
+    /// releases.)
     #[arg(long, default_value_t = 5.0)]
     stall_timeout: f64,
 }
@@ -228,6 +243,10 @@ fn run(args: Args) -> Result<()> {
     if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
         bail!("--stall-timeout must be positive");
     }
+    let positive = |v: f64| v.is_finite() && v > 0.0;
+    if args.duration.is_some_and(|d| !positive(d)) || !positive(args.report_every) {
+        bail!("--duration and --report-every must be positive seconds");
+    }
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(sig, stop.clone()).context("installing signal handlers")?;
@@ -244,6 +263,8 @@ fn run(args: Args) -> Result<()> {
         checksum: !args.no_checksum,
         hello_timeout: Duration::from_secs(5),
         stall_timeout: Duration::from_secs_f64(args.stall_timeout),
+        duration: args.duration.map(Duration::from_secs_f64),
+        report_every: Duration::from_secs_f64(args.report_every),
     };
     server::serve(&args.socket, &listen, source, opts, stop)
 }

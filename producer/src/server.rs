@@ -1,19 +1,22 @@
-//! Serving consumers, one at a time: handshake, the pool's fds once, then paced frames.
+//! Serving consumers: the pool is allocated once, before the first consumer arrives; several
+//! consumers are served at once (see [`crate::fanout`]), each with its own handshake, the
+//! pool's fds once, then paced frames shared by all of them.
 //!
-//! The pool is allocated before the first consumer arrives and kept for the next one. With
-//! `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd pool
-//! instead (no other consumer holds buffers, so the swap is safe).
+//! With `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd
+//! pool instead, if no other consumer is connected (otherwise it is refused, saying why).
 
+use crate::fanout::{Arrival, Fanout};
 use crate::source::Source;
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::format::frame_checksum;
 use dmabuf_core::pool::{Lease, Pool};
-use dmabuf_core::proto::server::{accepts, full_chunks, read_hello, Pumped, Session};
+use dmabuf_core::procstat;
+use dmabuf_core::proto::server::{accepts, full_chunks, Session};
 use dmabuf_core::proto::wire::{
     Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED, VERSION,
 };
-use dmabuf_core::proto::{Listener, ListenerOptions, ProtoError};
+use dmabuf_core::proto::{Listener, ListenerOptions};
 use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
 use dmabuf_core::{AllocatorKind, MemoryKind};
 use std::path::Path;
@@ -31,17 +34,21 @@ pub struct ServeOptions {
     pub checksum: bool,
     /// How long a consumer may take to say Hello.
     pub hello_timeout: Duration,
-    /// How long a consumer may keep every buffer before it is dropped as stalled.
+    /// How long a consumer may hold buffers without releasing any before it is dropped.
     pub stall_timeout: Duration,
+    /// End the stream (EndOfStream) after this long, like `frames`.
+    pub duration: Option<Duration>,
+    /// How often the progress line (rate, consumers, RSS, fds) is logged.
+    pub report_every: Duration,
 }
 
-/// How one session ended.
+/// How a stream ended.
 #[derive(Debug, PartialEq, Eq)]
-enum SessionEnd {
-    /// `--frames` were sent: the producer is done.
+enum StreamEnd {
+    /// `--frames`/`--duration` were reached, or the source ended: the producer is done.
     Completed,
-    /// The consumer went away (or was dropped); serve the next one.
-    ConsumerGone,
+    /// Every consumer went away (or was dropped); wait for the next one.
+    Idle,
     /// SIGINT/SIGTERM.
     Interrupted,
 }
@@ -51,10 +58,11 @@ struct Server {
     pool: Pool,
     source: Source,
     stop: Arc<AtomicBool>,
+    fan: Fanout,
 }
 
 /// Allocate the pool, then listen on `socket` (so the socket appears only once the producer can
-/// serve), and serve until `--frames` completes one session or a signal sets `stop`.
+/// serve), and serve until `--frames` completes a stream or a signal sets `stop`.
 pub fn serve(
     socket: &Path,
     listen: &ListenerOptions,
@@ -81,34 +89,14 @@ pub fn serve(
     let listener = Listener::bind(socket, listen)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let mut server = Server {
+        fan: Fanout::new(opts.hello_timeout),
         source,
         opts,
         pool,
         stop,
     };
     eprintln!("producer: listening on {}", listener.path().display());
-    loop {
-        if server.stop.load(Ordering::Relaxed) {
-            return Ok(());
-        }
-        let chan = match listener.accept(Some(Duration::from_millis(200))) {
-            Ok(Some(c)) => c,
-            Ok(None) => continue,
-            Err(e @ ProtoError::PeerRefused { .. }) => {
-                tracing::warn!("refused a connection: {e}");
-                continue;
-            }
-            Err(e) => return Err(e).context("accepting a consumer"),
-        };
-        match server.session(chan) {
-            Ok(SessionEnd::Completed) => return Ok(()),
-            Ok(SessionEnd::Interrupted) => return Ok(()),
-            Ok(SessionEnd::ConsumerGone) => {
-                tracing::info!("consumer gone; waiting for the next one")
-            }
-            Err(e) => tracing::warn!("session ended: {e:#}"),
-        }
-    }
+    server.run(&listener)
 }
 
 impl Server {
@@ -131,15 +119,65 @@ impl Server {
         }
     }
 
-    fn session(&mut self, mut chan: dmabuf_core::proto::Channel) -> Result<SessionEnd> {
-        let hello = read_hello(&mut chan, self.opts.hello_timeout)?;
+    /// Serve streams until one completes or a signal arrives. A stream starts (the source from
+    /// its beginning) when the first consumer joins an idle producer, and pauses when the last
+    /// one leaves; consumers that join a running stream get its next frame.
+    fn run(&mut self, listener: &Listener) -> Result<()> {
+        loop {
+            while self.fan.is_empty() {
+                if self.stop.load(Ordering::Relaxed) {
+                    return Ok(());
+                }
+                let arrivals = self.fan.wait(listener, Duration::from_millis(200))?;
+                self.admit_all(arrivals);
+            }
+            self.source.restart()?;
+            let (reason, text) = match self.stream(listener) {
+                Ok(StreamEnd::Idle) => {
+                    tracing::info!("every consumer left; waiting for the next one");
+                    continue;
+                }
+                Ok(StreamEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream".into()),
+                Ok(StreamEnd::Interrupted) => {
+                    (GoodbyeReason::Leaving, "producer shutting down".into())
+                }
+                Err(e) => {
+                    tracing::warn!("stream ended: {e:#}");
+                    (GoodbyeReason::InternalError, format!("{e:#}"))
+                }
+            };
+            self.fan.finish_all(reason, &text, Duration::from_secs(2));
+            if reason != GoodbyeReason::InternalError {
+                return Ok(());
+            }
+        }
+    }
+
+    fn admit_all(&mut self, arrivals: Vec<Arrival>) {
+        for a in arrivals {
+            let n = a.n;
+            if let Err(e) = self.admit(a) {
+                tracing::warn!("consumer #{n} not served: {e:#}");
+            }
+        }
+    }
+
+    /// Check a consumer's `Hello` against the pool, answer it, send it the pool's fds, and add
+    /// it to the stream.
+    ///
+    /// With `--alloc auto`, a consumer that cannot take the pool's memory kind but can take
+    /// memfds gets the pool swapped to sealed memfds, but only while no other consumer is
+    /// being served (the others hold and map the current pool); otherwise it is refused with a
+    /// Goodbye saying so.
+    fn admit(&mut self, a: Arrival) -> Result<()> {
+        let Arrival { n, chan, hello } = a;
         let format = self.source.format();
         let memory = self.pool.allocator().memory();
         if !accepts(&hello, &format, memory) {
-            if self.opts.alloc == AllocChoice::Auto
+            let memfd_would_do = self.opts.alloc == AllocChoice::Auto
                 && memory != MemoryKind::Memfd
-                && accepts(&hello, &format, MemoryKind::Memfd)
-            {
+                && accepts(&hello, &format, MemoryKind::Memfd);
+            if memfd_would_do && self.fan.is_empty() {
                 tracing::info!("consumer cannot import {memory}; switching the pool to memfd");
                 let memfd = alloc::open(AllocatorKind::Memfd)?;
                 self.pool = self.source.make_pool(memfd.as_ref(), self.opts.buffers)?;
@@ -154,7 +192,15 @@ impl Server {
                         format!("{name}/{:#x}/mask {:#x}", c.modifier, c.memory_mask)
                     })
                     .collect();
-                let msg = format!("consumer cannot take {format} in {memory}");
+                // Goodbye text is at most 112 bytes: the reason first.
+                let msg = if memfd_would_do {
+                    format!(
+                        "cannot switch the {memory} pool to memfd while {} other consumer(s) use it",
+                        self.fan.len()
+                    )
+                } else {
+                    format!("consumer cannot take {format} in {memory}")
+                };
                 let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
                     dmabuf_core::proto::wire::Goodbye {
                         reason: GoodbyeReason::Unsupported,
@@ -165,33 +211,29 @@ impl Server {
             }
         }
         let welcome = self.welcome();
-        let mut sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
+        let sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
         for id in 0..self.pool.len() as u32 {
             let buf = self.pool.buffer(id).expect("id in range");
             sess.add_buffer(id, buf)?;
         }
+        self.fan.join(n, sess);
         tracing::info!(
-            "consumer connected: {} buffers of {} sent once",
+            "consumer #{n} connected: {} buffers of {} sent once; {} consumer(s) now",
             self.pool.len(),
-            self.pool.allocator()
+            self.pool.allocator(),
+            self.fan.len()
         );
-        self.source.restart()?;
-        let end = self.stream(&mut sess);
-        let (reason, text) = match &end {
-            Ok(SessionEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream".into()),
-            Ok(SessionEnd::Interrupted) => {
-                (GoodbyeReason::Leaving, "producer shutting down".into())
-            }
-            Ok(SessionEnd::ConsumerGone) => (GoodbyeReason::Leaving, String::new()),
-            Err(e) => (GoodbyeReason::InternalError, format!("{e:#}")),
-        };
-        if !matches!(end, Ok(SessionEnd::ConsumerGone)) {
-            sess.finish(reason, &text, Duration::from_secs(2));
-        }
-        end
+        Ok(())
     }
 
-    fn stream(&mut self, sess: &mut Session<Arc<Lease>>) -> Result<SessionEnd> {
+    /// Wait up to `timeout`, serving connections meanwhile.
+    fn wait(&mut self, listener: &Listener, timeout: Duration) -> Result<()> {
+        let arrivals = self.fan.wait(listener, timeout)?;
+        self.admit_all(arrivals);
+        Ok(())
+    }
+
+    fn stream(&mut self, listener: &Listener) -> Result<StreamEnd> {
         let (num, den) = self.source.fps();
         let period_ns = 1_000_000_000u64 * u64::from(den) / u64::from(num.max(1));
         let start = Instant::now();
@@ -199,52 +241,56 @@ impl Server {
         let mut last_report = Instant::now();
         let mut report_frames = 0u64;
         for seq in 0u64.. {
-            if self.opts.frames.is_some_and(|n| seq >= n) {
+            let over = self.opts.frames.is_some_and(|n| seq >= n)
+                || self.opts.duration.is_some_and(|d| start.elapsed() >= d);
+            if over {
                 let secs = start.elapsed().as_secs_f64();
                 tracing::info!(
                     "sent {seq} frames in {secs:.2} s ({:.1} fps), producer CPU {:.1} µs/frame",
                     seq as f64 / secs,
                     (process_cpu_ns() - cpu0) as f64 / 1e3 / seq.max(1) as f64
                 );
-                if let Some(paths) = self.source.path_summary() {
-                    tracing::info!("{paths}");
-                }
-                return Ok(SessionEnd::Completed);
-            }
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(SessionEnd::Interrupted);
+                return Ok(StreamEnd::Completed);
             }
             if self.opts.pace {
                 let due = start + Duration::from_nanos(seq * period_ns);
                 loop {
                     let left = due.saturating_duration_since(Instant::now());
-                    if left.is_zero() {
+                    if left.is_zero() || self.stop.load(Ordering::Relaxed) {
                         break;
                     }
-                    if sess.pump(left)? == Pumped::Left {
-                        return Ok(SessionEnd::ConsumerGone);
-                    }
+                    self.wait(listener, left)?;
                 }
             }
-            // The consumer may hold --buffers frames; the rest of the pool is the decoder's.
-            if !self.wait_for_room(sess)? {
-                return Ok(SessionEnd::ConsumerGone);
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(StreamEnd::Interrupted);
+            }
+            self.fan.drop_stalled(self.opts.stall_timeout);
+            if self.fan.is_empty() {
+                return Ok(StreamEnd::Idle);
+            }
+            // Alone, a consumer may hold the consumers' share of the pool (back-pressure); the
+            // rest belongs to the decoder's references.
+            if let Some(end) = self.wait_for_room(listener)? {
+                return Ok(end);
             }
             let Some(pts_ns) = self.source.advance(seq)? else {
                 tracing::info!("end of the stream after {seq} frames");
                 if let Some(paths) = self.source.path_summary() {
                     tracing::info!("{paths}");
                 }
-                return Ok(SessionEnd::Completed);
+                return Ok(StreamEnd::Completed);
             };
-            if self.source.format() != self.pool.format() && !self.renegotiate(sess)? {
-                return Ok(SessionEnd::ConsumerGone);
+            if self.source.format() != self.pool.format() {
+                if let Some(end) = self.renegotiate(listener)? {
+                    return Ok(end);
+                }
             }
             let (lease, copied) = match self.source.filled_lease() {
                 Some(lease) => (lease, false),
                 None => {
-                    let Some(lease) = self.acquire(sess)? else {
-                        return Ok(SessionEnd::ConsumerGone);
+                    let Some(lease) = self.acquire(listener)? else {
+                        return Ok(self.gone_or_stopped());
                     };
                     let layout = &lease.buffer().layout;
                     let source = &mut self.source;
@@ -275,22 +321,31 @@ impl Server {
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),
             };
-            match sess.send_frame(frame, lease) {
-                Ok(()) => {}
-                Err(ProtoError::Closed) => return Ok(SessionEnd::ConsumerGone),
-                Err(e) => return Err(e.into()),
+            // The bounded wait for a consumer at its quota (see crate::fanout).
+            let until = Instant::now() + Duration::from_nanos(period_ns);
+            let share = self.share();
+            while self.fan.waiting_on_quota(share) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                self.wait(listener, left)?;
             }
-            if sess.pump(Duration::ZERO)? == Pumped::Left {
-                return Ok(SessionEnd::ConsumerGone);
-            }
+            self.fan.publish(&frame, lease, share);
+            self.wait(listener, Duration::ZERO)?;
             report_frames += 1;
             let since = last_report.elapsed();
-            if since >= Duration::from_secs(5) {
+            if since >= self.opts.report_every {
                 tracing::info!(
-                    "{} frames sent, {:.1} fps, {} held by the consumer",
+                    "{} frames sent, {:.1} fps, {} consumer(s) [{}], pool {}/{} free, RSS {} KiB, {} fds",
                     seq + 1,
                     report_frames as f64 / since.as_secs_f64(),
-                    sess.held_count()
+                    self.fan.len(),
+                    self.fan.summary(),
+                    self.pool.free_count(),
+                    self.pool.len(),
+                    procstat::rss_kib(),
+                    procstat::fd_count()
                 );
                 last_report = Instant::now();
                 report_frames = 0;
@@ -299,74 +354,78 @@ impl Server {
         unreachable!()
     }
 
-    /// The source changed size or format mid-stream: once the consumer has released
-    /// everything, remove the old buffers, announce the new format and send a new pool's
-    /// buffers. False if the consumer left.
-    fn renegotiate(&mut self, sess: &mut Session<Arc<Lease>>) -> Result<bool> {
+    /// The consumers' share of the pool: `--buffers` (a decoder's pool is larger).
+    fn share(&self) -> usize {
+        self.opts.buffers.min(self.pool.len())
+    }
+
+    fn gone_or_stopped(&self) -> StreamEnd {
+        if self.stop.load(Ordering::Relaxed) {
+            StreamEnd::Interrupted
+        } else {
+            StreamEnd::Idle
+        }
+    }
+
+    /// Wait (serving connections) until a lone consumer holds less than the consumers' share;
+    /// with several, the quota in [`crate::fanout`] applies instead. `Some` when the stream
+    /// must end meanwhile.
+    fn wait_for_room(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
+        while self.fan.len() == 1 && self.fan.max_held() >= self.share() {
+            self.fan.drop_stalled(self.opts.stall_timeout);
+            if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
+                return Ok(Some(self.gone_or_stopped()));
+            }
+            self.wait(listener, Duration::from_millis(100))?;
+        }
+        Ok(None)
+    }
+
+    /// The source changed size or format mid-stream: once every consumer has released
+    /// everything, allocate a pool for the new format and tell every consumer (RemoveBuffer for
+    /// the old buffers, a new Welcome, the new AddBuffers). `Some` when the stream must end
+    /// meanwhile.
+    fn renegotiate(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
         let (old, new) = (self.pool.format(), self.source.format());
-        if self
-            .wait_consumer(sess, |s| (s.held_count() == 0).then_some(()))?
-            .is_none()
-        {
-            return Ok(false);
+        while self.fan.max_held() > 0 {
+            self.fan.drop_stalled(self.opts.stall_timeout);
+            if self.stop.load(Ordering::Relaxed) {
+                return Ok(Some(StreamEnd::Interrupted));
+            }
+            self.wait(listener, Duration::from_millis(100))?;
         }
         let allocator = alloc::open(self.pool.allocator())
             .with_context(|| format!("reopening {} for {new}", self.pool.allocator()))?;
         self.pool = self
             .source
             .make_pool(allocator.as_ref(), self.opts.buffers)?;
-        sess.renegotiate(&self.welcome())?;
-        for id in 0..self.pool.len() as u32 {
-            sess.add_buffer(id, self.pool.buffer(id).expect("id in range"))?;
-        }
+        let welcome = self.welcome();
+        self.fan.renegotiate(&welcome, &self.pool);
         tracing::info!(
-            "renegotiated {old} -> {new}: {} new buffers of {}",
+            "renegotiated {old} -> {new}: {} new buffers of {} to {} consumer(s)",
             self.pool.len(),
-            self.pool.allocator()
+            self.pool.allocator(),
+            self.fan.len()
         );
-        Ok(true)
+        if self.fan.is_empty() {
+            return Ok(Some(StreamEnd::Idle));
+        }
+        Ok(None)
     }
 
-    /// Wait until the consumer holds fewer than `--buffers` frames (the pool may be larger:
-    /// a decoder keeps its references in it); false if the consumer left.
-    fn wait_for_room(&self, sess: &mut Session<Arc<Lease>>) -> Result<bool> {
-        let buffers = self.opts.buffers;
-        self.wait_consumer(sess, |s| (s.held_count() < buffers).then_some(()))
-            .map(|r| r.is_some())
-    }
-
-    /// A free buffer, waiting for releases; `None` if the consumer left.
-    fn acquire(&self, sess: &mut Session<Arc<Lease>>) -> Result<Option<Lease>> {
-        let pool = &self.pool;
-        self.wait_consumer(sess, |_| pool.try_acquire())
-    }
-
-    /// Pump the consumer's releases until `ready` gives something; `None` if the consumer left
-    /// or a signal came. A consumer that releases nothing for the stall timeout is dropped.
-    fn wait_consumer<R>(
-        &self,
-        sess: &mut Session<Arc<Lease>>,
-        mut ready: impl FnMut(&Session<Arc<Lease>>) -> Option<R>,
-    ) -> Result<Option<R>> {
-        let since = Instant::now();
+    /// A free buffer, serving connections while waiting for releases; `None` if every
+    /// consumer left or a signal arrived. Consumers that hold buffers and release none for the
+    /// stall timeout are dropped.
+    fn acquire(&mut self, listener: &Listener) -> Result<Option<Lease>> {
         loop {
-            if let Some(r) = ready(sess) {
-                return Ok(Some(r));
+            if let Some(l) = self.pool.try_acquire() {
+                return Ok(Some(l));
             }
-            let left = self.opts.stall_timeout.saturating_sub(since.elapsed());
-            if left.is_zero() {
-                anyhow::bail!(
-                    "consumer holds all {} buffers and released none for {:?}; dropping it",
-                    sess.held_count(),
-                    self.opts.stall_timeout
-                );
-            }
-            if sess.pump(left.min(Duration::from_millis(100)))? == Pumped::Left {
+            self.fan.drop_stalled(self.opts.stall_timeout);
+            if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
-            if self.stop.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
+            self.wait(listener, Duration::from_millis(100))?;
         }
     }
 }

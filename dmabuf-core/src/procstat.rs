@@ -1,0 +1,39 @@
+//! Resource figures of a process from `/proc` (for soak reports and leak tests): resident memory
+//! (`VmRSS` in `/proc/PID/status`, see proc_pid_status(5)) and open descriptors (`/proc/PID/fd`).
+
+/// Resident set size of process `pid` in KiB; `None` if it cannot be read (the process is gone).
+pub fn rss_kib_of(pid: u32) -> Option<u64> {
+    parse_rss(&std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?)
+}
+
+/// Resident set size of this process in KiB (0 if `/proc` is unreadable).
+pub fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| parse_rss(&s))
+        .unwrap_or(0)
+}
+
+/// Open descriptors of this process.
+pub fn fd_count() -> usize {
+    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
+}
+
+fn parse_rss(status: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parses_vmrss() {
+        assert_eq!(
+            super::parse_rss("Name:\tx\nVmRSS:\t  12345 kB\n"),
+            Some(12345)
+        );
+        assert_eq!(super::parse_rss("Name:\tx\n"), None);
+        assert!(super::rss_kib() > 0);
+        assert!(super::fd_count() >= 3);
+    }
+}

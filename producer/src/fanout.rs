@@ -1,0 +1,391 @@
+//! Several consumers on one producer.
+//!
+//! [`Fanout`] owns every connection the producer has: consumers still to say `Hello`
+//! (*pending*, each with a deadline) and consumers being served (*members*, one
+//! [`Session`] each). One `poll(2)` covers the listener, the pending connections and the members,
+//! so new consumers are accepted and handshaken while frames are streaming, releases are
+//! handled as they come, and a consumer that vanishes is noticed at once.
+//!
+//! A frame is one pool [`Lease`] shared (`Arc`) by every member it is sent to; each session keeps
+//! its clone until that consumer releases the buffer (or its session ends, however it ends), so
+//! the buffer returns to the pool only when the last consumer holding it has let go.
+//!
+//! Slow-consumer policy (see `docs/ARCHITECTURE.md`): with more than one member, a member may
+//! hold at most [`Fanout::quota`] buffers (half the pool, rounded up). When a member reaches its
+//! quota, the producer waits up to one frame period for it to release (a bounded wait, once
+//! per episode: see [`Fanout::waiting_on_quota`]); if it has not, it is skipped for that frame
+//! and every following one until it comes back below its quota (the frame is not sent to it: it sees a gap in `seq`, which its
+//! statistics count as dropped, and the producer counts it as `skipped`). So a stalled consumer
+//! pins at most half the pool and the others keep their rate. A member that holds buffers and
+//! releases none for `--stall-timeout` is dropped (Goodbye `InternalError`, naming why). A
+//! single member may hold the whole pool (back-pressure, as before: nothing is dropped).
+
+use anyhow::{Context as _, Result};
+use dmabuf_core::pool::{Lease, Pool};
+use dmabuf_core::proto::server::{read_hello, Pumped, Session};
+use dmabuf_core::proto::wire::{Frame, Goodbye, GoodbyeReason, Hello, Welcome};
+use dmabuf_core::proto::{Channel, Listener, Message, ProtoError};
+use nix::errno::Errno;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{setsockopt, sockopt};
+use nix::sys::time::{TimeVal, TimeValLike};
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long a `sendmsg` to one consumer may block (its socket buffer full because it stopped
+/// reading) before that consumer is dropped; the others are not held up longer than this.
+const SEND_TIMEOUT: Duration = Duration::from_millis(250);
+
+/// A consumer being served.
+pub struct Member {
+    /// Connection number (1, 2, …) for the logs.
+    pub n: u64,
+    pub sess: Session<Arc<Lease>>,
+    /// Frames not sent to it because it held its quota.
+    pub skipped: u64,
+    /// Last release, or when it went from holding nothing to holding a frame.
+    last_progress: Instant,
+    /// It was skipped at its quota and has not come back below it since: no more waiting for
+    /// it.
+    lagging: bool,
+}
+
+/// A consumer that connected and has not said `Hello` yet.
+struct Pending {
+    n: u64,
+    chan: Channel,
+    deadline: Instant,
+}
+
+/// A consumer whose `Hello` arrived: the server decides whether and how to serve it.
+pub struct Arrival {
+    pub n: u64,
+    pub chan: Channel,
+    pub hello: Hello,
+}
+
+pub struct Fanout {
+    members: Vec<Member>,
+    pending: Vec<Pending>,
+    next: u64,
+    hello_timeout: Duration,
+}
+
+impl Fanout {
+    pub fn new(hello_timeout: Duration) -> Self {
+        Self {
+            members: Vec::new(),
+            pending: Vec::new(),
+            next: 1,
+            hello_timeout,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.members.is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.members.len()
+    }
+
+    /// Start serving a consumer whose handshake is done (Welcome and buffers sent).
+    pub fn join(&mut self, n: u64, sess: Session<Arc<Lease>>) {
+        self.members.push(Member {
+            n,
+            sess,
+            skipped: 0,
+            last_progress: Instant::now(),
+            lagging: false,
+        });
+    }
+
+    /// How many buffers of a `pool_len` pool one member may hold: all of them when it is alone,
+    /// else half (rounded up), so that a stalled consumer cannot starve the others.
+    pub fn quota(&self, pool_len: usize) -> usize {
+        if self.members.len() <= 1 {
+            pool_len
+        } else {
+            pool_len.div_ceil(2)
+        }
+    }
+
+    /// Whether a member that is not known to lag holds its quota: the server then waits for
+    /// it (a bounded time: one frame period) before skipping it, so that a consumer that was
+    /// only briefly descheduled, or got a burst of late frames, loses nothing.
+    pub fn waiting_on_quota(&self, pool_len: usize) -> bool {
+        let quota = self.quota(pool_len);
+        self.members
+            .iter()
+            .any(|m| !m.lagging && m.sess.held_count() >= quota)
+    }
+
+    /// Wait up to `timeout` for activity and handle it: accept connections, read `Hello`s
+    /// (returned for the server to admit), handle releases and departures. Returns as soon as
+    /// something happened (or the time is up). Fails only if the listener itself fails.
+    pub fn wait(&mut self, listener: &Listener, timeout: Duration) -> Result<Vec<Arrival>> {
+        let now = Instant::now();
+        // A pending Hello's deadline shortens the wait.
+        let timeout = self
+            .pending
+            .iter()
+            .map(|p| p.deadline.saturating_duration_since(now))
+            .fold(timeout, Duration::min);
+        let ready: Vec<bool> = {
+            let mut fds = Vec::with_capacity(1 + self.pending.len() + self.members.len());
+            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
+            fds.extend(
+                self.pending
+                    .iter()
+                    .map(|p| PollFd::new(p.chan.as_fd(), PollFlags::POLLIN)),
+            );
+            fds.extend(
+                self.members
+                    .iter()
+                    .map(|m| PollFd::new(m.sess.channel().as_fd(), PollFlags::POLLIN)),
+            );
+            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+            match poll(
+                &mut fds,
+                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+            ) {
+                Ok(_) => fds
+                    .iter()
+                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                    .collect(),
+                Err(Errno::EINTR) => vec![false; fds.len()],
+                Err(e) => return Err(e).context("poll"),
+            }
+        };
+        let (listen_ready, rest) = ready.split_first().expect("the listener is polled");
+        let (pending_ready, member_ready) = rest.split_at(self.pending.len());
+
+        for i in (0..self.members.len()).rev() {
+            if member_ready[i] {
+                self.pump_member(i);
+            }
+        }
+        let mut arrivals = Vec::new();
+        let now = Instant::now();
+        for (i, p) in std::mem::take(&mut self.pending).into_iter().enumerate() {
+            if pending_ready[i] {
+                let Pending { n, mut chan, .. } = p;
+                match read_hello(&mut chan, Duration::ZERO) {
+                    Ok(hello) => arrivals.push(Arrival { n, chan, hello }),
+                    Err(e) => tracing::warn!("consumer #{n}: handshake failed: {e}"),
+                }
+            } else if now >= p.deadline {
+                let msg = format!("no Hello within {:?}", self.hello_timeout);
+                tracing::warn!("consumer #{}: {msg}; closing", p.n);
+                let _ = p.chan.send(&Message::Goodbye(Goodbye {
+                    reason: GoodbyeReason::ProtocolError,
+                    message: msg,
+                }));
+            } else {
+                self.pending.push(p);
+            }
+        }
+        if *listen_ready {
+            self.accept_all(listener)?;
+        }
+        Ok(arrivals)
+    }
+
+    fn accept_all(&mut self, listener: &Listener) -> Result<()> {
+        loop {
+            match listener.accept(Some(Duration::ZERO)) {
+                Ok(Some(chan)) => {
+                    let n = self.next;
+                    self.next += 1;
+                    let tv = TimeVal::milliseconds(SEND_TIMEOUT.as_millis() as i64);
+                    if let Err(e) = setsockopt(&chan, sockopt::SendTimeout, &tv) {
+                        tracing::warn!("consumer #{n}: SO_SNDTIMEO: {e}");
+                    }
+                    tracing::debug!("consumer #{n} connected; waiting for its Hello");
+                    self.pending.push(Pending {
+                        n,
+                        chan,
+                        deadline: Instant::now() + self.hello_timeout,
+                    });
+                }
+                Ok(None) => return Ok(()),
+                Err(e @ ProtoError::PeerRefused { .. }) => {
+                    tracing::warn!("refused a connection: {e}")
+                }
+                Err(e) => return Err(e).context("accepting a consumer"),
+            }
+        }
+    }
+
+    /// Handle member `i`'s messages; remove it if it left or broke the protocol.
+    fn pump_member(&mut self, i: usize) {
+        let m = &mut self.members[i];
+        match m.sess.pump(Duration::ZERO) {
+            Ok(Pumped::Released(k)) => {
+                if k > 0 {
+                    m.last_progress = Instant::now();
+                }
+            }
+            Ok(Pumped::Left) => {
+                let m = self.members.remove(i);
+                tracing::info!(
+                    "consumer #{} left after {} frames ({} skipped); {} left",
+                    m.n,
+                    m.sess.frames_sent,
+                    m.skipped,
+                    self.members.len()
+                );
+            }
+            Err(e) => {
+                let m = self.members.remove(i);
+                tracing::warn!("consumer #{}: {e}; dropped", m.n);
+            }
+        }
+    }
+
+    /// Send `frame` (in `lease`) to every member below its quota; skip (and count) the others.
+    /// Returns how many members it went to.
+    pub fn publish(&mut self, frame: &Frame, lease: Arc<Lease>, pool_len: usize) -> usize {
+        let quota = self.quota(pool_len);
+        let mut sent = 0;
+        for i in (0..self.members.len()).rev() {
+            let m = &mut self.members[i];
+            if m.sess.held_count() >= quota {
+                m.lagging = true;
+                m.skipped += 1;
+                if m.skipped.is_power_of_two() {
+                    tracing::info!(
+                        "consumer #{} holds {} buffers (its quota): {} frame(s) skipped so far",
+                        m.n,
+                        m.sess.held_count(),
+                        m.skipped
+                    );
+                }
+                continue;
+            }
+            m.lagging = false;
+            if m.sess.held_count() == 0 {
+                m.last_progress = Instant::now();
+            }
+            match m.sess.send_frame(frame.clone(), lease.clone()) {
+                Ok(()) => sent += 1,
+                Err(ProtoError::Closed) => {
+                    let m = self.members.remove(i);
+                    tracing::info!("consumer #{} went away", m.n);
+                }
+                Err(e) => {
+                    let m = self.members.remove(i);
+                    tracing::warn!("consumer #{}: sending a frame: {e}; dropped", m.n);
+                }
+            }
+        }
+        sent
+    }
+
+    /// Drop every member that holds buffers and has released none for `limit`.
+    pub fn drop_stalled(&mut self, limit: Duration) {
+        let mut i = 0;
+        while i < self.members.len() {
+            let m = &self.members[i];
+            if m.sess.held_count() > 0 && m.last_progress.elapsed() >= limit {
+                let m = self.members.remove(i);
+                let msg = format!(
+                    "consumer holds {} buffer(s) and released none for {limit:?}; dropping it",
+                    m.sess.held_count()
+                );
+                tracing::warn!("consumer #{}: {msg}", m.n);
+                m.sess
+                    .finish(GoodbyeReason::InternalError, &msg, Duration::ZERO);
+            } else {
+                i += 1;
+            }
+        }
+    }
+
+    /// Say goodbye to every member, give them up to `grace` together to release what they hold,
+    /// then end every session (and close the pending connections).
+    pub fn finish_all(&mut self, reason: GoodbyeReason, message: &str, grace: Duration) {
+        self.pending.clear();
+        for m in &self.members {
+            let _ = m.sess.channel().send(&Message::Goodbye(Goodbye {
+                reason,
+                message: message.to_string(),
+            }));
+        }
+        let deadline = Instant::now() + grace;
+        loop {
+            self.members.retain(|m| m.sess.held_count() > 0);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if self.members.is_empty() || left.is_zero() {
+                break;
+            }
+            let ready: Vec<bool> = {
+                let mut fds: Vec<PollFd> = self
+                    .members
+                    .iter()
+                    .map(|m| PollFd::new(m.sess.channel().as_fd(), PollFlags::POLLIN))
+                    .collect();
+                let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
+                match poll(
+                    &mut fds,
+                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+                ) {
+                    Ok(_) => fds
+                        .iter()
+                        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+                        .collect(),
+                    Err(_) => vec![false; fds.len()],
+                }
+            };
+            for i in (0..self.members.len()).rev() {
+                if ready[i] {
+                    self.pump_member(i);
+                }
+            }
+        }
+        self.members.clear();
+    }
+
+    /// The most buffers any member holds.
+    pub fn max_held(&self) -> usize {
+        self.members
+            .iter()
+            .map(|m| m.sess.held_count())
+            .max()
+            .unwrap_or(0)
+    }
+
+    /// Tell every member the stream's format changed: remove its buffers, send the new
+    /// `Welcome` and `pool`'s buffers (every member must hold nothing). A member that cannot
+    /// be told is dropped.
+    pub fn renegotiate(&mut self, welcome: &Welcome, pool: &Pool) {
+        for i in (0..self.members.len()).rev() {
+            let sess = &mut self.members[i].sess;
+            let told = sess.renegotiate(welcome).and_then(|()| {
+                (0..pool.len() as u32)
+                    .try_for_each(|id| sess.add_buffer(id, pool.buffer(id).expect("id in range")))
+            });
+            if let Err(e) = told {
+                let m = self.members.remove(i);
+                tracing::warn!("consumer #{}: renegotiating: {e}; dropped", m.n);
+            }
+        }
+    }
+
+    /// One line about every member, for the progress log.
+    pub fn summary(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| {
+                format!(
+                    "#{} holds {} skipped {}",
+                    m.n,
+                    m.sess.held_count(),
+                    m.skipped
+                )
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    }
+}
