@@ -39,8 +39,23 @@ struct Args {
     /// Frame source. `pattern`: moving colour bars drawn in the pool's pixel format.
     /// `file:PATH`: a video file decoded by FFmpeg (H.264, HEVC, VP9, AV1 …) at its own size,
     /// format and frame rate, paced at that rate; e.g. file:samples/clip-1080p60.mp4.
+    /// `v4l2:/dev/videoN`: capture from a V4L2 webcam (NV12, YUYV or I420; --size, --format
+    /// and --fps choose the capture format, otherwise the device's current one), paced by the
+    /// device; see --v4l2-io and --list-devices.
     #[arg(long, default_value = "pattern")]
     source: String,
+
+    /// With a v4l2: source, how frames leave the driver: expbuf (the driver's buffers exported
+    /// as dma-bufs and sent to consumers: zero-copy), dmabuf (the driver captures into this
+    /// producer's --alloc dma-buf pool: zero-copy), mmap (one copy into the pool), or auto
+    /// (expbuf, else dmabuf, else mmap). A buffer is queued to the driver again only after
+    /// every consumer released it.
+    #[arg(long, value_enum, default_value = "auto")]
+    v4l2_io: source::v4l2::Io,
+
+    /// List the V4L2 devices (/dev/video*) with their formats, frame sizes and rates, and exit.
+    #[arg(long)]
+    list_devices: bool,
 
     /// With a file source: start again from the beginning at the end (timestamps keep going).
     #[arg(long = "loop")]
@@ -55,17 +70,20 @@ struct Args {
     #[arg(long, default_value = "auto")]
     alloc: AllocChoice,
 
-    /// Pattern frame size, WIDTHxHEIGHT (odd sizes are fine) [default: 1920x1080].
+    /// Pattern (or V4L2 capture) frame size, WIDTHxHEIGHT (odd sizes are fine)
+    /// [default: 1920x1080; V4L2: the device's current size].
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
 
     /// Pattern pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as
-    /// YU12, XR24 also work) [default: NV12].
+    /// YU12, XR24 also work) [default: NV12]. V4L2 capture: NV12, YUYV or I420 [default: the
+    /// first of these the device offers].
     #[arg(long)]
     format: Option<PixelFormat>,
 
     /// Pattern frames per second to pace at (a rational such as 30000/1001 works too)
-    /// [default: 60]. A file plays at its own rate.
+    /// [default: 60]. A file plays at its own rate; a V4L2 device is asked for this rate
+    /// (VIDIOC_S_PARM) [default: its current rate].
     #[arg(long, value_parser = parse_fps)]
     fps: Option<(u32, u32)>,
 
@@ -187,14 +205,42 @@ fn source(args: &Args) -> Result<Source> {
             used: false,
         });
     }
+    if let Some(path) = args.source.strip_prefix("v4l2:") {
+        if args.looping || args.decode_threads.is_some() {
+            bail!("--loop and --decode-threads apply to a file source");
+        }
+        if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
+            bail!("--stall-timeout must be positive");
+        }
+        let req = source::v4l2::Request {
+            size: args.size,
+            pixel: args.format,
+            fps: args.fps,
+            io: args.v4l2_io,
+            alloc: args.alloc,
+            buffers: args.buffers as usize,
+            stall: Duration::from_secs_f64(args.stall_timeout),
+        };
+        let cap = source::v4l2::Capture::open(std::path::Path::new(path), &req)?;
+        return Ok(Source::V4l2(Box::new(cap)));
+    }
     bail!(
-        "unknown source {:?}: expected `pattern` or `file:PATH` (V4L2 capture is not implemented yet)",
+        "unknown source {:?}: expected `pattern`, `file:PATH` or `v4l2:/dev/videoN`",
         args.source
     )
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.list_devices {
+        print!("{}", source::v4l2::list::list_devices());
+        return Ok(());
+    }
+    if args.v4l2_io != source::v4l2::Io::Auto && !args.source.starts_with("v4l2:") {
+        bail!("--v4l2-io applies to a v4l2: source");
+    }
     let source = source(&args)?;
+    // A capture device paces itself.
+    let pace = !args.no_pace && !matches!(source, Source::V4l2(_));
     if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
         bail!("--stall-timeout must be positive");
     }
@@ -209,7 +255,7 @@ fn run(args: Args) -> Result<()> {
     let opts = server::ServeOptions {
         alloc: args.alloc,
         buffers: args.buffers as usize,
-        pace: !args.no_pace,
+        pace,
         frames: args.frames,
         checksum: !args.no_checksum,
         hello_timeout: Duration::from_secs(5),

@@ -4,7 +4,7 @@
 //! `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd pool
 //! instead (no other consumer holds buffers, so the swap is safe).
 
-use crate::source::Source;
+use crate::source::{NextFrame, Source};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::format::frame_checksum;
@@ -62,11 +62,17 @@ pub fn serve(
 ) -> Result<()> {
     let format = source.format();
     tracing::info!("source: {}", source.describe());
-    let (allocator, why) =
-        alloc::select(opts.alloc, format).with_context(|| format!("no allocator for {format}"))?;
-    tracing::info!("allocator: {why}");
-    let pool = Pool::new(allocator.as_ref(), format, opts.buffers)
-        .context("allocating the buffer pool")?;
+    // A V4L2 source brings its pool (the driver's exported buffers, or ours queued to it).
+    let pool = match source.own_pool() {
+        Some(pool) => pool,
+        None => {
+            let (allocator, why) = alloc::select(opts.alloc, format)
+                .with_context(|| format!("no allocator for {format}"))?;
+            tracing::info!("allocator: {why}");
+            Pool::new(allocator.as_ref(), format, opts.buffers)
+                .context("allocating the buffer pool")?
+        }
+    };
     let layout = &pool.buffer(0).expect("pool is not empty").layout;
     tracing::info!(
         "pool: {} x {} bytes ({} in {}), strides {:?}",
@@ -135,6 +141,7 @@ impl Server {
         let memory = self.pool.allocator().memory();
         if !accepts(&hello, &format, memory) {
             if self.opts.alloc == AllocChoice::Auto
+                && self.source.own_pool().is_none()
                 && memory != MemoryKind::Memfd
                 && accepts(&hello, &format, MemoryKind::Memfd)
             {
@@ -176,7 +183,10 @@ impl Server {
         self.source.restart()?;
         let end = self.stream(&mut sess);
         let (reason, text) = match &end {
-            Ok(SessionEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream".into()),
+            Ok(SessionEnd::Completed) => (
+                GoodbyeReason::EndOfStream,
+                self.source.end_message().unwrap_or("end of stream").into(),
+            ),
             Ok(SessionEnd::Interrupted) => {
                 (GoodbyeReason::Leaving, "producer shutting down".into())
             }
@@ -221,26 +231,42 @@ impl Server {
                     }
                 }
             }
-            let Some(pts_ns) = self.source.advance(seq)? else {
-                tracing::info!("end of the stream after {seq} frames");
-                return Ok(SessionEnd::Completed);
-            };
-            let Some(lease) = self.acquire(sess)? else {
-                return Ok(SessionEnd::ConsumerGone);
-            };
-            let layout = &lease.buffer().layout;
             let want_sum = self.opts.checksum;
-            let source = &mut self.source;
-            let checksum = lease
-                .with_bytes_mut(|data| {
-                    source.write(seq, data, layout);
-                    if want_sum {
-                        frame_checksum(data, &layout.planes)
-                    } else {
-                        None
+            // --- sources that fill their own leases (V4L2 capture) ---
+            let mut pump = |t| Ok(sess.pump(t)? == Pumped::Left);
+            let (lease, pts_ns, checksum) =
+                match self.source.next_frame(want_sum, &self.stop, &mut pump)? {
+                    NextFrame::Frame(f) => (f.lease, f.pts_ns, f.checksum),
+                    NextFrame::End => {
+                        tracing::info!("end of the stream after {seq} frames");
+                        return Ok(SessionEnd::Completed);
                     }
-                })
-                .context("writing the frame")?;
+                    NextFrame::ConsumerGone => return Ok(SessionEnd::ConsumerGone),
+                    NextFrame::Stopped => return Ok(SessionEnd::Interrupted),
+                    // --- sources drawn into a free pool lease ---
+                    NextFrame::NotMine => {
+                        let Some(pts_ns) = self.source.advance(seq)? else {
+                            tracing::info!("end of the stream after {seq} frames");
+                            return Ok(SessionEnd::Completed);
+                        };
+                        let Some(lease) = self.acquire(sess)? else {
+                            return Ok(SessionEnd::ConsumerGone);
+                        };
+                        let layout = &lease.buffer().layout;
+                        let source = &mut self.source;
+                        let checksum = lease
+                            .with_bytes_mut(|data| {
+                                source.write(seq, data, layout);
+                                if want_sum {
+                                    frame_checksum(data, &layout.planes)
+                                } else {
+                                    None
+                                }
+                            })
+                            .context("writing the frame")?;
+                        (lease, pts_ns, checksum)
+                    }
+                };
             let frame = Frame {
                 buffer_id: lease.id(),
                 flags: if checksum.is_some() {

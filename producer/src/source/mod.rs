@@ -1,12 +1,35 @@
-//! Where frames come from: the synthetic pattern, or a file decoded by FFmpeg. (The V4L2 webcam
-//! comes with its own issue.)
+//! Where frames come from: the synthetic pattern, a file decoded by FFmpeg, or a V4L2 capture
+//! device (which brings its own buffers and hands the server filled leases).
 
 pub mod decode;
 pub mod pattern;
+pub mod v4l2;
 
 use anyhow::Result;
 use dmabuf_core::format::{FrameFormat, FrameLayout};
+use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::wire::ColorInfo;
+use std::sync::atomic::AtomicBool;
+use std::time::Duration;
+
+/// A frame a source filled itself, in a lease of its own pool.
+pub struct Filled {
+    pub lease: Lease,
+    pub pts_ns: i64,
+    pub checksum: Option<u32>,
+}
+
+/// What [`Source::next_frame`] gives the server.
+pub enum NextFrame {
+    /// This source does not fill leases itself: use `advance` + `write` into a pool lease.
+    NotMine,
+    Frame(Filled),
+    /// The device ended the stream (see [`Source::end_message`]).
+    End,
+    ConsumerGone,
+    /// SIGINT/SIGTERM while waiting.
+    Stopped,
+}
 
 pub enum Source {
     Pattern {
@@ -20,6 +43,7 @@ pub enum Source {
         /// Frames decoded since the last rewind.
         used: bool,
     },
+    V4l2(Box<v4l2::Capture>),
 }
 
 impl Source {
@@ -27,6 +51,7 @@ impl Source {
         match self {
             Source::Pattern { format, .. } => *format,
             Source::File { dec, .. } => FrameFormat::linear(dec.pixel, dec.width, dec.height),
+            Source::V4l2(cap) => cap.format(),
         }
     }
 
@@ -34,11 +59,17 @@ impl Source {
         match self {
             Source::Pattern { fps, .. } => *fps,
             Source::File { dec, .. } => dec.fps,
+            Source::V4l2(cap) => cap.fps(),
         }
     }
 
     pub fn color(&self) -> ColorInfo {
         match self {
+            // Webcams and vivid: BT.601 limited range for YUV.
+            Source::V4l2(_) => ColorInfo {
+                matrix: 1,
+                range: 1,
+            },
             Source::Pattern { format, .. } if format.pixel.is_yuv() => ColorInfo {
                 matrix: 2,
                 range: 1,
@@ -61,6 +92,7 @@ impl Source {
                 dec.path().display(),
                 dec.codec
             ),
+            Source::V4l2(cap) => cap.describe(),
         }
     }
 
@@ -73,6 +105,36 @@ impl Source {
             }
         }
         Ok(())
+    }
+
+    /// The pool a source brings (V4L2 capture), instead of one the server allocates.
+    pub fn own_pool(&self) -> Option<Pool> {
+        match self {
+            Source::V4l2(cap) => Some(cap.pool().clone()),
+            _ => None,
+        }
+    }
+
+    /// Why the source ended the stream, when it was not simply the end of a file.
+    pub fn end_message(&self) -> Option<&str> {
+        match self {
+            Source::V4l2(cap) => cap.end_message(),
+            _ => None,
+        }
+    }
+
+    /// For sources that fill their own leases (V4L2): wait for the next frame, calling `pump`
+    /// (which returns `true` once the consumer has left) to keep the session served meanwhile.
+    pub fn next_frame(
+        &mut self,
+        want_sum: bool,
+        stop: &AtomicBool,
+        pump: &mut dyn FnMut(Duration) -> Result<bool>,
+    ) -> Result<NextFrame> {
+        match self {
+            Source::V4l2(cap) => cap.next_frame(want_sum, stop, pump),
+            _ => Ok(NextFrame::NotMine),
+        }
     }
 
     /// Make frame `seq` ready; its presentation time in ns, or `None` at the end of the stream.
@@ -92,6 +154,7 @@ impl Source {
                     None => Ok(None),
                 }
             }
+            Source::V4l2(_) => Ok(None),
         }
     }
 
@@ -100,6 +163,7 @@ impl Source {
         match self {
             Source::Pattern { pattern, .. } => pattern.fill(seq, data, layout),
             Source::File { dec, .. } => dec.write(data, layout),
+            Source::V4l2(_) => {}
         }
     }
 }
