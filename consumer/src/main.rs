@@ -396,7 +396,14 @@ fn run(args: &Args) -> Result<i32> {
             }
             Ok(Event::End(g)) => {
                 return match g.reason {
-                    GoodbyeReason::EndOfStream => Ok(()),
+                    GoodbyeReason::EndOfStream => {
+                        // Say why when the producer gave a reason (e.g. a capture device was
+                        // unplugged); a plain end of stream needs no words.
+                        if !g.message.is_empty() && g.message != "end of stream" {
+                            eprintln!("consumer: end of stream: {}", g.message);
+                        }
+                        Ok(())
+                    }
                     r => bail!("producer ended the stream ({r:?}): {}", g.message),
                 };
             }

@@ -41,8 +41,16 @@ fn bad_arguments_are_named() {
             "cannot open /nope.mkv",
         ),
         (vec!["--source", "webcam:/dev/video0"], 1, "unknown source"),
-        (vec!["--v4l2-io", "mmap"], 1, "--v4l2-io applies to a v4l2: source"),
-        (vec!["--v4l2-io", "userptr"], 2, "possible values: auto, expbuf, dmabuf, mmap"),
+        (
+            vec!["--v4l2-io", "mmap"],
+            1,
+            "--v4l2-io applies to a v4l2: source",
+        ),
+        (
+            vec!["--v4l2-io", "userptr"],
+            2,
+            "possible values: auto, expbuf, dmabuf, mmap",
+        ),
     ] {
         let s = sock("bad.sock");
         let mut all = vec!["--socket", s.to_str().unwrap()];
@@ -205,8 +213,14 @@ fn v4l2_sources_that_are_not_devices_are_named() {
             "v4l2:/dev/video-does-not-exist",
             "no such V4L2 device: /dev/video-does-not-exist does not exist",
         ),
-        ("v4l2:/dev/null", "/dev/null is not a V4L2 device (VIDIOC_QUERYCAP failed)"),
-        ("v4l2:/etc/passwd", "/etc/passwd is not a V4L2 device (not a character device)"),
+        (
+            "v4l2:/dev/null",
+            "/dev/null is not a V4L2 device (VIDIOC_QUERYCAP failed)",
+        ),
+        (
+            "v4l2:/etc/passwd",
+            "/etc/passwd is not a V4L2 device (not a character device)",
+        ),
     ] {
         let s = sock("v4l2.sock");
         let o = producer(&["--socket", s.to_str().unwrap(), "--source", source]);

@@ -20,7 +20,12 @@ pub fn producer_bin() -> PathBuf {
     // `cargo test -p consumer` does not rebuild the producer: refuse to test an old one.
     let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    for dir in ["producer/src", "producer/src/source", "dmabuf-core/src"] {
+    for dir in [
+        "producer/src",
+        "producer/src/source",
+        "producer/src/source/v4l2",
+        "dmabuf-core/src",
+    ] {
         for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             let changed = e.metadata().and_then(|m| m.modified()).unwrap();
             assert!(

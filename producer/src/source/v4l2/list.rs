@@ -66,7 +66,9 @@ fn fps_text(num: u32, den: u32) -> String {
 
 fn rates_text(dev: &File, cc: u32, w: u32, h: u32) -> String {
     let ivals: Vec<v4l2_frmivalenum> = (0..MAX_ENUM)
-        .map_while(|i| ioctl::enum_frame_intervals::<v4l2_frmivalenum>(dev, i, cc.into(), w, h).ok())
+        .map_while(|i| {
+            ioctl::enum_frame_intervals::<v4l2_frmivalenum>(dev, i, cc.into(), w, h).ok()
+        })
         .collect();
     let rates: Vec<String> = ivals
         .iter()
@@ -135,12 +137,7 @@ pub fn list_devices() -> String {
             } else {
                 " (not capturable by this producer)"
             };
-            let _ = writeln!(
-                out,
-                "  {:<4} {}{usable}",
-                fourcc_name(cc),
-                f.description
-            );
+            let _ = writeln!(out, "  {:<4} {}{usable}", fourcc_name(cc), f.description);
             for s in frame_sizes(&dev, cc) {
                 match s.size() {
                     Some(FrmSizeTypes::Discrete(d)) => {

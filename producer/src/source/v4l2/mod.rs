@@ -140,8 +140,12 @@ pub(crate) fn open_device(path: &Path) -> Result<(File, Capability)> {
             ),
             _ => anyhow::anyhow!("cannot open V4L2 device {}: {e}", path.display()),
         })?;
-    let cap: Capability = ioctl::querycap(&dev)
-        .map_err(|_| anyhow::anyhow!("{} is not a V4L2 device (VIDIOC_QUERYCAP failed)", path.display()))?;
+    let cap: Capability = ioctl::querycap(&dev).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a V4L2 device (VIDIOC_QUERYCAP failed)",
+            path.display()
+        )
+    })?;
     Ok((dev, cap))
 }
 
@@ -345,16 +349,16 @@ impl Capture {
         let format = FrameFormat::linear(pixel, fmt.width, fmt.height);
         let mut layout = driver_layout(format, &fmt)?;
         if let Some(fps) = req.fps {
-            let _: v4l2r::bindings::v4l2_streamparm =
-                ioctl::s_parm(&dev, sys::capture_parm(fps)).map_err(|e| {
-                    anyhow::anyhow!(
-                        "{} cannot set {}/{} fps: {}",
-                        path.display(),
-                        fps.0,
-                        fps.1,
-                        errno_text(e.into_errno())
-                    )
-                })?;
+            let _: v4l2r::bindings::v4l2_streamparm = ioctl::s_parm(&dev, sys::capture_parm(fps))
+                .map_err(|e| {
+                anyhow::anyhow!(
+                    "{} cannot set {}/{} fps: {}",
+                    path.display(),
+                    fps.0,
+                    fps.1,
+                    errno_text(e.into_errno())
+                )
+            })?;
         }
         let parm: v4l2r::bindings::v4l2_streamparm = ioctl::g_parm(&dev, Q).unwrap_or_default();
         let fps = sys::capture_fps(&parm).or(req.fps).unwrap_or((30, 1));
@@ -392,8 +396,20 @@ impl Capture {
                 }
                 Err(e) => {
                     // Free whatever the attempt requested before the next one.
-                    let _ = ioctl::reqbufs::<()>(&dev, Q, MemoryType::Mmap, 0, MemoryConsistency::empty());
-                    let _ = ioctl::reqbufs::<()>(&dev, Q, MemoryType::DmaBuf, 0, MemoryConsistency::empty());
+                    let _ = ioctl::reqbufs::<()>(
+                        &dev,
+                        Q,
+                        MemoryType::Mmap,
+                        0,
+                        MemoryConsistency::empty(),
+                    );
+                    let _ = ioctl::reqbufs::<()>(
+                        &dev,
+                        Q,
+                        MemoryType::DmaBuf,
+                        0,
+                        MemoryConsistency::empty(),
+                    );
                     if e.downcast_ref::<Busy>().is_some() {
                         bail!("V4L2 device {} is busy: {e:#}", path.display());
                     }
@@ -533,11 +549,7 @@ impl Capture {
                         self.stall
                     );
                 }
-                bail!(
-                    "no frame from {} for {:?}",
-                    self.path.display(),
-                    self.stall
-                );
+                bail!("no frame from {} for {:?}", self.path.display(), self.stall);
             }
             if let Err(e) = self.queue_all() {
                 if e.root_cause().to_string().contains(&errno_text(ENODEV)) {
@@ -592,7 +604,13 @@ impl Capture {
         let ts_ns = ts.tv_sec * 1_000_000_000 + ts.tv_usec * 1000;
         let first = *self.first_ts_ns.get_or_insert(ts_ns);
         let pts_ns = (ts_ns - first).max(0);
-        let bad = buf.has_error() || used < self.driver_layout.planes.last().map_or(0, |p| p.offset + p.size());
+        let bad = buf.has_error()
+            || used
+                < self
+                    .driver_layout
+                    .planes
+                    .last()
+                    .map_or(0, |p| p.offset + p.size());
         let path = self.path.display().to_string();
         match &mut self.mode {
             Mode::ZeroCopy { queued } => {
@@ -602,7 +620,9 @@ impl Capture {
                     .with_context(|| format!("{path} returned buffer {i}, which was not queued"))?;
                 if bad {
                     self.dropped_errors += 1;
-                    tracing::debug!("{path}: buffer {i} flagged as corrupt ({used} bytes); requeued");
+                    tracing::debug!(
+                        "{path}: buffer {i} flagged as corrupt ({used} bytes); requeued"
+                    );
                     drop(lease); // back to the pool; queue_all requeues it
                     return Ok(None);
                 }
@@ -787,9 +807,12 @@ fn setup_expbuf(dev: &File, layout: &FrameLayout, count: usize) -> Result<(Pool,
     }
     let pool = Pool::from_buffers(bufs, AllocatorKind::V4l2, layout.format)
         .context("mapping the exported buffers")?;
-    Ok((pool, Mode::ZeroCopy {
-        queued: (0..n).map(|_| None).collect(),
-    }))
+    Ok((
+        pool,
+        Mode::ZeroCopy {
+            queued: (0..n).map(|_| None).collect(),
+        },
+    ))
 }
 
 fn setup_dmabuf(
@@ -809,7 +832,13 @@ fn setup_dmabuf(
     let ours = pool.buffer(0).expect("not empty").layout.clone();
     if ours.planes != layout.planes {
         // Ask the driver for the pool's stride; most webcams cannot, vivid can.
-        let fmt = set_format(dev, path, cc, (format.width, format.height), ours.planes[0].stride)?;
+        let fmt = set_format(
+            dev,
+            path,
+            cc,
+            (format.width, format.height),
+            ours.planes[0].stride,
+        )?;
         let theirs = driver_layout(format, &fmt)?;
         let fits = theirs
             .planes
@@ -832,28 +861,35 @@ fn setup_dmabuf(
         bail!("the driver took {n} of {} DMABUF buffers", pool.len());
     }
     tracing::info!("v4l2 dmabuf: capturing into {why}");
-    Ok((pool, Mode::ZeroCopy {
-        queued: (0..n).map(|_| None).collect(),
-    }))
+    Ok((
+        pool,
+        Mode::ZeroCopy {
+            queued: (0..n).map(|_| None).collect(),
+        },
+    ))
 }
 
 fn setup_mmap(dev: &File, layout: &FrameLayout, req: &Request) -> Result<(Pool, Mode)> {
     let n = reqbufs(dev, MemoryType::Mmap, req.buffers.min(8))?;
     let mut maps = Vec::with_capacity(n);
     for i in 0..n {
-        let qb: QueryBuffer = ioctl::querybuf(dev, Q, i)
-            .map_err(|e| anyhow::anyhow!("VIDIOC_QUERYBUF {i}: {e}"))?;
+        let qb: QueryBuffer =
+            ioctl::querybuf(dev, Q, i).map_err(|e| anyhow::anyhow!("VIDIOC_QUERYBUF {i}: {e}"))?;
         let plane = qb.planes.first().context("QUERYBUF: no plane")?;
         if u64::from(plane.length) < layout.size {
-            bail!("driver buffer {i} is {} bytes, the frame needs {}", plane.length, layout.size);
+            bail!(
+                "driver buffer {i} is {} bytes, the frame needs {}",
+                plane.length,
+                layout.size
+            );
         }
         let map = ioctl::mmap(dev, plane.mem_offset, plane.length)
             .map_err(|e| anyhow::anyhow!("mmap of buffer {i}: {e}"))?;
         maps.push(map);
     }
     let (allocator, why) = alloc::select(req.alloc, layout.format)?;
-    let pool = Pool::new(allocator.as_ref(), layout.format, req.buffers)
-        .context("allocating the pool")?;
+    let pool =
+        Pool::new(allocator.as_ref(), layout.format, req.buffers).context("allocating the pool")?;
     tracing::info!("v4l2 mmap: copying into {why}");
     Ok((pool, Mode::Mmap { maps }))
 }

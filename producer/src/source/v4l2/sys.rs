@@ -3,7 +3,9 @@
 //! `ioctl` wrappers. See <https://docs.kernel.org/userspace-api/media/v4l/vidioc-g-parm.html>.
 #![allow(unsafe_code)]
 
-use v4l2r::bindings::{v4l2_captureparm, v4l2_fract, v4l2_streamparm, v4l2_streamparm__bindgen_ty_1};
+use v4l2r::bindings::{
+    v4l2_captureparm, v4l2_fract, v4l2_streamparm, v4l2_streamparm__bindgen_ty_1,
+};
 use v4l2r::QueueType;
 
 /// A `VIDIOC_S_PARM` argument asking a capture queue for `num/den` frames per second.
