@@ -461,3 +461,29 @@ fn unplug_mid_stream_ends_cleanly() {
     assert!(err.contains("was disconnected"), "{err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// `--list-devices` finds vivid's capture node with its formats, sizes and rates.
+#[test]
+fn list_devices_shows_vivid() {
+    let t = "list_devices_shows_vivid";
+    let Some(node) = vivid(t, 0) else { return };
+    let out = std::process::Command::new(producer_bin())
+        .arg("--list-devices")
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let ours = text
+        .split(&format!("{}: ", node.display()))
+        .nth(1)
+        .unwrap_or_else(|| panic!("{} not listed:\n{text}", node.display()));
+    for want in ["vivid", "NV12", "YUYV", "1920x1080", " fps"] {
+        assert!(ours.contains(want), "{want:?} missing from:\n{text}");
+    }
+    // Shown in the lane's log for whoever reads it.
+    eprintln!("{text}");
+}

@@ -69,11 +69,15 @@ impl Producer {
             socket: socket.to_path_buf(),
         };
         let t = Instant::now();
+        let mut p = p;
         while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "producer did not start"
-            );
+            if !p.alive() || t.elapsed() > Duration::from_secs(20) {
+                let _ = p.child.kill();
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = p.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("producer {args:?} did not start:\n{err}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         p
