@@ -77,9 +77,10 @@ struct Args {
 
     /// Pattern pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as
     /// YU12, XR24 also work) [default: NV12]. V4L2 capture: NV12, YUYV or I420 [default: the
-    /// first of these the device offers].
-    #[arg(long)]
-    format: Option<PixelFormat>,
+    /// first of these the device offers]. V4L2 capture also takes MJPEG (MJPG): the device's
+    /// JPEGs decoded by FFmpeg into NV12 pool buffers.
+    #[arg(long, value_parser = parse_format)]
+    format: Option<FormatArg>,
 
     /// Pattern frames per second to pace at (a rational such as 30000/1001 works too)
     /// [default: 60]. A file plays at its own rate; a V4L2 device is asked for this rate
@@ -134,6 +135,30 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+/// A pixel format, or MJPEG (V4L2 capture only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FormatArg {
+    Pixel(PixelFormat),
+    Mjpeg,
+}
+
+fn parse_format(s: &str) -> Result<FormatArg, String> {
+    if s.eq_ignore_ascii_case("MJPEG") || s.eq_ignore_ascii_case("MJPG") {
+        return Ok(FormatArg::Mjpeg);
+    }
+    s.parse()
+        .map(FormatArg::Pixel)
+        .map_err(|e| format!("{e}; or MJPEG (V4L2 capture)"))
+}
+
+fn pixel_arg(args: &Args) -> Result<Option<PixelFormat>> {
+    match args.format {
+        Some(FormatArg::Mjpeg) => bail!("--format MJPEG applies to a v4l2: source"),
+        Some(FormatArg::Pixel(p)) => Ok(Some(p)),
+        None => Ok(None),
+    }
+}
+
 fn parse_fps(s: &str) -> Result<(u32, u32), String> {
     let (n, d) = match s.split_once('/') {
         Some((n, d)) => (n, d),
@@ -181,7 +206,7 @@ fn source(args: &Args) -> Result<Source> {
             bail!("--loop and --decode-threads apply to a file source");
         }
         let (w, h) = args.size.unwrap_or((1920, 1080));
-        let pixel = args.format.unwrap_or(PixelFormat::Nv12);
+        let pixel = pixel_arg(args)?.unwrap_or(PixelFormat::Nv12);
         return Ok(Source::Pattern {
             pattern: Pattern::new(pixel, w, h),
             format: FrameFormat::linear(pixel, w, h),
@@ -214,7 +239,11 @@ fn source(args: &Args) -> Result<Source> {
         }
         let req = source::v4l2::Request {
             size: args.size,
-            pixel: args.format,
+            pixel: match args.format {
+                Some(FormatArg::Pixel(p)) => Some(p),
+                _ => None,
+            },
+            mjpeg: args.format == Some(FormatArg::Mjpeg),
             fps: args.fps,
             io: args.v4l2_io,
             alloc: args.alloc,

@@ -12,11 +12,12 @@
 //! hands to the consumer, and is queued again (`VIDIOC_QBUF`) only once that lease has returned
 //! to the pool, that is after every consumer released the frame.
 //!
-//! Single-planar capture queues only (`V4L2_BUF_TYPE_VIDEO_CAPTURE`), in NV12, YUYV or I420;
-//! MJPEG is not implemented (see README).
+//! Single-planar capture queues only (`V4L2_BUF_TYPE_VIDEO_CAPTURE`), in NV12, YUYV or I420,
+//! or MJPEG: each JPEG decoded by FFmpeg into an NV12 pool buffer (mmap I/O; see mjpeg.rs).
 //! Kernel documentation: <https://docs.kernel.org/userspace-api/media/v4l/io.html>.
 
 pub mod list;
+mod mjpeg;
 mod sys;
 
 use super::{Filled, NextFrame};
@@ -75,6 +76,8 @@ impl Io {
 pub struct Request {
     pub size: Option<(u32, u32)>,
     pub pixel: Option<PixelFormat>,
+    /// Capture MJPEG and decode it into NV12.
+    pub mjpeg: bool,
     pub fps: Option<(u32, u32)>,
     pub io: Io,
     pub alloc: AllocChoice,
@@ -90,6 +93,8 @@ const FORMATS: [(PixelFormat, &[u8; 4]); 3] = [
     (PixelFormat::Yuyv, b"YUYV"),
     (PixelFormat::I420, b"YU12"),
 ];
+
+const MJPG: u32 = u32::from_le_bytes(*b"MJPG");
 
 fn v4l2_fourcc(p: PixelFormat) -> Option<u32> {
     FORMATS
@@ -199,6 +204,8 @@ pub struct Capture {
     pool: Pool,
     mode: Mode,
     stall: Duration,
+    /// Set when capturing MJPEG.
+    mjpeg: Option<mjpeg::MjpegDecoder>,
     first_ts_ns: Option<i64>,
     end: Option<String>,
     streaming: bool,
@@ -299,7 +306,21 @@ impl Capture {
                 .collect::<Vec<_>>()
                 .join(", ")
         };
+        let mjpeg = req.mjpeg
+            || (req.pixel.is_none()
+                && offered.contains(&MJPG)
+                && !FORMATS
+                    .iter()
+                    .any(|(_, cc)| offered.contains(&u32::from_le_bytes(**cc))));
+        if mjpeg && !offered.contains(&MJPG) {
+            bail!(
+                "{} cannot produce MJPEG; it offers: {}",
+                path.display(),
+                names()
+            );
+        }
         let pixel = match req.pixel {
+            _ if mjpeg => PixelFormat::Nv12,
             Some(p) => {
                 let cc = v4l2_fourcc(p).with_context(|| {
                     format!("the V4L2 source captures NV12, YUYV or I420, not {p}")
@@ -325,7 +346,16 @@ impl Capture {
                     )
                 })?,
         };
-        let cc = v4l2_fourcc(pixel).expect("in FORMATS");
+        let cc = if mjpeg {
+            MJPG
+        } else {
+            v4l2_fourcc(pixel).expect("in FORMATS")
+        };
+        let what = if mjpeg {
+            "MJPEG".to_string()
+        } else {
+            pixel.to_string()
+        };
         let want = match req.size {
             Some(s) => s,
             None => {
@@ -336,7 +366,7 @@ impl Capture {
         let fmt = set_format(&mut dev, path, cc, want, 0)?;
         if (fmt.width, fmt.height) != want || u32::from(fmt.pixelformat) != cc {
             bail!(
-                "{} cannot produce {}x{} {pixel}; the nearest it offers is {}x{} {} (sizes for {pixel}: {})",
+                "{} cannot produce {}x{} {what}; the nearest it offers is {}x{} {} (sizes for {what}: {})",
                 path.display(),
                 want.0,
                 want.1,
@@ -347,7 +377,16 @@ impl Capture {
             );
         }
         let format = FrameFormat::linear(pixel, fmt.width, fmt.height);
-        let mut layout = driver_layout(format, &fmt)?;
+        let mut layout = if mjpeg {
+            // Compressed: only the buffer size means anything.
+            FrameLayout {
+                format,
+                planes: Vec::new(),
+                size: u64::from(fmt.plane_fmt.first().map_or(0, |p| p.sizeimage)),
+            }
+        } else {
+            driver_layout(format, &fmt)?
+        };
         if let Some(fps) = req.fps {
             let _: v4l2r::bindings::v4l2_streamparm = ioctl::s_parm(&dev, sys::capture_parm(fps))
                 .map_err(|e| {
@@ -376,6 +415,12 @@ impl Capture {
         }
 
         let order: &[Io] = match req.io {
+            // JPEGs must be decoded anyway: the decoder writes into the pool.
+            Io::Auto | Io::Mmap if mjpeg => &[Io::Mmap],
+            _ if mjpeg => bail!(
+                "MJPEG frames are decoded into the pool: use --v4l2-io mmap (or auto), not {}",
+                req.io.name()
+            ),
             Io::Auto => &[Io::Expbuf, Io::Dmabuf, Io::Mmap],
             Io::Expbuf => &[Io::Expbuf],
             Io::Dmabuf => &[Io::Dmabuf],
@@ -438,6 +483,11 @@ impl Capture {
             pool,
             mode,
             stall: req.stall,
+            mjpeg: if mjpeg {
+                Some(mjpeg::MjpegDecoder::new(format.width, format.height)?)
+            } else {
+                None
+            },
             first_ts_ns: None,
             end: None,
             streaming: false,
@@ -483,6 +533,7 @@ impl Capture {
             match self.io {
                 Io::Expbuf => "the driver's buffers exported as dma-bufs, zero-copy",
                 Io::Dmabuf => "captured into the producer's pool, zero-copy",
+                _ if self.mjpeg.is_some() => "MJPEG decoded by FFmpeg into the pool",
                 _ => "one copy into the pool",
             },
             self.format,
@@ -605,6 +656,7 @@ impl Capture {
         let first = *self.first_ts_ns.get_or_insert(ts_ns);
         let pts_ns = (ts_ns - first).max(0);
         let bad = buf.has_error()
+            || used == 0
             || used
                 < self
                     .driver_layout
@@ -672,16 +724,32 @@ impl Capture {
                     .with_context(|| format!("{path} returned unknown buffer {i}"))?;
                 let from = &self.driver_layout;
                 let to = lease.buffer().layout.clone();
+                let jpeg = src.data.get(..used as usize).unwrap_or(&[]);
+                let decoder = self.mjpeg.as_mut();
                 let checksum = lease
-                    .with_bytes_mut(|d| {
-                        copy_frame(&src.data[..], from, d, &to);
-                        if want_sum {
+                    .with_bytes_mut(|d| -> Result<Option<u32>> {
+                        match decoder {
+                            Some(dec) => dec.decode_into(jpeg, d, &to)?,
+                            None => copy_frame(&src.data[..], from, d, &to),
+                        }
+                        Ok(if want_sum {
                             frame_checksum(d, &to.planes)
                         } else {
                             None
-                        }
+                        })
                     })
                     .context("writing the frame")?;
+                let checksum = match checksum {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // A webcam's corrupt JPEG costs one frame, not the stream.
+                        self.dropped_errors += 1;
+                        tracing::warn!("{path}: buffer {i}: {e:#}; frame dropped");
+                        qbuf_mmap(&self.dev, i as u32)
+                            .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
+                        return Ok(None);
+                    }
+                };
                 qbuf_mmap(&self.dev, i as u32)
                     .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
                 Ok(Some(NextFrame::Frame(Filled {
@@ -702,7 +770,7 @@ impl Drop for Capture {
         }
         if self.dropped_errors > 0 {
             tracing::info!(
-                "{}: {} frames flagged corrupt by the driver were dropped",
+                "{}: {} corrupt frames (flagged by the driver, short, or undecodable) were dropped",
                 self.path.display(),
                 self.dropped_errors
             );
