@@ -47,6 +47,11 @@ fn bad_arguments_are_named() {
             "--v4l2-io applies to a v4l2: source",
         ),
         (
+            vec!["--format", "MJPEG"],
+            1,
+            "--format MJPEG applies to a v4l2: source",
+        ),
+        (
             vec!["--v4l2-io", "userptr"],
             2,
             "possible values: auto, expbuf, dmabuf, mmap",
