@@ -493,7 +493,7 @@ impl Capture {
             streaming: false,
             dropped_errors: 0,
         };
-        capture.queue_all()?;
+        capture.queue_all(true)?;
         ioctl::streamon(&capture.dev, Q).map_err(|e| {
             let e = e.into_errno();
             if e == EBUSY {
@@ -541,8 +541,9 @@ impl Capture {
         )
     }
 
-    /// Queue every buffer the driver does not hold and that no consumer holds.
-    fn queue_all(&mut self) -> Result<()> {
+    /// Queue every buffer the driver does not hold and that no consumer holds. In mmap mode the
+    /// driver's buffers are queued once at the start, then each right after its copy.
+    fn queue_all(&mut self, start: bool) -> Result<()> {
         match &mut self.mode {
             Mode::ZeroCopy { queued } => {
                 while let Some(lease) = self.pool.try_acquire() {
@@ -552,6 +553,7 @@ impl Capture {
                     queued[i] = Some(lease);
                 }
             }
+            Mode::Mmap { .. } if !start => {}
             Mode::Mmap { maps } => {
                 for i in 0..maps.len() {
                     qbuf_mmap(&self.dev, i as u32)
@@ -602,7 +604,7 @@ impl Capture {
                 }
                 bail!("no frame from {} for {:?}", self.path.display(), self.stall);
             }
-            if let Err(e) = self.queue_all() {
+            if let Err(e) = self.queue_all(false) {
                 if e.root_cause().to_string().contains(&errno_text(ENODEV)) {
                     return Ok(self.unplugged());
                 }
