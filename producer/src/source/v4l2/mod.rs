@@ -605,7 +605,10 @@ impl Capture {
                 bail!("no frame from {} for {:?}", self.path.display(), self.stall);
             }
             if let Err(e) = self.queue_all(false) {
-                if e.root_cause().to_string().contains(&errno_text(ENODEV)) {
+                if e.root_cause()
+                    .downcast_ref::<IoctlErrno>()
+                    .is_some_and(|c| c.0 == ENODEV)
+                {
                     return Ok(self.unplugged());
                 }
                 return Err(e);
@@ -794,6 +797,18 @@ fn copy_frame(src: &[u8], from: &FrameLayout, dst: &mut [u8], to: &FrameLayout) 
     }
 }
 
+/// The errno a V4L2 ioctl failed with (kept typed so `ENODEV` can be told apart).
+#[derive(Debug)]
+struct IoctlErrno(i32);
+
+impl std::fmt::Display for IoctlErrno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&errno_text(self.0))
+    }
+}
+
+impl std::error::Error for IoctlErrno {}
+
 /// Marks errors that mean another process owns the device.
 #[derive(Debug)]
 struct Busy(String);
@@ -978,11 +993,11 @@ fn qbuf(dev: &File, io: Io, lease: &Lease) -> Result<()> {
     } else {
         return qbuf_mmap(dev, i);
     };
-    r.map_err(|e| anyhow::anyhow!(errno_text(e.into_errno())))
+    r.map_err(|e| IoctlErrno(e.into_errno()).into())
 }
 
 fn qbuf_mmap(dev: &File, i: u32) -> Result<()> {
     let mut q = QBuffer::<MmapHandle>::new(Q, i);
     q.planes = vec![QBufPlane::new(0)];
-    ioctl::qbuf::<_, ()>(dev, q).map_err(|e| anyhow::anyhow!(errno_text(e.into_errno())))
+    ioctl::qbuf::<_, ()>(dev, q).map_err(|e| IoctlErrno(e.into_errno()).into())
 }
