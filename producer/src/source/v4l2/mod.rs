@@ -605,10 +605,7 @@ impl Capture {
                 bail!("no frame from {} for {:?}", self.path.display(), self.stall);
             }
             if let Err(e) = self.queue_all(false) {
-                if e.root_cause()
-                    .downcast_ref::<IoctlErrno>()
-                    .is_some_and(|c| c.0 == ENODEV)
-                {
+                if is_enodev(&e) {
                     return Ok(self.unplugged());
                 }
                 return Err(e);
@@ -627,11 +624,13 @@ impl Capture {
             };
             if ready {
                 match ioctl::dqbuf::<V4l2Buffer>(&self.dev, Q) {
-                    Ok(buf) => {
-                        if let Some(f) = self.take(buf, want_sum, stop, pump)? {
-                            return Ok(f);
-                        }
-                    }
+                    Ok(buf) => match self.take(buf, want_sum, stop, pump) {
+                        Ok(Some(f)) => return Ok(f),
+                        Ok(None) => {}
+                        // Requeueing (mmap) found the device gone.
+                        Err(e) if is_enodev(&e) => return Ok(self.unplugged()),
+                        Err(e) => return Err(e),
+                    },
                     Err(e) => match e.into_errno() {
                         e if e == nix::errno::Errno::EAGAIN as i32 => {}
                         e if e == ENODEV => return Ok(self.unplugged()),
@@ -795,6 +794,12 @@ fn copy_frame(src: &[u8], from: &FrameLayout, dst: &mut [u8], to: &FrameLayout) 
             }
         }
     }
+}
+
+fn is_enodev(e: &anyhow::Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<IoctlErrno>()
+        .is_some_and(|c| c.0 == ENODEV)
 }
 
 /// The errno a V4L2 ioctl failed with (kept typed so `ENODEV` can be told apart).
