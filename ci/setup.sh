@@ -23,8 +23,9 @@ BASE_PKGS=(
   xvfb xauth
   libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon-x11-0
 )
-# Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import).
-BPO_PKGS=(mesa-vulkan-drivers libvulkan1 libvulkan-dev vulkan-tools libgbm-dev libdrm-dev)
+# Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import;
+# linux-libc-dev >= 6.5: the V4L2 UAPI headers v4l2r generates its bindings from).
+BPO_PKGS=(mesa-vulkan-drivers libvulkan1 libvulkan-dev vulkan-tools libgbm-dev libdrm-dev linux-libc-dev)
 
 need_install=0
 for p in "${BASE_PKGS[@]}" "${BPO_PKGS[@]}"; do
@@ -34,6 +35,8 @@ done
 if [ $need_install = 0 ]; then
   v=$(dpkg-query -W -f='${Version}' mesa-vulkan-drivers 2>/dev/null || echo 0)
   dpkg --compare-versions "$v" ge 25 || need_install=1
+  v=$(dpkg-query -W -f='${Version}' linux-libc-dev 2>/dev/null || echo 0)
+  dpkg --compare-versions "$v" ge 6.5 || need_install=1
 fi
 
 if [ $need_install = 1 ]; then

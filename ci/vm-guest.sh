@@ -15,8 +15,12 @@ done
 
 ok=1
 for m in $MODULES; do
-  step "modprobe $m"
-  if ! modprobe "$m" 2>>"$OUT/status"; then ok=0; echo "FAIL modprobe $m" >>"$OUT/status"; fi
+  params=()
+  # vivid: two instances with one single-planar video capture node each (/dev/video0, video1):
+  # hw_v4l2 captures from the first and unplugs the second (its Disconnect control).
+  [ "$m" = vivid ] && params=(n_devs=2 node_types=0x1,0x1)
+  step "modprobe $m ${params[*]}"
+  if ! modprobe "$m" "${params[@]}" 2>>"$OUT/status"; then ok=0; echo "FAIL modprobe $m" >>"$OUT/status"; fi
 done
 [ $ok = 1 ] && echo "ok modules: $MODULES" >>"$OUT/status"
 {

@@ -625,7 +625,14 @@ impl Stream<'_> {
                 }
                 Ok(Event::End(g)) => {
                     return match g.reason {
-                        GoodbyeReason::EndOfStream => Ok(Outcome::Done),
+                        GoodbyeReason::EndOfStream => {
+                            // Say why when the producer gave a reason (e.g. a capture device
+                            // was unplugged); a plain end of stream needs no words.
+                            if !g.message.is_empty() && g.message != "end of stream" {
+                                eprintln!("consumer: end of stream: {}", g.message);
+                            }
+                            Ok(Outcome::Done)
+                        }
                         r @ (GoodbyeReason::Leaving | GoodbyeReason::InternalError) => {
                             Ok(Outcome::ProducerGone(format!(
                                 "producer ended the stream ({r:?}): {}",

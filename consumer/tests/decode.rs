@@ -345,7 +345,7 @@ fn bad_files_and_options_are_named() {
             "apply to a file source",
         ),
         (
-            vec!["--source".into(), "v4l2:/dev/video0".into()],
+            vec!["--source".into(), "webcam:/dev/video0".into()],
             "unknown source",
         ),
     ] {

@@ -55,14 +55,18 @@ pub enum AllocatorKind {
     DmaHeap,
     Udmabuf,
     Gbm,
+    /// Not an allocator of ours: a V4L2 driver's own capture buffers, exported as dma-bufs
+    /// (`VIDIOC_EXPBUF`).
+    V4l2,
 }
 
 impl AllocatorKind {
-    pub const ALL: [AllocatorKind; 4] = [
+    pub const ALL: [AllocatorKind; 5] = [
         AllocatorKind::Memfd,
         AllocatorKind::DmaHeap,
         AllocatorKind::Udmabuf,
         AllocatorKind::Gbm,
+        AllocatorKind::V4l2,
     ];
 
     pub fn wire(self) -> u32 {
@@ -71,6 +75,7 @@ impl AllocatorKind {
             AllocatorKind::DmaHeap => 2,
             AllocatorKind::Udmabuf => 3,
             AllocatorKind::Gbm => 4,
+            AllocatorKind::V4l2 => 5,
         }
     }
 
@@ -84,6 +89,7 @@ impl AllocatorKind {
             AllocatorKind::DmaHeap => "dma-heap",
             AllocatorKind::Udmabuf => "udmabuf",
             AllocatorKind::Gbm => "gbm",
+            AllocatorKind::V4l2 => "v4l2",
         }
     }
 

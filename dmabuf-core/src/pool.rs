@@ -23,6 +23,8 @@ pub enum PoolError {
     Map { index: usize, source: MapError },
     #[error("a pool needs at least one buffer")]
     Empty,
+    #[error("buffer {index} is not laid out as {format}")]
+    Mismatch { index: usize, format: FrameFormat },
 }
 
 struct Slot {
@@ -118,6 +120,44 @@ impl Pool {
         })
     }
 
+    /// A pool over buffers made elsewhere (a V4L2 driver's exported capture buffers), all of
+    /// `format` and made by `allocator`; each is mapped once, like allocated ones.
+    pub fn from_buffers(
+        buffers: Vec<FrameBuffer>,
+        allocator: AllocatorKind,
+        format: FrameFormat,
+    ) -> Result<Self, PoolError> {
+        if buffers.is_empty() {
+            return Err(PoolError::Empty);
+        }
+        let count = buffers.len();
+        let mut slots = Vec::with_capacity(count);
+        for (index, buffer) in buffers.into_iter().enumerate() {
+            if buffer.layout.format != format || buffer.fds.is_empty() {
+                return Err(PoolError::Mismatch { index, format });
+            }
+            let mapping = CpuMapping::new(
+                buffer.fds[0].clone(),
+                buffer.fd_sizes[0],
+                true,
+                buffer.memory,
+            )
+            .map_err(|source| PoolError::Map { index, source })?;
+            slots.push(Slot {
+                buffer,
+                mapping: Mutex::new(mapping),
+            });
+        }
+        Ok(Self {
+            inner: Arc::new(Inner {
+                slots,
+                free: Mutex::new((0..count as u32).collect()),
+                allocator,
+                format,
+            }),
+        })
+    }
+
     pub fn len(&self) -> usize {
         self.inner.slots.len()
     }
@@ -189,6 +229,14 @@ impl Lease {
 
     pub fn buffer(&self) -> &FrameBuffer {
         &self.inner.slots[self.id as usize].buffer
+    }
+
+    /// Run `f` over the buffer's bytes inside a CPU read bracket (e.g. to checksum a frame a
+    /// device wrote).
+    pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, MapError> {
+        let mapping = lock(&self.inner.slots[self.id as usize].mapping);
+        let access = mapping.read()?;
+        Ok(f(&access))
     }
 
     /// Run `f` over the buffer's bytes inside a CPU write bracket.

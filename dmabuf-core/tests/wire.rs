@@ -285,6 +285,7 @@ fn malformed_messages_are_named_errors() {
     for (at, bytes) in [
         (12usize, 9u32.to_le_bytes().to_vec()),
         (16, 0u32.to_le_bytes().to_vec()),
+        (16, 6u32.to_le_bytes().to_vec()),
         (20, 0u32.to_le_bytes().to_vec()),
         (24, b"RG16".to_vec()),
         (28, 0u32.to_le_bytes().to_vec()),
@@ -363,4 +364,18 @@ fn goodbye_text_is_cut_at_a_char_boundary() {
         Message::Goodbye(g) => assert_eq!(g.message, "é".repeat(56)),
         _ => unreachable!(),
     }
+}
+
+#[test]
+fn welcome_allocator_v4l2_is_5() {
+    match decode(&patched(&samples()[2], 16, &5u32.to_le_bytes())) {
+        Ok(Message::Welcome(w)) => assert_eq!(w.allocator, AllocatorKind::V4l2),
+        other => panic!("allocator 5 should decode as v4l2: {other:?}"),
+    }
+    assert_eq!(AllocatorKind::V4l2.wire(), 5);
+    assert_eq!(AllocatorKind::V4l2.memory(), MemoryKind::DmaBuf);
+    assert!(
+        "v4l2".parse::<dmabuf_core::alloc::AllocChoice>().is_err(),
+        "v4l2 buffers are not an --alloc choice"
+    );
 }

@@ -42,8 +42,23 @@ struct Args {
     /// Frame source. `pattern`: moving colour bars drawn in the pool's pixel format.
     /// `file:PATH`: a video file decoded by FFmpeg (H.264, HEVC, VP9, AV1 …) at its own size,
     /// format and frame rate, paced at that rate; e.g. file:samples/clip-1080p60.mp4.
+    /// `v4l2:/dev/videoN`: capture from a V4L2 webcam (NV12, YUYV or I420; --size, --format
+    /// and --fps choose the capture format, otherwise the device's current one), paced by the
+    /// device; see --v4l2-io and --list-devices.
     #[arg(long, default_value = "pattern")]
     source: String,
+
+    /// With a v4l2: source, how frames leave the driver: expbuf (the driver's buffers exported
+    /// as dma-bufs and sent to consumers: zero-copy), dmabuf (the driver captures into this
+    /// producer's --alloc dma-buf pool: zero-copy), mmap (one copy into the pool), or auto
+    /// (expbuf, else dmabuf, else mmap). A buffer is queued to the driver again only after
+    /// every consumer released it.
+    #[arg(long, value_enum, default_value = "auto")]
+    v4l2_io: source::v4l2::Io,
+
+    /// List the V4L2 devices (/dev/video*) with their formats, frame sizes and rates, and exit.
+    #[arg(long)]
+    list_devices: bool,
 
     /// With a file source: start again from the beginning at the end (timestamps keep going).
     #[arg(long = "loop")]
@@ -72,17 +87,21 @@ struct Args {
     #[arg(long, default_value = "auto")]
     alloc: AllocChoice,
 
-    /// Pattern frame size, WIDTHxHEIGHT (odd sizes are fine) [default: 1920x1080].
+    /// Pattern (or V4L2 capture) frame size, WIDTHxHEIGHT (odd sizes are fine)
+    /// [default: 1920x1080; V4L2: the device's current size].
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
 
     /// Pattern pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as
-    /// YU12, XR24 also work) [default: NV12].
-    #[arg(long)]
-    format: Option<PixelFormat>,
+    /// YU12, XR24 also work) [default: NV12]. V4L2 capture: NV12, YUYV or I420 [default: the
+    /// first of these the device offers]. V4L2 capture also takes MJPEG (MJPG): the device's
+    /// JPEGs decoded by FFmpeg into NV12 pool buffers.
+    #[arg(long, value_parser = parse_format)]
+    format: Option<FormatArg>,
 
     /// Pattern frames per second to pace at (a rational such as 30000/1001 works too)
-    /// [default: 60]. A file plays at its own rate.
+    /// [default: 60]. A file plays at its own rate; a V4L2 device is asked for this rate
+    /// (VIDIOC_S_PARM) [default: its current rate].
     #[arg(long, value_parser = parse_fps)]
     fps: Option<(u32, u32)>,
 
@@ -145,6 +164,30 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
+/// A pixel format, or MJPEG (V4L2 capture only).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum FormatArg {
+    Pixel(PixelFormat),
+    Mjpeg,
+}
+
+fn parse_format(s: &str) -> Result<FormatArg, String> {
+    if s.eq_ignore_ascii_case("MJPEG") || s.eq_ignore_ascii_case("MJPG") {
+        return Ok(FormatArg::Mjpeg);
+    }
+    s.parse()
+        .map(FormatArg::Pixel)
+        .map_err(|e| format!("{e}; or MJPEG (V4L2 capture)"))
+}
+
+fn pixel_arg(args: &Args) -> Result<Option<PixelFormat>> {
+    match args.format {
+        Some(FormatArg::Mjpeg) => bail!("--format MJPEG applies to a v4l2: source"),
+        Some(FormatArg::Pixel(p)) => Ok(Some(p)),
+        None => Ok(None),
+    }
+}
+
 fn parse_fps(s: &str) -> Result<(u32, u32), String> {
     let (n, d) = match s.split_once('/') {
         Some((n, d)) => (n, d),
@@ -204,7 +247,7 @@ fn source(args: &Args) -> Result<Source> {
             );
         }
         let (w, h) = args.size.unwrap_or((1920, 1080));
-        let pixel = args.format.unwrap_or(PixelFormat::Nv12);
+        let pixel = pixel_arg(args)?.unwrap_or(PixelFormat::Nv12);
         return Ok(Source::Pattern {
             pattern: Pattern::new(pixel, w, h),
             format: FrameFormat::linear(pixel, w, h),
@@ -232,14 +275,46 @@ fn source(args: &Args) -> Result<Source> {
             used: false,
         });
     }
+    if let Some(path) = args.source.strip_prefix("v4l2:") {
+        if args.looping || args.decode_threads.is_some() {
+            bail!("--loop and --decode-threads apply to a file source");
+        }
+        if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
+            bail!("--stall-timeout must be positive");
+        }
+        let req = source::v4l2::Request {
+            size: args.size,
+            pixel: match args.format {
+                Some(FormatArg::Pixel(p)) => Some(p),
+                _ => None,
+            },
+            mjpeg: args.format == Some(FormatArg::Mjpeg),
+            fps: args.fps,
+            io: args.v4l2_io,
+            alloc: args.alloc,
+            buffers: args.buffers as usize,
+            stall: Duration::from_secs_f64(args.stall_timeout),
+        };
+        let cap = source::v4l2::Capture::open(std::path::Path::new(path), &req)?;
+        return Ok(Source::V4l2(Box::new(cap)));
+    }
     bail!(
-        "unknown source {:?}: expected `pattern` or `file:PATH` (V4L2 capture is not implemented yet)",
+        "unknown source {:?}: expected `pattern`, `file:PATH` or `v4l2:/dev/videoN`",
         args.source
     )
 }
 
 fn run(args: Args) -> Result<()> {
+    if args.list_devices {
+        print!("{}", source::v4l2::list::list_devices());
+        return Ok(());
+    }
+    if args.v4l2_io != source::v4l2::Io::Auto && !args.source.starts_with("v4l2:") {
+        bail!("--v4l2-io applies to a v4l2: source");
+    }
     let source = source(&args)?;
+    // A capture device paces itself.
+    let pace = !args.no_pace && !matches!(source, Source::V4l2(_));
     if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
         bail!("--stall-timeout must be positive");
     }
@@ -258,7 +333,7 @@ fn run(args: Args) -> Result<()> {
     let opts = server::ServeOptions {
         alloc: args.alloc,
         buffers: args.buffers as usize,
-        pace: !args.no_pace,
+        pace,
         frames: args.frames,
         checksum: !args.no_checksum,
         hello_timeout: Duration::from_secs(5),

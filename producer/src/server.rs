@@ -6,7 +6,7 @@
 //! pool instead, if no other consumer is connected (otherwise it is refused, saying why).
 
 use crate::fanout::{Arrival, Fanout};
-use crate::source::Source;
+use crate::source::{NextFrame, Source};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::format::frame_checksum;
@@ -72,11 +72,17 @@ pub fn serve(
 ) -> Result<()> {
     let format = source.format();
     tracing::info!("source: {}", source.describe());
-    let (allocator, why) =
-        alloc::select(opts.alloc, format).with_context(|| format!("no allocator for {format}"))?;
-    tracing::info!("allocator: {why}");
     let mut source = source;
-    let pool = source.make_pool(allocator.as_ref(), opts.buffers)?;
+    // A V4L2 source brings its pool (the driver's exported buffers, or ours queued to it).
+    let pool = match source.own_pool() {
+        Some(pool) => pool,
+        None => {
+            let (allocator, why) = alloc::select(opts.alloc, format)
+                .with_context(|| format!("no allocator for {format}"))?;
+            tracing::info!("allocator: {why}");
+            source.make_pool(allocator.as_ref(), opts.buffers)?
+        }
+    };
     let layout = &pool.buffer(0).expect("pool is not empty").layout;
     tracing::info!(
         "pool: {} x {} bytes ({} in {}), strides {:?}",
@@ -137,7 +143,13 @@ impl Server {
                     tracing::info!("every consumer left; waiting for the next one");
                     continue;
                 }
-                Ok(StreamEnd::Completed) => (GoodbyeReason::EndOfStream, "end of stream".into()),
+                Ok(StreamEnd::Completed) => (
+                    GoodbyeReason::EndOfStream,
+                    self.source
+                        .end_message()
+                        .unwrap_or("end of stream")
+                        .to_string(),
+                ),
                 Ok(StreamEnd::Interrupted) => {
                     (GoodbyeReason::Leaving, "producer shutting down".into())
                 }
@@ -175,6 +187,7 @@ impl Server {
         let memory = self.pool.allocator().memory();
         if !accepts(&hello, &format, memory) {
             let memfd_would_do = self.opts.alloc == AllocChoice::Auto
+                && self.source.own_pool().is_none()
                 && memory != MemoryKind::Memfd
                 && accepts(&hello, &format, MemoryKind::Memfd);
             if memfd_would_do && self.fan.is_empty() {
@@ -274,39 +287,66 @@ impl Server {
             if let Some(end) = self.wait_for_room(listener)? {
                 return Ok(end);
             }
-            let Some(pts_ns) = self.source.advance(seq)? else {
-                tracing::info!("end of the stream after {seq} frames");
-                if let Some(paths) = self.source.path_summary() {
-                    tracing::info!("{paths}");
-                }
-                return Ok(StreamEnd::Completed);
+            // Sources that fill their own leases (V4L2 capture) wait for the device here,
+            // serving connections meanwhile; the others are drawn or decoded below.
+            let mut arrivals = Vec::new();
+            let next = {
+                let fan = &mut self.fan;
+                let mut pump = |t| {
+                    arrivals.extend(fan.wait(listener, t)?);
+                    Ok(fan.is_empty() && arrivals.is_empty())
+                };
+                self.source
+                    .next_frame(self.opts.checksum, &self.stop, &mut pump)?
             };
-            if self.source.format() != self.pool.format() {
-                if let Some(end) = self.renegotiate(listener)? {
-                    return Ok(end);
+            self.admit_all(arrivals);
+            let (lease, pts_ns, copied, checksum) = match next {
+                NextFrame::Frame(f) => (Arc::new(f.lease), f.pts_ns, f.copied, Some(f.checksum)),
+                NextFrame::End => {
+                    tracing::info!("end of the stream after {seq} frames");
+                    return Ok(StreamEnd::Completed);
                 }
-            }
-            let (lease, copied) = match self.source.filled_lease() {
-                Some(lease) => (lease, false),
-                None => {
-                    let Some(lease) = self.acquire(listener)? else {
-                        return Ok(self.gone_or_stopped());
+                NextFrame::ConsumerGone => return Ok(StreamEnd::Idle),
+                NextFrame::Stopped => return Ok(StreamEnd::Interrupted),
+                NextFrame::NotMine => {
+                    let Some(pts_ns) = self.source.advance(seq)? else {
+                        tracing::info!("end of the stream after {seq} frames");
+                        if let Some(paths) = self.source.path_summary() {
+                            tracing::info!("{paths}");
+                        }
+                        return Ok(StreamEnd::Completed);
                     };
-                    let layout = &lease.buffer().layout;
-                    let source = &mut self.source;
-                    let copied = lease
-                        .with_bytes_mut(|data| source.write(seq, data, layout))
-                        .context("writing the frame")?;
-                    (Arc::new(lease), copied)
+                    if self.source.format() != self.pool.format() {
+                        if let Some(end) = self.renegotiate(listener)? {
+                            return Ok(end);
+                        }
+                    }
+                    let (lease, copied) = match self.source.filled_lease() {
+                        Some(lease) => (lease, false),
+                        None => {
+                            let Some(lease) = self.acquire(listener)? else {
+                                return Ok(self.gone_or_stopped());
+                            };
+                            let layout = &lease.buffer().layout;
+                            let source = &mut self.source;
+                            let copied = lease
+                                .with_bytes_mut(|data| source.write(seq, data, layout))
+                                .context("writing the frame")?;
+                            (Arc::new(lease), copied)
+                        }
+                    };
+                    (lease, pts_ns, copied, None)
                 }
             };
-            let checksum = if self.opts.checksum {
-                let planes = &lease.buffer().layout.planes;
-                lease
-                    .with_bytes_mut(|data| frame_checksum(data, planes))
-                    .context("reading the frame back")?
-            } else {
-                None
+            let checksum = match checksum {
+                Some(by_source) => by_source,
+                None if self.opts.checksum => {
+                    let planes = &lease.buffer().layout.planes;
+                    lease
+                        .with_bytes_mut(|data| frame_checksum(data, planes))
+                        .context("reading the frame back")?
+                }
+                None => None,
             };
             let mut flags = if copied { FRAME_FLAG_COPIED } else { 0 };
             if checksum.is_some() {

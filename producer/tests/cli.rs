@@ -40,7 +40,22 @@ fn bad_arguments_are_named() {
             1,
             "cannot open /nope.mkv",
         ),
-        (vec!["--source", "v4l2:/dev/video0"], 1, "unknown source"),
+        (vec!["--source", "webcam:/dev/video0"], 1, "unknown source"),
+        (
+            vec!["--v4l2-io", "mmap"],
+            1,
+            "--v4l2-io applies to a v4l2: source",
+        ),
+        (
+            vec!["--format", "MJPEG"],
+            1,
+            "--format MJPEG applies to a v4l2: source",
+        ),
+        (
+            vec!["--v4l2-io", "userptr"],
+            2,
+            "possible values: auto, expbuf, dmabuf, mmap",
+        ),
     ] {
         let s = sock("bad.sock");
         let mut all = vec!["--socket", s.to_str().unwrap()];
@@ -93,6 +108,9 @@ fn help_explains_the_options() {
         "--no-pace",
         "--frames",
         "--allow-uid",
+        "--v4l2-io",
+        "--list-devices",
+        "v4l2:/dev/videoN",
         "SCM_RIGHTS",
     ] {
         assert!(out.contains(opt), "--help lacks {opt}");
@@ -188,4 +206,50 @@ fn a_regular_file_at_the_socket_path_is_left_alone() {
     assert_eq!(o.status.code(), Some(1));
     assert!(err_of(&o).contains("not a socket"), "{}", err_of(&o));
     assert_eq!(std::fs::read(&s).unwrap(), b"precious");
+}
+
+/// The V4L2 errors that need no device: a path that does not exist, and files that are not V4L2
+/// devices (a character device that is not one, a regular file). The device-side errors (busy,
+/// an impossible format, unplug) are in consumer/tests/hw_v4l2.rs, run against vivid in the VM.
+#[test]
+fn v4l2_sources_that_are_not_devices_are_named() {
+    for (source, want) in [
+        (
+            "v4l2:/dev/video-does-not-exist",
+            "no such V4L2 device: /dev/video-does-not-exist does not exist",
+        ),
+        (
+            "v4l2:/dev/null",
+            "/dev/null is not a V4L2 device (VIDIOC_QUERYCAP failed)",
+        ),
+        (
+            "v4l2:/etc/passwd",
+            "/etc/passwd is not a V4L2 device (not a character device)",
+        ),
+    ] {
+        let s = sock("v4l2.sock");
+        let o = producer(&["--socket", s.to_str().unwrap(), "--source", source]);
+        let e = err_of(&o);
+        assert_eq!(o.status.code(), Some(1), "{source}: {e}");
+        assert!(e.contains(want), "{source}: {e:?} lacks {want:?}");
+        assert!(!e.contains("panicked"), "{e}");
+        assert!(!s.exists(), "{source}: no socket without a source");
+    }
+}
+
+/// `--list-devices` runs anywhere: with no /dev/video* nodes it says so and succeeds.
+#[test]
+fn list_devices_without_devices_says_so() {
+    let has_nodes = std::fs::read_dir("/dev")
+        .unwrap()
+        .flatten()
+        .any(|e| e.file_name().to_string_lossy().starts_with("video"));
+    let o = producer(&["--list-devices"]);
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{}", err_of(&o));
+    if has_nodes {
+        assert!(out.contains("/dev/video"), "{out}");
+    } else {
+        assert_eq!(out, "no V4L2 devices (no /dev/video* nodes)\n");
+    }
 }

@@ -20,7 +20,12 @@ pub fn producer_bin() -> PathBuf {
     // `cargo test -p consumer` does not rebuild the producer: refuse to test an old one.
     let built = std::fs::metadata(&p).and_then(|m| m.modified()).unwrap();
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
-    for dir in ["producer/src", "producer/src/source", "dmabuf-core/src"] {
+    for dir in [
+        "producer/src",
+        "producer/src/source",
+        "producer/src/source/v4l2",
+        "dmabuf-core/src",
+    ] {
         for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             let changed = e.metadata().and_then(|m| m.modified()).unwrap();
             assert!(
@@ -64,11 +69,15 @@ impl Producer {
             socket: socket.to_path_buf(),
         };
         let t = Instant::now();
+        let mut p = p;
         while !socket.exists() {
-            assert!(
-                t.elapsed() < Duration::from_secs(10),
-                "producer did not start"
-            );
+            if !p.alive() || t.elapsed() > Duration::from_secs(20) {
+                let _ = p.child.kill();
+                let mut err = String::new();
+                use std::io::Read;
+                let _ = p.child.stderr.take().unwrap().read_to_string(&mut err);
+                panic!("producer {args:?} did not start:\n{err}");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
         p

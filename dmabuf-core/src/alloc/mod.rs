@@ -82,6 +82,7 @@ impl FromStr for AllocChoice {
         }
         AllocatorKind::ALL
             .into_iter()
+            .filter(|k| *k != AllocatorKind::V4l2)
             .find(|k| k.name() == s)
             .map(AllocChoice::Only)
             .ok_or_else(|| {
@@ -106,6 +107,15 @@ pub fn open(kind: AllocatorKind) -> Result<Box<dyn Allocator>, AllocError> {
         AllocatorKind::DmaHeap => Box::new(DmaHeapAllocator::open_system()?),
         AllocatorKind::Udmabuf => Box::new(UdmabufAllocator::open()?),
         AllocatorKind::Gbm => Box::new(GbmAllocator::open_card()?),
+        AllocatorKind::V4l2 => {
+            return Err(AllocError::Unavailable {
+                allocator: kind,
+                path: "(none)".into(),
+                source: std::io::Error::other(
+                    "V4L2 buffers come from a capture device, not from an allocator",
+                ),
+            })
+        }
     })
 }
 

@@ -1,16 +1,40 @@
-//! Where frames come from: the synthetic pattern, or a file decoded by FFmpeg. (The V4L2 webcam
-//! comes with its own issue.)
+//! Where frames come from: the synthetic pattern, a file decoded by FFmpeg, or a V4L2 capture
+//! device (which brings its own buffers and hands the server filled leases).
 
 pub mod decode;
 mod direct;
 pub mod pattern;
+pub mod v4l2;
 
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::Allocator;
 use dmabuf_core::format::{FrameFormat, FrameLayout};
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::wire::ColorInfo;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
+
+/// A frame a source filled itself, in a lease of its own pool.
+pub struct Filled {
+    pub lease: Lease,
+    pub pts_ns: i64,
+    pub checksum: Option<u32>,
+    /// The producer's CPU copied (or decoded) the pixels into the lease (V4L2 mmap I/O).
+    pub copied: bool,
+}
+
+/// What [`Source::next_frame`] gives the server.
+pub enum NextFrame {
+    /// This source does not fill leases itself: use `advance` + `write` into a pool lease.
+    NotMine,
+    Frame(Filled),
+    /// The device ended the stream (see [`Source::end_message`]).
+    End,
+    ConsumerGone,
+    /// SIGINT/SIGTERM while waiting.
+    Stopped,
+}
 
 pub enum Source {
     Pattern {
@@ -24,6 +48,7 @@ pub enum Source {
         /// Frames decoded since the last rewind.
         used: bool,
     },
+    V4l2(Box<v4l2::Capture>),
 }
 
 impl Source {
@@ -31,6 +56,7 @@ impl Source {
         match self {
             Source::Pattern { format, .. } => *format,
             Source::File { dec, .. } => FrameFormat::linear(dec.pixel, dec.width, dec.height),
+            Source::V4l2(cap) => cap.format(),
         }
     }
 
@@ -38,11 +64,17 @@ impl Source {
         match self {
             Source::Pattern { fps, .. } => *fps,
             Source::File { dec, .. } => dec.fps,
+            Source::V4l2(cap) => cap.fps(),
         }
     }
 
     pub fn color(&self) -> ColorInfo {
         match self {
+            // Webcams and vivid: BT.601 limited range for YUV.
+            Source::V4l2(_) => ColorInfo {
+                matrix: 1,
+                range: 1,
+            },
             Source::Pattern { format, .. } if format.pixel.is_yuv() => ColorInfo {
                 matrix: 2,
                 range: 1,
@@ -65,6 +97,7 @@ impl Source {
                 dec.path().display(),
                 dec.codec
             ),
+            Source::V4l2(cap) => cap.describe(),
         }
     }
 
@@ -80,6 +113,8 @@ impl Source {
                 tracing::info!("decode_path: {}", dec.decode_path);
                 Ok(pool)
             }
+            // The capture brings its pool (see `own_pool`).
+            Source::V4l2(cap) => Ok(cap.pool().clone()),
         }
     }
 
@@ -87,7 +122,7 @@ impl Source {
     /// place); `None` when it must be written with [`Source::write`].
     pub fn filled_lease(&self) -> Option<Arc<Lease>> {
         match self {
-            Source::Pattern { .. } => None,
+            Source::Pattern { .. } | Source::V4l2(_) => None,
             Source::File { dec, .. } => dec.lease(),
         }
     }
@@ -95,7 +130,7 @@ impl Source {
     /// For the logs: how frames reached the pool so far.
     pub fn path_summary(&self) -> Option<String> {
         match self {
-            Source::Pattern { .. } => None,
+            Source::Pattern { .. } | Source::V4l2(_) => None,
             Source::File { dec, .. } => {
                 let c = dec.counts();
                 Some(format!(
@@ -117,6 +152,36 @@ impl Source {
         Ok(())
     }
 
+    /// The pool a source brings (V4L2 capture), instead of one the server allocates.
+    pub fn own_pool(&self) -> Option<Pool> {
+        match self {
+            Source::V4l2(cap) => Some(cap.pool().clone()),
+            _ => None,
+        }
+    }
+
+    /// Why the source ended the stream, when it was not simply the end of a file.
+    pub fn end_message(&self) -> Option<&str> {
+        match self {
+            Source::V4l2(cap) => cap.end_message(),
+            _ => None,
+        }
+    }
+
+    /// For sources that fill their own leases (V4L2): wait for the next frame, calling `pump`
+    /// (which returns `true` once the consumer has left) to keep the session served meanwhile.
+    pub fn next_frame(
+        &mut self,
+        want_sum: bool,
+        stop: &AtomicBool,
+        pump: &mut dyn FnMut(Duration) -> Result<bool>,
+    ) -> Result<NextFrame> {
+        match self {
+            Source::V4l2(cap) => cap.next_frame(want_sum, stop, pump),
+            _ => Ok(NextFrame::NotMine),
+        }
+    }
+
     /// Make frame `seq` ready; its presentation time in ns, or `None` at the end of the stream.
     pub fn advance(&mut self, seq: u64) -> Result<Option<i64>> {
         match self {
@@ -134,6 +199,7 @@ impl Source {
                     None => Ok(None),
                 }
             }
+            Source::V4l2(_) => Ok(None),
         }
     }
 
@@ -150,6 +216,7 @@ impl Source {
                 dec.write(data, layout);
                 true
             }
+            Source::V4l2(_) => false,
         }
     }
 }

@@ -1,0 +1,1010 @@
+//! V4L2 webcam capture (`--source v4l2:/dev/videoN`) through v4l2r's safe `ioctl` layer.
+//!
+//! Three ways to get frames out of the driver (`--v4l2-io`):
+//! - `expbuf`: the driver allocates its buffers (`V4L2_MEMORY_MMAP`), each is exported once as a
+//!   dma-buf (`VIDIOC_EXPBUF`) and those fds *are* the pool: zero copies.
+//! - `dmabuf`: the producer's own pool (`--alloc`: dma-heap, udmabuf, GBM) is queued to the
+//!   driver (`V4L2_MEMORY_DMABUF`), which captures straight into it: zero copies.
+//! - `mmap`: the driver's buffers are mapped and each frame is copied once into the pool.
+//!
+//! `auto` tries them in that order. In the two zero-copy modes a pool buffer belongs to the
+//! driver while it is queued; it comes back with `VIDIOC_DQBUF` as a [`Lease`] that the server
+//! hands to the consumer, and is queued again (`VIDIOC_QBUF`) only once that lease has returned
+//! to the pool, that is after every consumer released the frame.
+//!
+//! Single-planar capture queues only (`V4L2_BUF_TYPE_VIDEO_CAPTURE`), in NV12, YUYV or I420,
+//! or MJPEG: each JPEG decoded by FFmpeg into an NV12 pool buffer (mmap I/O; see mjpeg.rs).
+//! Kernel documentation: <https://docs.kernel.org/userspace-api/media/v4l/io.html>.
+
+pub mod list;
+mod mjpeg;
+mod sys;
+
+use super::{Filled, NextFrame};
+use anyhow::{bail, Context as _, Result};
+use dmabuf_core::alloc::{self, AllocChoice};
+use dmabuf_core::buffer::{AllocatorKind, FrameBuffer};
+use dmabuf_core::format::{
+    frame_checksum, plane_geometry, FrameFormat, FrameLayout, PixelFormat, PlaneLayout,
+};
+use dmabuf_core::pool::{Lease, Pool};
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use std::fs::File;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use v4l2r::ioctl::{
+    self, Capabilities, Capability, ExpbufFlags, IntoErrno, MemoryConsistency, QBufPlane, QBuffer,
+    QueryBuffer, V4l2Buffer,
+};
+use v4l2r::memory::{DmaBufHandle, DmaBufSource, MemoryType, MmapHandle};
+use v4l2r::{Format, QueueType};
+
+const Q: QueueType = QueueType::VideoCapture;
+const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
+const EBUSY: i32 = nix::errno::Errno::EBUSY as i32;
+
+/// How frames get out of the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Io {
+    /// expbuf if the driver can export its buffers, else dmabuf, else mmap.
+    Auto,
+    /// Export the driver's buffers as dma-bufs (VIDIOC_EXPBUF): zero copies.
+    Expbuf,
+    /// Capture into the producer's own dma-buf pool (V4L2_MEMORY_DMABUF): zero copies.
+    Dmabuf,
+    /// Map the driver's buffers and copy each frame once into the pool.
+    Mmap,
+}
+
+impl Io {
+    fn name(self) -> &'static str {
+        match self {
+            Io::Auto => "auto",
+            Io::Expbuf => "expbuf",
+            Io::Dmabuf => "dmabuf",
+            Io::Mmap => "mmap",
+        }
+    }
+}
+
+/// What the command line asked of the device.
+#[derive(Debug, Clone)]
+pub struct Request {
+    pub size: Option<(u32, u32)>,
+    pub pixel: Option<PixelFormat>,
+    /// Capture MJPEG and decode it into NV12.
+    pub mjpeg: bool,
+    pub fps: Option<(u32, u32)>,
+    pub io: Io,
+    pub alloc: AllocChoice,
+    pub buffers: usize,
+    /// How long to wait for a frame (or for the consumer to release one) before giving up.
+    pub stall: Duration,
+}
+
+/// Formats this source can hand on, in order of preference, with their V4L2 fourccs (the same
+/// four characters as the DRM fourcc for these three).
+const FORMATS: [(PixelFormat, &[u8; 4]); 3] = [
+    (PixelFormat::Nv12, b"NV12"),
+    (PixelFormat::Yuyv, b"YUYV"),
+    (PixelFormat::I420, b"YU12"),
+];
+
+const MJPG: u32 = u32::from_le_bytes(*b"MJPG");
+
+fn v4l2_fourcc(p: PixelFormat) -> Option<u32> {
+    FORMATS
+        .iter()
+        .find(|(f, _)| *f == p)
+        .map(|(_, cc)| u32::from_le_bytes(**cc))
+}
+
+pub(crate) fn fourcc_name(cc: u32) -> String {
+    cc.to_le_bytes()
+        .iter()
+        .map(|&b| {
+            if b.is_ascii_graphic() || b == b' ' {
+                b as char
+            } else {
+                '?'
+            }
+        })
+        .collect::<String>()
+        .trim_end()
+        .to_string()
+}
+
+/// Open a V4L2 node for capture, with clear errors for a missing path and for files that are
+/// not V4L2 devices.
+pub(crate) fn open_device(path: &Path) -> Result<(File, Capability)> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            anyhow::anyhow!("no such V4L2 device: {} does not exist", path.display())
+        }
+        _ => anyhow::anyhow!("cannot open {}: {e}", path.display()),
+    })?;
+    if !meta.file_type().is_char_device() {
+        bail!(
+            "{} is not a V4L2 device (not a character device)",
+            path.display()
+        );
+    }
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(nix::fcntl::OFlag::O_NONBLOCK.bits() | nix::fcntl::OFlag::O_CLOEXEC.bits())
+        .open(path)
+        .map_err(|e| match e.raw_os_error() {
+            Some(EBUSY) => anyhow::anyhow!(
+                "V4L2 device {} is busy (another program is using it)",
+                path.display()
+            ),
+            _ => anyhow::anyhow!("cannot open V4L2 device {}: {e}", path.display()),
+        })?;
+    let cap: Capability = ioctl::querycap(&dev).map_err(|_| {
+        anyhow::anyhow!(
+            "{} is not a V4L2 device (VIDIOC_QUERYCAP failed)",
+            path.display()
+        )
+    })?;
+    Ok((dev, cap))
+}
+
+fn errno_text(e: i32) -> String {
+    std::io::Error::from_raw_os_error(e).to_string()
+}
+
+/// A pool fd handed to the driver with `V4L2_MEMORY_DMABUF`.
+#[derive(Debug)]
+struct PoolFd {
+    fd: Arc<OwnedFd>,
+    len: u64,
+}
+
+impl AsRawFd for PoolFd {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd.as_raw_fd()
+    }
+}
+
+impl AsFd for PoolFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl DmaBufSource for PoolFd {
+    fn len(&self) -> u64 {
+        self.len
+    }
+}
+
+/// Where the frames go once dequeued.
+enum Mode {
+    /// expbuf / dmabuf: pool buffer `i` is V4L2 buffer `i`; `queued[i]` holds its lease while
+    /// the driver owns it.
+    ZeroCopy { queued: Vec<Option<Lease>> },
+    /// mmap: the driver's own mapped buffers, copied into pool leases.
+    Mmap { maps: Vec<ioctl::PlaneMapping> },
+}
+
+/// An open, streaming capture device.
+pub struct Capture {
+    path: PathBuf,
+    dev: File,
+    io: Io,
+    format: FrameFormat,
+    /// The driver's layout of a captured frame (bytesperline, sizeimage).
+    driver_layout: FrameLayout,
+    fps: (u32, u32),
+    pool: Pool,
+    mode: Mode,
+    stall: Duration,
+    /// Set when capturing MJPEG.
+    mjpeg: Option<mjpeg::MjpegDecoder>,
+    first_ts_ns: Option<i64>,
+    end: Option<String>,
+    streaming: bool,
+    /// For the progress log.
+    dropped_errors: u64,
+}
+
+impl std::fmt::Debug for Capture {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Capture")
+            .field("path", &self.path)
+            .field("io", &self.io)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+fn driver_layout(format: FrameFormat, fmt: &Format) -> Result<FrameLayout> {
+    let pl = fmt
+        .plane_fmt
+        .first()
+        .context("the driver returned a format with no plane")?;
+    let bpl = pl.bytesperline;
+    let (row0, _) = plane_geometry(format.pixel, 0, format.width, format.height);
+    if bpl < row0 {
+        bail!("driver bytesperline {bpl} is shorter than a row ({row0} bytes)");
+    }
+    let mut planes = Vec::new();
+    let mut offset = 0u64;
+    for i in 0..format.pixel.planes().len() {
+        let (row_bytes, rows) = plane_geometry(format.pixel, i, format.width, format.height);
+        // Single-planar V4L2 formats: chroma planes follow the luma plane with the stride
+        // scaled like the row (NV12: same stride; I420: half).
+        let stride = if i == 0 {
+            bpl
+        } else {
+            (u64::from(bpl) * u64::from(row_bytes) / u64::from(row0)) as u32
+        };
+        let p = PlaneLayout {
+            offset,
+            stride,
+            row_bytes,
+            rows,
+        };
+        offset = offset
+            .checked_add(p.size())
+            .context("frame size overflows")?;
+        planes.push(p);
+    }
+    if u64::from(pl.sizeimage) < offset {
+        bail!(
+            "driver sizeimage {} is smaller than the frame ({offset} bytes)",
+            pl.sizeimage
+        );
+    }
+    Ok(FrameLayout {
+        format,
+        planes,
+        size: u64::from(pl.sizeimage),
+    })
+}
+
+impl Capture {
+    /// Open `path`, set the requested format, set up buffers for `req.io` and start streaming.
+    pub fn open(path: &Path, req: &Request) -> Result<Self> {
+        let (mut dev, cap) = open_device(path)?;
+        let caps = cap.device_caps();
+        if !caps.contains(Capabilities::VIDEO_CAPTURE) {
+            if caps.contains(Capabilities::VIDEO_CAPTURE_MPLANE) {
+                bail!(
+                    "{} ({}) is a multi-planar capture device; only single-planar capture is supported",
+                    path.display(),
+                    cap.card
+                );
+            }
+            bail!(
+                "{} ({}) is not a video capture device (capabilities: {})",
+                path.display(),
+                cap.card,
+                caps
+            );
+        }
+        if !caps.contains(Capabilities::STREAMING) {
+            bail!(
+                "{} ({}) cannot stream (no V4L2_CAP_STREAMING)",
+                path.display(),
+                cap.card
+            );
+        }
+        let offered: Vec<u32> = (0..)
+            .map_while(|i| ioctl::enum_fmt::<ioctl::FmtDesc>(&dev, Q, i).ok())
+            .map(|d| u32::from(d.pixelformat))
+            .collect();
+        let names = || {
+            offered
+                .iter()
+                .map(|&c| fourcc_name(c))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mjpeg = req.mjpeg
+            || (req.pixel.is_none()
+                && offered.contains(&MJPG)
+                && !FORMATS
+                    .iter()
+                    .any(|(_, cc)| offered.contains(&u32::from_le_bytes(**cc))));
+        if mjpeg && !offered.contains(&MJPG) {
+            bail!(
+                "{} cannot produce MJPEG; it offers: {}",
+                path.display(),
+                names()
+            );
+        }
+        let pixel = match req.pixel {
+            _ if mjpeg => PixelFormat::Nv12,
+            Some(p) => {
+                let cc = v4l2_fourcc(p).with_context(|| {
+                    format!("the V4L2 source captures NV12, YUYV or I420, not {p}")
+                })?;
+                if !offered.contains(&cc) {
+                    bail!(
+                        "{} cannot produce {p}; it offers: {}",
+                        path.display(),
+                        names()
+                    );
+                }
+                p
+            }
+            None => FORMATS
+                .iter()
+                .find(|(_, cc)| offered.contains(&u32::from_le_bytes(**cc)))
+                .map(|(p, _)| *p)
+                .with_context(|| {
+                    format!(
+                        "{} offers none of NV12, YUYV, I420 (it offers: {})",
+                        path.display(),
+                        names()
+                    )
+                })?,
+        };
+        let cc = if mjpeg {
+            MJPG
+        } else {
+            v4l2_fourcc(pixel).expect("in FORMATS")
+        };
+        let what = if mjpeg {
+            "MJPEG".to_string()
+        } else {
+            pixel.to_string()
+        };
+        let want = match req.size {
+            Some(s) => s,
+            None => {
+                let cur: Format = ioctl::g_fmt(&dev, Q).context("VIDIOC_G_FMT")?;
+                (cur.width, cur.height)
+            }
+        };
+        let fmt = set_format(&mut dev, path, cc, want, 0)?;
+        if (fmt.width, fmt.height) != want || u32::from(fmt.pixelformat) != cc {
+            bail!(
+                "{} cannot produce {}x{} {what}; the nearest it offers is {}x{} {} (sizes for {what}: {})",
+                path.display(),
+                want.0,
+                want.1,
+                fmt.width,
+                fmt.height,
+                fourcc_name(fmt.pixelformat.into()),
+                list::sizes_text(&dev, cc)
+            );
+        }
+        let format = FrameFormat::linear(pixel, fmt.width, fmt.height);
+        let mut layout = if mjpeg {
+            // Compressed: only the buffer size means anything.
+            FrameLayout {
+                format,
+                planes: Vec::new(),
+                size: u64::from(fmt.plane_fmt.first().map_or(0, |p| p.sizeimage)),
+            }
+        } else {
+            driver_layout(format, &fmt)?
+        };
+        if let Some(fps) = req.fps {
+            let _: v4l2r::bindings::v4l2_streamparm = ioctl::s_parm(&dev, sys::capture_parm(fps))
+                .map_err(|e| {
+                anyhow::anyhow!(
+                    "{} cannot set {}/{} fps: {}",
+                    path.display(),
+                    fps.0,
+                    fps.1,
+                    errno_text(e.into_errno())
+                )
+            })?;
+        }
+        let parm: v4l2r::bindings::v4l2_streamparm = ioctl::g_parm(&dev, Q).unwrap_or_default();
+        let fps = sys::capture_fps(&parm).or(req.fps).unwrap_or((30, 1));
+        if let Some(want) = req.fps {
+            if u64::from(want.0) * u64::from(fps.1) != u64::from(fps.0) * u64::from(want.1) {
+                tracing::warn!(
+                    "{} runs at {}/{} fps, not the {}/{} asked for",
+                    path.display(),
+                    fps.0,
+                    fps.1,
+                    want.0,
+                    want.1
+                );
+            }
+        }
+
+        let order: &[Io] = match req.io {
+            // JPEGs must be decoded anyway: the decoder writes into the pool.
+            Io::Auto | Io::Mmap if mjpeg => &[Io::Mmap],
+            _ if mjpeg => bail!(
+                "MJPEG frames are decoded into the pool: use --v4l2-io mmap (or auto), not {}",
+                req.io.name()
+            ),
+            Io::Auto => &[Io::Expbuf, Io::Dmabuf, Io::Mmap],
+            Io::Expbuf => &[Io::Expbuf],
+            Io::Dmabuf => &[Io::Dmabuf],
+            Io::Mmap => &[Io::Mmap],
+        };
+        let mut tried = Vec::new();
+        let mut chosen = None;
+        for &io in order {
+            let r = match io {
+                Io::Expbuf => setup_expbuf(&dev, &layout, req.buffers),
+                Io::Dmabuf => setup_dmabuf(&mut dev, path, cc, &mut layout, req),
+                _ => setup_mmap(&dev, &layout, req),
+            };
+            match r {
+                Ok(x) => {
+                    chosen = Some((io, x));
+                    break;
+                }
+                Err(e) => {
+                    // Free whatever the attempt requested before the next one.
+                    let _ = ioctl::reqbufs::<()>(
+                        &dev,
+                        Q,
+                        MemoryType::Mmap,
+                        0,
+                        MemoryConsistency::empty(),
+                    );
+                    let _ = ioctl::reqbufs::<()>(
+                        &dev,
+                        Q,
+                        MemoryType::DmaBuf,
+                        0,
+                        MemoryConsistency::empty(),
+                    );
+                    if e.downcast_ref::<Busy>().is_some() {
+                        bail!("V4L2 device {} is busy: {e:#}", path.display());
+                    }
+                    tried.push(format!("{}: {e:#}", io.name()));
+                }
+            }
+        }
+        let Some((io, (pool, mode))) = chosen else {
+            bail!(
+                "cannot capture from {} with --v4l2-io {}: {}",
+                path.display(),
+                req.io.name(),
+                tried.join("; ")
+            );
+        };
+        if !tried.is_empty() {
+            tracing::info!("v4l2: {} (auto: {})", io.name(), tried.join("; "));
+        }
+        let mut capture = Capture {
+            path: path.to_path_buf(),
+            dev,
+            io,
+            format,
+            driver_layout: layout,
+            fps,
+            pool,
+            mode,
+            stall: req.stall,
+            mjpeg: if mjpeg {
+                Some(mjpeg::MjpegDecoder::new(format.width, format.height)?)
+            } else {
+                None
+            },
+            first_ts_ns: None,
+            end: None,
+            streaming: false,
+            dropped_errors: 0,
+        };
+        capture.queue_all(true)?;
+        ioctl::streamon(&capture.dev, Q).map_err(|e| {
+            let e = e.into_errno();
+            if e == EBUSY {
+                anyhow::anyhow!("V4L2 device {} is busy", path.display())
+            } else {
+                anyhow::anyhow!("VIDIOC_STREAMON on {}: {}", path.display(), errno_text(e))
+            }
+        })?;
+        capture.streaming = true;
+        Ok(capture)
+    }
+
+    pub fn format(&self) -> FrameFormat {
+        self.format
+    }
+
+    pub fn fps(&self) -> (u32, u32) {
+        self.fps
+    }
+
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
+    /// Why the stream ended, if the device ended it (unplugged).
+    pub fn end_message(&self) -> Option<&str> {
+        self.end.as_deref()
+    }
+
+    pub fn describe(&self) -> String {
+        let (n, d) = self.fps;
+        let strides: Vec<u32> = self.driver_layout.planes.iter().map(|p| p.stride).collect();
+        format!(
+            "V4L2 {} ({} I/O: {}), {} at {n}/{d} fps, driver strides {strides:?}, sizeimage {}",
+            self.path.display(),
+            self.io.name(),
+            match self.io {
+                Io::Expbuf => "the driver's buffers exported as dma-bufs, zero-copy",
+                Io::Dmabuf => "captured into the producer's pool, zero-copy",
+                _ if self.mjpeg.is_some() => "MJPEG decoded by FFmpeg into the pool",
+                _ => "one copy into the pool",
+            },
+            self.format,
+            self.driver_layout.size
+        )
+    }
+
+    /// Queue every buffer the driver does not hold and that no consumer holds. In mmap mode the
+    /// driver's buffers are queued once at the start, then each right after its copy.
+    fn queue_all(&mut self, start: bool) -> Result<()> {
+        match &mut self.mode {
+            Mode::ZeroCopy { queued } => {
+                while let Some(lease) = self.pool.try_acquire() {
+                    let i = lease.id() as usize;
+                    qbuf(&self.dev, self.io, &lease)
+                        .with_context(|| format!("VIDIOC_QBUF {i} on {}", self.path.display()))?;
+                    queued[i] = Some(lease);
+                }
+            }
+            Mode::Mmap { .. } if !start => {}
+            Mode::Mmap { maps } => {
+                for i in 0..maps.len() {
+                    qbuf_mmap(&self.dev, i as u32)
+                        .with_context(|| format!("VIDIOC_QBUF {i} on {}", self.path.display()))?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn queued_count(&self) -> usize {
+        match &self.mode {
+            Mode::ZeroCopy { queued } => queued.iter().filter(|q| q.is_some()).count(),
+            Mode::Mmap { maps } => maps.len(),
+        }
+    }
+
+    fn unplugged(&mut self) -> NextFrame {
+        let msg = format!("V4L2 device {} was disconnected", self.path.display());
+        tracing::warn!("{msg}");
+        self.end = Some(msg);
+        NextFrame::End
+    }
+
+    /// Wait for the next captured frame, keeping the consumer session pumped (`pump` returns
+    /// `true` when the consumer left).
+    pub fn next_frame(
+        &mut self,
+        want_sum: bool,
+        stop: &AtomicBool,
+        pump: &mut dyn FnMut(Duration) -> Result<bool>,
+    ) -> Result<NextFrame> {
+        if self.end.is_some() {
+            return Ok(NextFrame::End);
+        }
+        let since = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                return Ok(NextFrame::Stopped);
+            }
+            if since.elapsed() > self.stall {
+                if self.queued_count() == 0 {
+                    bail!(
+                        "the consumer holds all {} buffers and released none for {:?}",
+                        self.pool.len(),
+                        self.stall
+                    );
+                }
+                bail!("no frame from {} for {:?}", self.path.display(), self.stall);
+            }
+            if let Err(e) = self.queue_all(false) {
+                if is_enodev(&e) {
+                    return Ok(self.unplugged());
+                }
+                return Err(e);
+            }
+            if self.queued_count() == 0 {
+                if pump(Duration::from_millis(50))? {
+                    return Ok(NextFrame::ConsumerGone);
+                }
+                continue;
+            }
+            let mut fds = [PollFd::new(self.dev.as_fd(), PollFlags::POLLIN)];
+            let ready = match poll(&mut fds, PollTimeout::from(20u8)) {
+                Ok(n) => n > 0,
+                Err(nix::errno::Errno::EINTR) => false,
+                Err(e) => return Err(e).context("poll on the V4L2 device"),
+            };
+            if ready {
+                match ioctl::dqbuf::<V4l2Buffer>(&self.dev, Q) {
+                    Ok(buf) => match self.take(buf, want_sum, stop, pump) {
+                        Ok(Some(f)) => return Ok(f),
+                        Ok(None) => {}
+                        // Requeueing (mmap) found the device gone.
+                        Err(e) if is_enodev(&e) => return Ok(self.unplugged()),
+                        Err(e) => return Err(e),
+                    },
+                    Err(e) => match e.into_errno() {
+                        e if e == nix::errno::Errno::EAGAIN as i32 => {}
+                        e if e == ENODEV => return Ok(self.unplugged()),
+                        e if e == nix::errno::Errno::EPIPE as i32 => return Ok(self.unplugged()),
+                        e => bail!("VIDIOC_DQBUF on {}: {}", self.path.display(), errno_text(e)),
+                    },
+                }
+            }
+            if pump(Duration::ZERO)? {
+                return Ok(NextFrame::ConsumerGone);
+            }
+        }
+    }
+
+    /// A dequeued buffer → a filled lease (`None`: the driver flagged it corrupt; requeued).
+    fn take(
+        &mut self,
+        buf: V4l2Buffer,
+        want_sum: bool,
+        stop: &AtomicBool,
+        pump: &mut dyn FnMut(Duration) -> Result<bool>,
+    ) -> Result<Option<NextFrame>> {
+        let i = buf.index() as usize;
+        let used = u64::from(*buf.get_first_plane().bytesused);
+        let ts = buf.timestamp();
+        let ts_ns = ts.tv_sec * 1_000_000_000 + ts.tv_usec * 1000;
+        let first = *self.first_ts_ns.get_or_insert(ts_ns);
+        let pts_ns = (ts_ns - first).max(0);
+        let bad = buf.has_error()
+            || used == 0
+            || used
+                < self
+                    .driver_layout
+                    .planes
+                    .last()
+                    .map_or(0, |p| p.offset + p.size());
+        let path = self.path.display().to_string();
+        match &mut self.mode {
+            Mode::ZeroCopy { queued } => {
+                let lease = queued
+                    .get_mut(i)
+                    .and_then(Option::take)
+                    .with_context(|| format!("{path} returned buffer {i}, which was not queued"))?;
+                if bad {
+                    self.dropped_errors += 1;
+                    tracing::debug!(
+                        "{path}: buffer {i} flagged as corrupt ({used} bytes); requeued"
+                    );
+                    drop(lease); // back to the pool; queue_all requeues it
+                    return Ok(None);
+                }
+                let layout = &lease.buffer().layout;
+                let checksum = if want_sum {
+                    lease
+                        .with_bytes(|d| frame_checksum(d, &layout.planes))
+                        .context("mapping a captured buffer")?
+                } else {
+                    None
+                };
+                Ok(Some(NextFrame::Frame(Filled {
+                    lease,
+                    pts_ns,
+                    checksum,
+                    copied: false,
+                })))
+            }
+            Mode::Mmap { maps } => {
+                if bad {
+                    self.dropped_errors += 1;
+                    qbuf_mmap(&self.dev, i as u32)?;
+                    return Ok(None);
+                }
+                // A pool buffer to copy into; the consumer may hold them all for a while.
+                let since = Instant::now();
+                let lease = loop {
+                    if let Some(l) = self.pool.try_acquire() {
+                        break l;
+                    }
+                    if stop.load(Ordering::Relaxed) {
+                        return Ok(Some(NextFrame::Stopped));
+                    }
+                    if since.elapsed() > self.stall {
+                        bail!(
+                            "the consumer holds all {} buffers and released none for {:?}",
+                            self.pool.len(),
+                            self.stall
+                        );
+                    }
+                    if pump(Duration::from_millis(50))? {
+                        qbuf_mmap(&self.dev, i as u32)?;
+                        return Ok(Some(NextFrame::ConsumerGone));
+                    }
+                };
+                let src = maps
+                    .get(i)
+                    .with_context(|| format!("{path} returned unknown buffer {i}"))?;
+                let from = &self.driver_layout;
+                let to = lease.buffer().layout.clone();
+                let jpeg = src.data.get(..used as usize).unwrap_or(&[]);
+                let decoder = self.mjpeg.as_mut();
+                let checksum = lease
+                    .with_bytes_mut(|d| -> Result<Option<u32>> {
+                        match decoder {
+                            Some(dec) => dec.decode_into(jpeg, d, &to)?,
+                            None => copy_frame(&src.data[..], from, d, &to),
+                        }
+                        Ok(if want_sum {
+                            frame_checksum(d, &to.planes)
+                        } else {
+                            None
+                        })
+                    })
+                    .context("writing the frame")?;
+                let checksum = match checksum {
+                    Ok(c) => c,
+                    Err(e) => {
+                        // A webcam's corrupt JPEG costs one frame, not the stream.
+                        self.dropped_errors += 1;
+                        tracing::warn!("{path}: buffer {i}: {e:#}; frame dropped");
+                        qbuf_mmap(&self.dev, i as u32)
+                            .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
+                        return Ok(None);
+                    }
+                };
+                qbuf_mmap(&self.dev, i as u32)
+                    .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
+                Ok(Some(NextFrame::Frame(Filled {
+                    lease,
+                    pts_ns,
+                    checksum,
+                    copied: true,
+                })))
+            }
+        }
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        if self.streaming {
+            // STREAMOFF returns every buffer to us; errors (unplugged) do not matter here.
+            let _ = ioctl::streamoff(&self.dev, Q);
+        }
+        if self.dropped_errors > 0 {
+            tracing::info!(
+                "{}: {} corrupt frames (flagged by the driver, short, or undecodable) were dropped",
+                self.path.display(),
+                self.dropped_errors
+            );
+        }
+    }
+}
+
+/// Copy one frame between two layouts of the same format, row by row.
+fn copy_frame(src: &[u8], from: &FrameLayout, dst: &mut [u8], to: &FrameLayout) {
+    for (a, b) in from.planes.iter().zip(&to.planes) {
+        let n = a.row_bytes.min(b.row_bytes) as usize;
+        for y in 0..a.rows.min(b.rows) as u64 {
+            let s = (a.offset + y * u64::from(a.stride)) as usize;
+            let d = (b.offset + y * u64::from(b.stride)) as usize;
+            if let (Some(s), Some(d)) = (src.get(s..s + n), dst.get_mut(d..d + n)) {
+                d.copy_from_slice(s);
+            }
+        }
+    }
+}
+
+fn is_enodev(e: &anyhow::Error) -> bool {
+    e.root_cause()
+        .downcast_ref::<IoctlErrno>()
+        .is_some_and(|c| c.0 == ENODEV)
+}
+
+/// The errno a V4L2 ioctl failed with (kept typed so `ENODEV` can be told apart).
+#[derive(Debug)]
+struct IoctlErrno(i32);
+
+impl std::fmt::Display for IoctlErrno {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&errno_text(self.0))
+    }
+}
+
+impl std::error::Error for IoctlErrno {}
+
+/// Marks errors that mean another process owns the device.
+#[derive(Debug)]
+struct Busy(String);
+
+impl std::fmt::Display for Busy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Busy {}
+
+fn set_format(dev: &mut File, path: &Path, cc: u32, size: (u32, u32), bpl: u32) -> Result<Format> {
+    let want = Format {
+        width: size.0,
+        height: size.1,
+        pixelformat: cc.into(),
+        plane_fmt: vec![v4l2r::PlaneLayout {
+            sizeimage: 0,
+            bytesperline: bpl,
+        }],
+    };
+    ioctl::s_fmt::<_, Format>(dev, (Q, &want)).map_err(|e| {
+        let e = e.into_errno();
+        if e == EBUSY {
+            anyhow::Error::new(Busy(format!(
+                "V4L2 device {} is busy (another program is capturing from it)",
+                path.display()
+            )))
+        } else {
+            anyhow::anyhow!(
+                "{} refused {}x{} {}: {}",
+                path.display(),
+                size.0,
+                size.1,
+                fourcc_name(cc),
+                errno_text(e)
+            )
+        }
+    })
+}
+
+fn reqbufs(dev: &File, memory: MemoryType, count: usize) -> Result<usize> {
+    let n: usize = ioctl::reqbufs(dev, Q, memory, count as u32, MemoryConsistency::empty())
+        .map_err(|e| {
+            let e = e.into_errno();
+            if e == EBUSY {
+                anyhow::Error::new(Busy(
+                    "another program holds its buffers (VIDIOC_REQBUFS: EBUSY)".into(),
+                ))
+            } else {
+                anyhow::anyhow!("VIDIOC_REQBUFS {memory:?}: {}", errno_text(e))
+            }
+        })?;
+    if n == 0 {
+        bail!("the driver granted no {memory:?} buffers");
+    }
+    Ok(n)
+}
+
+fn setup_expbuf(dev: &File, layout: &FrameLayout, count: usize) -> Result<(Pool, Mode)> {
+    let n = reqbufs(dev, MemoryType::Mmap, count)?;
+    let mut bufs = Vec::with_capacity(n);
+    for i in 0..n {
+        let fd: OwnedFd = ioctl::expbuf(dev, Q, i, 0, ExpbufFlags::RDWR | ExpbufFlags::CLOEXEC)
+            .map_err(|e| anyhow::anyhow!("VIDIOC_EXPBUF {i}: {}", errno_text(e.into_errno())))?;
+        let size = nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekEnd)
+            .context("lseek on an exported buffer")? as u64;
+        if size < layout.size {
+            bail!(
+                "exported buffer {i} holds {size} bytes, the frame needs {}",
+                layout.size
+            );
+        }
+        bufs.push(FrameBuffer::single(
+            layout.clone(),
+            fd,
+            size,
+            AllocatorKind::V4l2,
+        ));
+    }
+    let pool = Pool::from_buffers(bufs, AllocatorKind::V4l2, layout.format)
+        .context("mapping the exported buffers")?;
+    Ok((
+        pool,
+        Mode::ZeroCopy {
+            queued: (0..n).map(|_| None).collect(),
+        },
+    ))
+}
+
+fn setup_dmabuf(
+    dev: &mut File,
+    path: &Path,
+    cc: u32,
+    layout: &mut FrameLayout,
+    req: &Request,
+) -> Result<(Pool, Mode)> {
+    let format = layout.format;
+    let (allocator, why) = alloc::select(req.alloc, format)?;
+    if allocator.kind().memory() != dmabuf_core::MemoryKind::DmaBuf {
+        bail!("no dma-buf allocator here (picked {why})");
+    }
+    let pool = Pool::new(allocator.as_ref(), format, req.buffers)
+        .context("allocating the capture pool")?;
+    let ours = pool.buffer(0).expect("not empty").layout.clone();
+    if ours.planes != layout.planes {
+        // Ask the driver for the pool's stride; most webcams cannot, vivid can.
+        let fmt = set_format(
+            dev,
+            path,
+            cc,
+            (format.width, format.height),
+            ours.planes[0].stride,
+        )?;
+        let theirs = driver_layout(format, &fmt)?;
+        let fits = theirs
+            .planes
+            .iter()
+            .zip(&ours.planes)
+            .all(|(t, o)| t.stride == o.stride && t.offset == o.offset)
+            && theirs.size <= pool.buffer(0).expect("not empty").fd_sizes[0];
+        if !fits {
+            bail!(
+                "the driver's layout (strides {:?}) does not match the {} pool's (strides {:?})",
+                theirs.planes.iter().map(|p| p.stride).collect::<Vec<_>>(),
+                allocator.kind(),
+                ours.planes.iter().map(|p| p.stride).collect::<Vec<_>>()
+            );
+        }
+        *layout = theirs;
+    }
+    let n = reqbufs(dev, MemoryType::DmaBuf, pool.len())?;
+    if n < pool.len() {
+        bail!("the driver took {n} of {} DMABUF buffers", pool.len());
+    }
+    tracing::info!("v4l2 dmabuf: capturing into {why}");
+    Ok((
+        pool,
+        Mode::ZeroCopy {
+            queued: (0..n).map(|_| None).collect(),
+        },
+    ))
+}
+
+fn setup_mmap(dev: &File, layout: &FrameLayout, req: &Request) -> Result<(Pool, Mode)> {
+    let n = reqbufs(dev, MemoryType::Mmap, req.buffers.min(8))?;
+    let mut maps = Vec::with_capacity(n);
+    for i in 0..n {
+        let qb: QueryBuffer =
+            ioctl::querybuf(dev, Q, i).map_err(|e| anyhow::anyhow!("VIDIOC_QUERYBUF {i}: {e}"))?;
+        let plane = qb.planes.first().context("QUERYBUF: no plane")?;
+        if u64::from(plane.length) < layout.size {
+            bail!(
+                "driver buffer {i} is {} bytes, the frame needs {}",
+                plane.length,
+                layout.size
+            );
+        }
+        let map = ioctl::mmap(dev, plane.mem_offset, plane.length)
+            .map_err(|e| anyhow::anyhow!("mmap of buffer {i}: {e}"))?;
+        maps.push(map);
+    }
+    let (allocator, why) = alloc::select(req.alloc, layout.format)?;
+    let pool =
+        Pool::new(allocator.as_ref(), layout.format, req.buffers).context("allocating the pool")?;
+    tracing::info!("v4l2 mmap: copying into {why}");
+    Ok((pool, Mode::Mmap { maps }))
+}
+
+fn qbuf(dev: &File, io: Io, lease: &Lease) -> Result<()> {
+    let i = lease.id();
+    let r = if io == Io::Dmabuf {
+        let b = lease.buffer();
+        let handle = DmaBufHandle(PoolFd {
+            fd: b.fds[0].clone(),
+            len: b.fd_sizes[0],
+        });
+        let mut q = QBuffer::<DmaBufHandle<PoolFd>>::new(Q, i);
+        q.planes = vec![QBufPlane::new_from_handle(&handle, 0)];
+        ioctl::qbuf::<_, ()>(dev, q)
+    } else {
+        return qbuf_mmap(dev, i);
+    };
+    r.map_err(|e| IoctlErrno(e.into_errno()).into())
+}
+
+fn qbuf_mmap(dev: &File, i: u32) -> Result<()> {
+    let mut q = QBuffer::<MmapHandle>::new(Q, i);
+    q.planes = vec![QBufPlane::new(0)];
+    ioctl::qbuf::<_, ()>(dev, q).map_err(|e| IoctlErrno(e.into_errno()).into())
+}

@@ -1,0 +1,39 @@
+//! The only unsafe code of the V4L2 source: reading the union in `struct v4l2_streamparm`,
+//! which v4l2r's `g_parm`/`s_parm` hand back raw. Everything else goes through v4l2r's safe
+//! `ioctl` wrappers. See <https://docs.kernel.org/userspace-api/media/v4l/vidioc-g-parm.html>.
+#![allow(unsafe_code)]
+
+use v4l2r::bindings::{
+    v4l2_captureparm, v4l2_fract, v4l2_streamparm, v4l2_streamparm__bindgen_ty_1,
+};
+use v4l2r::QueueType;
+
+/// A `VIDIOC_S_PARM` argument asking a capture queue for `num/den` frames per second.
+pub fn capture_parm(fps: (u32, u32)) -> v4l2_streamparm {
+    v4l2_streamparm {
+        type_: QueueType::VideoCapture as u32,
+        parm: v4l2_streamparm__bindgen_ty_1 {
+            capture: v4l2_captureparm {
+                // Time per frame is the inverse of the frame rate.
+                timeperframe: v4l2_fract {
+                    numerator: fps.1,
+                    denominator: fps.0,
+                },
+                ..Default::default()
+            },
+        },
+    }
+}
+
+/// The frame rate (`num/den` frames per second) a capture queue's `v4l2_streamparm` states;
+/// `None` if the driver left it zero or `parm` is not a capture queue's.
+pub fn capture_fps(parm: &v4l2_streamparm) -> Option<(u32, u32)> {
+    if parm.type_ != QueueType::VideoCapture as u32 {
+        return None;
+    }
+    // SAFETY: for a VIDEO_CAPTURE queue the kernel fills the `capture` member of the union
+    // (videodev2.h: "struct v4l2_captureparm capture" for capture types); every bit pattern is
+    // a valid `v4l2_captureparm` (plain integers).
+    let tpf = unsafe { parm.parm.capture.timeperframe };
+    (tpf.numerator != 0 && tpf.denominator != 0).then_some((tpf.denominator, tpf.numerator))
+}
