@@ -4,6 +4,7 @@
 
 mod import;
 mod stats;
+mod transport;
 mod window;
 
 use anyhow::{bail, Context as _, Result};
@@ -83,6 +84,22 @@ struct Args {
     /// No live statistics line.
     #[arg(long, short)]
     quiet: bool,
+
+    /// How pixels arrive (must match the producer's --transport). zero-copy: read the shared
+    /// buffer in place. memcpy: copy it into a staging buffer and upload it (implies --import
+    /// copy). socket-copy: read each frame's bytes from the producer's byte stream
+    /// (SOCKET.bytes) into the staging buffer and upload them (--import copy, or cpu-map to
+    /// read them into private memory).
+    #[arg(long, value_enum, default_value = "zero-copy")]
+    transport: transport::TransportKind,
+
+    /// Frames to leave out of the steady-state figures in --stats-json at the start (warm-up).
+    #[arg(long, default_value_t = 10)]
+    stats_warmup: u64,
+
+    /// Testing the measurement: burn this many µs of CPU per frame outside the GPU work.
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_burn_us: u64,
 }
 
 /// `--import`.
@@ -184,7 +201,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.transport != transport::TransportKind::ZeroCopy && args.import == ImportChoice::Auto {
+        args.import = ImportChoice::Copy;
+    }
     match run(&args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -230,6 +250,20 @@ fn connect(args: &Args) -> Result<Channel> {
 }
 
 fn run(args: &Args) -> Result<i32> {
+    match (args.transport, args.import) {
+        (transport::TransportKind::Memcpy, i) if i != ImportChoice::Copy => {
+            bail!("--transport memcpy copies into a staging buffer: it needs --import copy")
+        }
+        (transport::TransportKind::SocketCopy, i)
+            if i != ImportChoice::Copy && i != ImportChoice::CpuMap =>
+        {
+            bail!("--transport socket-copy reads into a staging buffer (--import copy) or private memory (--import cpu-map)")
+        }
+        (transport::TransportKind::SocketCopy, _) if args.window || args.snapshot_every.is_some() || args.dump_raw.is_some() => {
+            bail!("--transport socket-copy is for the comparison: no --window, --snapshot-every or --dump-raw")
+        }
+        _ => {}
+    }
     if args.window && args.import == ImportChoice::CpuMap {
         bail!("--window shows frames through Vulkan; it cannot be used with --import cpu-map");
     }
@@ -263,6 +297,13 @@ fn run(args: &Args) -> Result<i32> {
     let mut client = Client::handshake(chan, offered, Duration::from_secs(5))
         .context("handshake with the producer")?;
     let w = client.welcome().clone();
+    let mut bytes = match args.transport {
+        transport::TransportKind::SocketCopy => Some(transport::ByteStream::connect(
+            &args.socket,
+            Duration::from_secs(5),
+        )?),
+        _ => None,
+    };
     let mut gpu = vk.map(|vk| Gpu {
         path: choose_path(&vk, args.import, &w),
         vk,
@@ -287,7 +328,8 @@ fn run(args: &Args) -> Result<i32> {
         w.memory,
         w.allocator
     );
-    let mut stats = stats::Stats::new(!args.quiet);
+    let mut stats = stats::Stats::new(!args.quiet, args.stats_warmup);
+    stats.report.transport = args.transport.name().into();
     stats.report.alloc = w.allocator.name().into();
     stats.report.memory = w.memory.name().into();
     stats.report.import_path = gpu.as_ref().map_or("cpu-map", |g| g.path.name()).into();
@@ -334,14 +376,46 @@ fn run(args: &Args) -> Result<i32> {
                 let id = f.buffer_id;
                 let buf = client.buffer(id).expect("validated by the client");
                 let map = maps[id as usize].as_ref();
-                let mut checked = false;
+                // socket-copy: the frame's bytes come through the byte stream (into the
+                // staging buffer, uploaded, or into private memory).
+                let mut streamed_sum = None;
+                let streamed = bytes.is_some();
+                if let Some(bs) = bytes.as_mut() {
+                    if buf.fds.len() != 1 {
+                        bail!("--transport socket-copy needs single-fd buffers");
+                    }
+                    let size = buf.fd_sizes[0] as usize;
+                    let planes = &buf.layout.planes;
+                    let want = args.verify && f.flags & FRAME_FLAG_CHECKSUM != 0;
+                    match gpu.as_mut() {
+                        Some(g) => g.vk.upload_with(id, |dst| {
+                            bs.read_frame(dst)?;
+                            if want {
+                                streamed_sum = dmabuf_core::format::frame_checksum(dst, planes);
+                            }
+                            Ok(())
+                        })?,
+                        None => {
+                            let mut private = std::mem::take(&mut bs.private);
+                            private.resize(size, 0);
+                            bs.read_frame(&mut private)?;
+                            if want {
+                                streamed_sum =
+                                    dmabuf_core::format::frame_checksum(&private, planes);
+                            }
+                            bs.private = private;
+                        }
+                    }
+                }
+                let mut checked = streamed;
                 if args.verify {
                     if f.flags & FRAME_FLAG_CHECKSUM == 0 {
                         stats.report.unverifiable += 1;
                     } else {
-                        let got = match gpu.as_mut() {
-                            Some(g) => g.vk.checksum(id, buf)?,
-                            None => map.expect("mapped when added").checksum(buf)?,
+                        let got = match (streamed, gpu.as_mut()) {
+                            (true, _) => streamed_sum.context("frame without planes")?,
+                            (false, Some(g)) => g.vk.checksum(id, buf)?,
+                            (false, None) => map.expect("mapped when added").checksum(buf)?,
                         };
                         checked = true;
                         if got == f.checksum {
@@ -364,6 +438,12 @@ fn run(args: &Args) -> Result<i32> {
                         // copies; the zero-copy paths acquire and release the memory).
                         g.vk.touch(id, buf)?;
                     }
+                }
+                let visible_ns = gpu.as_ref().map(|_| dmabuf_core::time::monotonic_ns());
+                if args.test_burn_us > 0 {
+                    dmabuf_core::time::burn_cpu_ns(args.test_burn_us.saturating_mul(1000));
+                }
+                if let Some(g) = gpu.as_mut() {
                     if let Some(v) = viewer.as_mut() {
                         if !v.pump() {
                             client.release(id)?;
@@ -389,6 +469,11 @@ fn run(args: &Args) -> Result<i32> {
                 }
                 client.release(id)?;
                 stats.frame(f.seq, f.publish_ns, received_ns);
+                stats.steady(
+                    f.publish_ns,
+                    visible_ns,
+                    gpu.as_ref().map_or(0, |g| g.vk.gpu_cpu_ns()),
+                );
                 if args.frames.is_some_and(|n| stats.report.frames >= n) {
                     client.goodbye(GoodbyeReason::Leaving, "got the frames I wanted");
                     return Ok(());

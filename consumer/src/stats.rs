@@ -48,6 +48,32 @@ pub struct Report {
     /// driver opens lazily on first use) and at the end: equal unless something leaks per frame.
     pub fds_after_warmup: usize,
     pub fds_at_end: usize,
+    /// `--transport`: zero-copy, memcpy or socket-copy.
+    pub transport: String,
+    /// Producer's publish to the frame being GPU-visible (the import's acquire, the upload or
+    /// the checksum finished: fence signalled), in microseconds, over the steady state.
+    pub visible_us_p50: f64,
+    pub visible_us_p99: f64,
+    /// The steady state: the frames after `--stats-warmup`.
+    pub warmup_frames: u64,
+    pub steady_frames: u64,
+    pub steady_wall_ns: u64,
+    /// Process CPU (all threads) over the steady state.
+    pub steady_cpu_ns: u64,
+    /// Of which inside GPU submits and fence waits (lavapipe runs the GPU's work on the CPU).
+    pub steady_gpu_cpu_ns: u64,
+    /// The rest: receiving, copies, releasing (`steady_cpu_ns - steady_gpu_cpu_ns`).
+    pub steady_transport_cpu_ns: u64,
+    pub steady_minflt: u64,
+    pub steady_majflt: u64,
+    pub steady_cpu_ns_per_frame: f64,
+    pub gpu_cpu_ns_per_frame: f64,
+    pub transport_cpu_ns_per_frame: f64,
+    pub minflt_per_frame: f64,
+    pub majflt_per_frame: f64,
+    pub steady_fps: f64,
+    /// Steady-state CPU as a share of one core over wall time, in %.
+    pub cpu_percent: f64,
     /// PNG snapshots written.
     pub snapshots: Vec<String>,
     /// `null` when the stream ended normally, else what went wrong.
@@ -66,6 +92,33 @@ pub struct Stats {
     last_line: Instant,
     line_frames: u64,
     line_cpu: u64,
+    warmup: u64,
+    visible_us: Vec<f64>,
+    steady: Option<Snapshot>,
+    last: Snapshot,
+}
+
+/// Counters at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    frames: u64,
+    wall_ns: u64,
+    cpu_ns: u64,
+    gpu_cpu_ns: u64,
+    minflt: u64,
+    majflt: u64,
+}
+
+fn snap(frames: u64, gpu_cpu_ns: u64) -> Snapshot {
+    let (minflt, majflt) = dmabuf_core::time::page_faults();
+    Snapshot {
+        frames,
+        wall_ns: monotonic_ns(),
+        cpu_ns: process_cpu_ns(),
+        gpu_cpu_ns,
+        minflt,
+        majflt,
+    }
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {
@@ -77,7 +130,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Stats {
-    pub fn new(live: bool) -> Self {
+    pub fn new(live: bool, warmup: u64) -> Self {
         Self {
             report: Report::default(),
             latencies_us: Vec::new(),
@@ -90,7 +143,27 @@ impl Stats {
             last_line: Instant::now(),
             line_frames: 0,
             line_cpu: process_cpu_ns(),
+            warmup: warmup.max(1),
+            visible_us: Vec::new(),
+            steady: None,
+            last: Snapshot::default(),
         }
+    }
+
+    /// Count a frame that the consumer is done with, for the steady-state figures: it was
+    /// published at `publish_ns`, GPU-visible at `visible_ns` (None without a GPU), and the
+    /// GPU's work so far cost `gpu_cpu_ns` of process CPU.
+    pub fn steady(&mut self, publish_ns: u64, visible_ns: Option<u64>, gpu_cpu_ns: u64) {
+        let s = snap(self.report.frames, gpu_cpu_ns);
+        if self.steady.is_some() {
+            if let Some(v) = visible_ns {
+                self.visible_us
+                    .push(v.saturating_sub(publish_ns) as f64 / 1e3);
+            }
+        } else if self.report.frames >= self.warmup {
+            self.steady = Some(s);
+        }
+        self.last = s;
     }
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
@@ -162,6 +235,31 @@ impl Stats {
         self.report.latency_us_max = self.latencies_us.last().copied().unwrap_or(0.0);
         self.process_us.sort_by(f64::total_cmp);
         self.report.process_us_p50 = percentile(&self.process_us, 0.5);
+        self.visible_us.sort_by(f64::total_cmp);
+        self.report.visible_us_p50 = percentile(&self.visible_us, 0.5);
+        self.report.visible_us_p99 = percentile(&self.visible_us, 0.99);
+        let a = self.steady.unwrap_or(self.last);
+        let b = self.last;
+        let r = &mut self.report;
+        let n = b.frames - a.frames;
+        let per = |v: u64| if n == 0 { 0.0 } else { v as f64 / n as f64 };
+        r.warmup_frames = a.frames;
+        r.steady_frames = n;
+        r.steady_wall_ns = b.wall_ns - a.wall_ns;
+        r.steady_cpu_ns = b.cpu_ns - a.cpu_ns;
+        r.steady_gpu_cpu_ns = b.gpu_cpu_ns - a.gpu_cpu_ns;
+        r.steady_transport_cpu_ns = r.steady_cpu_ns.saturating_sub(r.steady_gpu_cpu_ns);
+        r.steady_minflt = b.minflt - a.minflt;
+        r.steady_majflt = b.majflt - a.majflt;
+        r.steady_cpu_ns_per_frame = per(r.steady_cpu_ns);
+        r.gpu_cpu_ns_per_frame = per(r.steady_gpu_cpu_ns);
+        r.transport_cpu_ns_per_frame = per(r.steady_transport_cpu_ns);
+        r.minflt_per_frame = per(r.steady_minflt);
+        r.majflt_per_frame = per(r.steady_majflt);
+        if r.steady_wall_ns > 0 {
+            r.steady_fps = n as f64 * 1e9 / r.steady_wall_ns as f64;
+            r.cpu_percent = r.steady_cpu_ns as f64 * 100.0 / r.steady_wall_ns as f64;
+        }
         self.report
     }
 }

@@ -5,14 +5,14 @@
 //! instead (no other consumer holds buffers, so the swap is safe).
 
 use crate::source::Source;
+use crate::transport::Transport;
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
-use dmabuf_core::format::frame_checksum;
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::server::{accepts, full_chunks, read_hello, Pumped, Session};
 use dmabuf_core::proto::wire::{Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, VERSION};
 use dmabuf_core::proto::{Listener, ListenerOptions, ProtoError};
-use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
+use dmabuf_core::time::process_cpu_ns;
 use dmabuf_core::{AllocatorKind, MemoryKind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -44,11 +44,12 @@ enum SessionEnd {
     Interrupted,
 }
 
-struct Server {
+struct Server<'t> {
     opts: ServeOptions,
     pool: Pool,
     source: Source,
     stop: Arc<AtomicBool>,
+    transport: &'t mut Transport,
 }
 
 /// Allocate the pool, then listen on `socket` (so the socket appears only once the producer can
@@ -57,6 +58,7 @@ pub fn serve(
     socket: &Path,
     listen: &ListenerOptions,
     source: Source,
+    transport: &mut Transport,
     opts: ServeOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
@@ -83,6 +85,7 @@ pub fn serve(
         opts,
         pool,
         stop,
+        transport,
     };
     eprintln!("producer: listening on {}", listener.path().display());
     loop {
@@ -109,7 +112,7 @@ pub fn serve(
     }
 }
 
-impl Server {
+impl Server<'_> {
     fn welcome(&self) -> Welcome {
         let f = self.source.format();
         let color = self.source.color();
@@ -173,6 +176,7 @@ impl Server {
             self.pool.len(),
             self.pool.allocator()
         );
+        self.transport.session_start(self.opts.hello_timeout)?;
         self.source.restart()?;
         let end = self.stream(&mut sess);
         let (reason, text) = match &end {
@@ -228,19 +232,9 @@ impl Server {
             let Some(lease) = self.acquire(sess)? else {
                 return Ok(SessionEnd::ConsumerGone);
             };
-            let layout = &lease.buffer().layout;
-            let want_sum = self.opts.checksum;
-            let source = &mut self.source;
-            let checksum = lease
-                .with_bytes_mut(|data| {
-                    source.write(seq, data, layout);
-                    if want_sum {
-                        frame_checksum(data, &layout.planes)
-                    } else {
-                        None
-                    }
-                })
-                .context("writing the frame")?;
+            let (checksum, publish_ns) =
+                self.transport
+                    .write_frame(&lease, &mut self.source, seq, self.opts.checksum)?;
             let frame = Frame {
                 buffer_id: lease.id(),
                 flags: if checksum.is_some() {
@@ -250,7 +244,7 @@ impl Server {
                 },
                 seq,
                 pts_ns,
-                publish_ns: monotonic_ns(),
+                publish_ns,
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),
             };
@@ -259,6 +253,7 @@ impl Server {
                 Err(ProtoError::Closed) => return Ok(SessionEnd::ConsumerGone),
                 Err(e) => return Err(e.into()),
             }
+            self.transport.after_send()?;
             if sess.pump(Duration::ZERO)? == Pumped::Left {
                 return Ok(SessionEnd::ConsumerGone);
             }
