@@ -71,6 +71,10 @@ pub struct Report {
     pub transport_cpu_ns_per_frame: f64,
     pub minflt_per_frame: f64,
     pub majflt_per_frame: f64,
+    /// Medians over the steady frames of each frame's CPU (frame to frame), in ns.
+    pub cpu_ns_p50: f64,
+    pub gpu_cpu_ns_p50: f64,
+    pub transport_cpu_ns_p50: f64,
     pub steady_fps: f64,
     /// Steady-state CPU as a share of one core over wall time, in %.
     pub cpu_percent: f64,
@@ -96,6 +100,16 @@ pub struct Stats {
     visible_us: Vec<f64>,
     steady: Option<Snapshot>,
     last: Snapshot,
+    /// Per steady frame: (process CPU, of which GPU work) in ns.
+    samples: Vec<(u64, u64)>,
+}
+
+fn median(mut v: Vec<u64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    v[v.len() / 2] as f64
 }
 
 /// Counters at one instant.
@@ -147,6 +161,7 @@ impl Stats {
             visible_us: Vec::new(),
             steady: None,
             last: Snapshot::default(),
+            samples: Vec::new(),
         }
     }
 
@@ -156,6 +171,10 @@ impl Stats {
     pub fn steady(&mut self, publish_ns: u64, visible_ns: Option<u64>, gpu_cpu_ns: u64) {
         let s = snap(self.report.frames, gpu_cpu_ns);
         if self.steady.is_some() {
+            self.samples.push((
+                s.cpu_ns - self.last.cpu_ns,
+                s.gpu_cpu_ns - self.last.gpu_cpu_ns,
+            ));
             if let Some(v) = visible_ns {
                 self.visible_us
                     .push(v.saturating_sub(publish_ns) as f64 / 1e3);
@@ -256,6 +275,14 @@ impl Stats {
         r.transport_cpu_ns_per_frame = per(r.steady_transport_cpu_ns);
         r.minflt_per_frame = per(r.steady_minflt);
         r.majflt_per_frame = per(r.steady_majflt);
+        r.cpu_ns_p50 = median(self.samples.iter().map(|s| s.0).collect());
+        r.gpu_cpu_ns_p50 = median(self.samples.iter().map(|s| s.1).collect());
+        r.transport_cpu_ns_p50 = median(
+            self.samples
+                .iter()
+                .map(|s| s.0.saturating_sub(s.1))
+                .collect(),
+        );
         if r.steady_wall_ns > 0 {
             r.steady_fps = n as f64 * 1e9 / r.steady_wall_ns as f64;
             r.cpu_percent = r.steady_cpu_ns as f64 * 100.0 / r.steady_wall_ns as f64;

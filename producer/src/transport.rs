@@ -245,6 +245,16 @@ pub struct Meter {
     start: Option<Snapshot>,
     steady: Option<Snapshot>,
     last: Snapshot,
+    /// Per steady frame: (process CPU, source CPU) in ns.
+    samples: Vec<(u64, u64)>,
+}
+
+fn median(mut v: Vec<u64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_unstable();
+    v[v.len() / 2] as f64
 }
 
 /// `producer --stats-json`: figures over the steady state (frames after the warm-up).
@@ -268,6 +278,10 @@ pub struct ProducerReport {
     pub transport_cpu_ns_per_frame: f64,
     pub minflt_per_frame: f64,
     pub majflt_per_frame: f64,
+    /// Medians over the steady frames of each frame's CPU (frame to frame), in ns.
+    pub cpu_ns_p50: f64,
+    pub source_cpu_ns_p50: f64,
+    pub transport_cpu_ns_p50: f64,
     pub fps: f64,
     /// Steady-state CPU as a share of one core over wall time, in %.
     pub cpu_percent: f64,
@@ -283,6 +297,7 @@ impl Meter {
             start: None,
             steady: None,
             last: Snapshot::default(),
+            samples: Vec::new(),
         }
     }
 
@@ -307,7 +322,12 @@ impl Meter {
     fn frame_done(&mut self) {
         self.frames += 1;
         let s = self.snap();
-        if self.frames == self.warmup.max(1) && self.steady.is_none() {
+        if self.steady.is_some() {
+            self.samples.push((
+                s.cpu_ns - self.last.cpu_ns,
+                s.source_ns - self.last.source_ns,
+            ));
+        } else if self.frames >= self.warmup.max(1) {
             self.steady = Some(s);
         }
         self.last = s;
@@ -337,6 +357,14 @@ impl Meter {
             transport_cpu_ns_per_frame: per(cpu.saturating_sub(source)),
             minflt_per_frame: per(b.minflt - a.minflt),
             majflt_per_frame: per(b.majflt - a.majflt),
+            cpu_ns_p50: median(self.samples.iter().map(|s| s.0).collect()),
+            source_cpu_ns_p50: median(self.samples.iter().map(|s| s.1).collect()),
+            transport_cpu_ns_p50: median(
+                self.samples
+                    .iter()
+                    .map(|s| s.0.saturating_sub(s.1))
+                    .collect(),
+            ),
             fps: if wall == 0 {
                 0.0
             } else {

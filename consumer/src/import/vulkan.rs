@@ -186,9 +186,13 @@ pub struct Vulkan {
     sem_fd: Option<ash::khr::external_semaphore_fd::Device>,
     sync_sem: vk::Semaphore,
     pub counters: Counters,
-    /// Process CPU time (all threads) spent inside queue submits and their fence waits: the
-    /// GPU's work, which lavapipe runs on this machine's CPU.
+    /// Process CPU time (all threads) spent recording, submitting and waiting for command
+    /// buffers (less the copy path's memcpy): the GPU's work and its driver, which lavapipe
+    /// runs on this machine's CPU.
     gpu_cpu_ns: std::cell::Cell<u64>,
+    /// Process CPU at `begin()`, and the memcpy time inside the current recording.
+    gpu_t0: std::cell::Cell<u64>,
+    copy_ns: std::cell::Cell<u64>,
 }
 
 /// A window's surface and swapchain.
@@ -428,6 +432,8 @@ impl Vulkan {
             sync_sem,
             counters: Counters::default(),
             gpu_cpu_ns: std::cell::Cell::new(0),
+            gpu_t0: std::cell::Cell::new(0),
+            copy_ns: std::cell::Cell::new(0),
         };
         let (b, m, p) = vk.host_buffer(4, vk::BufferUsageFlags::TRANSFER_DST)?;
         vk.out = (b, m, p.cast());
@@ -1171,6 +1177,8 @@ impl Vulkan {
     }
 
     fn begin(&self) -> Result<()> {
+        self.gpu_t0.set(dmabuf_core::time::process_cpu_ns());
+        self.copy_ns.set(0);
         // SAFETY: the previous submit was waited for, so the command buffer and fence are idle.
         unsafe {
             self.device.reset_fences(&[self.fence])?;
@@ -1245,7 +1253,6 @@ impl Vulkan {
         if wait_sync {
             submit = submit.wait_semaphores(&waits).wait_dst_stage_mask(&stages);
         }
-        let cpu0 = dmabuf_core::time::process_cpu_ns();
         // SAFETY: a fully recorded command buffer; we wait for the fence before touching any
         // resource it uses again (so Release goes back only after the GPU is done).
         unsafe {
@@ -1256,7 +1263,9 @@ impl Vulkan {
                 .wait_for_fences(&[self.fence], true, 10_000_000_000)
                 .context("waiting for the GPU (10 s)")?;
         }
-        let spent = dmabuf_core::time::process_cpu_ns().saturating_sub(cpu0);
+        let spent = dmabuf_core::time::process_cpu_ns()
+            .saturating_sub(self.gpu_t0.get())
+            .saturating_sub(self.copy_ns.get());
         self.gpu_cpu_ns.set(self.gpu_cpu_ns.get() + spent);
         Ok(())
     }
@@ -1269,11 +1278,15 @@ impl Vulkan {
     /// Copy path: the CPU copy of the frame into the staging buffer and its upload.
     fn record_copy(&self, imp: &Imported) -> Result<()> {
         if let Some((_, ptr, size, map)) = &imp.staging {
+            let t0 = dmabuf_core::time::process_cpu_ns();
             let src = map.read()?;
             // SAFETY: `ptr` maps `size` bytes of host-visible memory and nothing else refers to
             // it while the fence is unsignalled.
             let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *size as usize) };
             dst.copy_from_slice(&src[..*size as usize]);
+            drop(src);
+            let spent = dmabuf_core::time::process_cpu_ns().saturating_sub(t0);
+            self.copy_ns.set(self.copy_ns.get() + spent);
         }
         self.record_upload(imp);
         Ok(())
