@@ -156,7 +156,10 @@ fn dmabuf_allocator() -> Result<AllocatorKind, String> {
             Err(e) => why.push(format!("{kind}: {e}")),
         }
     }
-    Err(format!("no dma-buf allocator for NV12 ({})", why.join("; ")))
+    Err(format!(
+        "no dma-buf allocator for NV12 ({})",
+        why.join("; ")
+    ))
 }
 
 fn bin_dir(args: &Args) -> Result<PathBuf> {

@@ -71,12 +71,12 @@ pub fn svg(m: &Measured) -> String {
         return out;
     }
     let lx = |v: f64| v.log10();
-    let (mut x0, mut x1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(lx(p.0)), b.max(lx(p.0))));
-    let (mut y0, mut y1) = all
-        .iter()
-        .fold((f64::MAX, f64::MIN), |(a, b), p| (a.min(lx(p.1)), b.max(lx(p.1))));
+    let (mut x0, mut x1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        (a.min(lx(p.0)), b.max(lx(p.0)))
+    });
+    let (mut y0, mut y1) = all.iter().fold((f64::MAX, f64::MIN), |(a, b), p| {
+        (a.min(lx(p.1)), b.max(lx(p.1)))
+    });
     x0 = (x0 - 0.1).min(x1 - 0.5);
     x1 += 0.1;
     y0 = y0.floor();

@@ -196,6 +196,8 @@ pub struct Machine {
     pub kernel: String,
     pub vulkan_device: String,
     pub date_utc: String,
+    /// `/proc/loadavg` (1, 5, 15 min) at the end of the run: other work on the machine.
+    pub load_average: String,
 }
 
 impl Machine {
@@ -224,7 +226,11 @@ impl Machine {
             .ok()
             .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
             .unwrap_or_default();
+        let load_average = std::fs::read_to_string("/proc/loadavg")
+            .map(|s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
+            .unwrap_or_default();
         Machine {
+            load_average,
             cpu,
             cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             kernel,
@@ -257,7 +263,7 @@ impl Measured {
     pub fn table(&self) -> String {
         let mut t = String::new();
         t.push_str(&format!(
-            "| source | size | MB/frame | path | producer CPU µs/frame (transport) | consumer CPU µs/frame (transport) | page faults/frame P / C | fps unpaced | publish→GPU-visible µs p50 / p99 | % of a core at {} fps P / C |\n",
+            "| source | size | MB/frame | path | producer CPU µs/frame (transport) | consumer CPU µs/frame (transport) | page faults/frame P / C | fps unpaced | publish→GPU-visible µs p50 / p99 | % of a core at {} fps P / C (fps reached) |\n",
             self.fps
         ));
         t.push_str("|---|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
@@ -274,7 +280,7 @@ impl Measured {
                 continue;
             }
             t.push_str(&format!(
-                "| {} | {size} | {mb:.1} | {} | {:.0} ({:.1}) | {:.0} ({:.1}) | {:.2} / {:.2} | {:.0} | {} / {} | {} / {} |\n",
+                "| {} | {size} | {mb:.1} | {} | {:.0} ({:.1}) | {:.0} ({:.1}) | {:.2} / {:.2} | {:.0} | {} / {} | {} / {} ({}) |\n",
                 e.source,
                 e.path,
                 e.producer.cpu_us_p50,
@@ -288,6 +294,7 @@ impl Measured {
                 opt(e.visible_us_p99, 0),
                 opt(e.producer.core_percent_paced, 1),
                 opt(e.consumer.core_percent_paced, 1),
+                opt(e.fps_paced, 0),
             ));
         }
         for s in &self.paths {
@@ -353,8 +360,15 @@ impl Measured {
         let m = &self.machine;
         let mut s = String::new();
         s.push_str(&format!(
-            "Measured {} on {} ({} cores), kernel {}, Vulkan device {}, in {:.0} s with:\n\n```\n{}\n```\n\n",
-            m.date_utc, m.cpu, m.cores, m.kernel, m.vulkan_device, self.elapsed_s, self.command
+            "Measured {} on {} ({} cores), kernel {}, Vulkan device {}, load average {} at the end, in {:.0} s with:\n\n```\n{}\n```\n\n",
+            m.date_utc,
+            m.cpu,
+            m.cores,
+            m.kernel,
+            m.vulkan_device,
+            m.load_average,
+            self.elapsed_s,
+            self.command
         ));
         s.push_str(&self.table());
         s.push('\n');
@@ -391,9 +405,16 @@ mod tests {
     fn splice_replaces_only_the_generated_part() {
         let doc = format!("# B\n\nintro\n{BEGIN}\nold table\n{END}\n\nafter\n");
         let out = splice(&doc, "new table\n");
-        assert_eq!(out, format!("# B\n\nintro\n{BEGIN}\nnew table\n{END}\n\nafter\n"));
+        assert_eq!(
+            out,
+            format!("# B\n\nintro\n{BEGIN}\nnew table\n{END}\n\nafter\n")
+        );
         let appended = splice("# B\n", "t\n");
-        assert!(appended.contains(BEGIN) && appended.contains("t\n") && appended.ends_with(&format!("{END}\n")));
+        assert!(
+            appended.contains(BEGIN)
+                && appended.contains("t\n")
+                && appended.ends_with(&format!("{END}\n"))
+        );
         assert_eq!(splice(&appended, "u\n").matches(BEGIN).count(), 1);
     }
 

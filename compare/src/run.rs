@@ -38,7 +38,9 @@ impl PathKind {
             .into_iter()
             .find(|p| p.name() == s)
             .ok_or_else(|| {
-                format!("unknown path {s:?}: expected dmabuf, memfd-zero-copy, memcpy or socket-copy")
+                format!(
+                    "unknown path {s:?}: expected dmabuf, memfd-zero-copy, memcpy or socket-copy"
+                )
             })
     }
 
@@ -188,7 +190,10 @@ impl Runner {
         match pstatus {
             Some(s) if s.success() => {}
             Some(s) => bail!("the producer failed ({s}):\n{}", tail(&plog)),
-            None => bail!("the producer did not end after the stream:\n{}", tail(&plog)),
+            None => bail!(
+                "the producer did not end after the stream:\n{}",
+                tail(&plog)
+            ),
         }
         let read = |p: &Path| -> Result<Value> {
             let text =

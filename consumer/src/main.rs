@@ -259,7 +259,9 @@ fn run(args: &Args) -> Result<i32> {
         {
             bail!("--transport socket-copy reads into a staging buffer (--import copy) or private memory (--import cpu-map)")
         }
-        (transport::TransportKind::SocketCopy, _) if args.window || args.snapshot_every.is_some() || args.dump_raw.is_some() => {
+        (transport::TransportKind::SocketCopy, _)
+            if args.window || args.snapshot_every.is_some() || args.dump_raw.is_some() =>
+        {
             bail!("--transport socket-copy is for the comparison: no --window, --snapshot-every or --dump-raw")
         }
         _ => {}

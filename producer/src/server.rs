@@ -176,7 +176,14 @@ impl Server<'_> {
             self.pool.len(),
             self.pool.allocator()
         );
-        self.transport.session_start(self.opts.hello_timeout)?;
+        if let Err(e) = self.transport.session_start(self.opts.hello_timeout) {
+            sess.finish(
+                GoodbyeReason::InternalError,
+                &format!("{e:#}"),
+                Duration::from_secs(2),
+            );
+            return Err(e);
+        }
         self.source.restart()?;
         let end = self.stream(&mut sess);
         let (reason, text) = match &end {
@@ -225,7 +232,8 @@ impl Server<'_> {
                     }
                 }
             }
-            let Some(pts_ns) = self.source.advance(seq)? else {
+            let source = &mut self.source;
+            let Some(pts_ns) = self.transport.source_step(|| source.advance(seq))? else {
                 tracing::info!("end of the stream after {seq} frames");
                 return Ok(SessionEnd::Completed);
             };

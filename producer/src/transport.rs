@@ -125,6 +125,15 @@ impl Transport {
         }
     }
 
+    /// Run a step of the source's own work (making the next frame ready: decoding), metered as
+    /// source CPU.
+    pub fn source_step<R>(&mut self, f: impl FnOnce() -> R) -> R {
+        let t0 = process_cpu_ns();
+        let r = f();
+        self.meter.source_ns += process_cpu_ns() - t0;
+        r
+    }
+
     /// Produce frame `seq` for `lease`: the source's work (metered as source CPU), then the
     /// transport's copy into the pool buffer where it has one. Returns the checksum and the
     /// publish time (taken when the frame's content is complete, before any transport copy).
@@ -142,7 +151,9 @@ impl Transport {
             TransportKind::ZeroCopy => lease
                 .with_bytes_mut(|data| {
                     source.write(seq, data, layout);
-                    checksum.then(|| frame_checksum(data, &layout.planes)).flatten()
+                    checksum
+                        .then(|| frame_checksum(data, &layout.planes))
+                        .flatten()
                 })
                 .context("writing the frame")?,
             TransportKind::Memcpy | TransportKind::SocketCopy => {
@@ -197,11 +208,8 @@ impl Transport {
         }
         if self.test.fault_pages > 0 {
             let len = self.test.fault_pages * 4096;
-            let fd = dmabuf_core::alloc::sealed_memfd(
-                "fault-test",
-                len,
-                nix::fcntl::SealFlag::empty(),
-            )?;
+            let fd =
+                dmabuf_core::alloc::sealed_memfd("fault-test", len, nix::fcntl::SealFlag::empty())?;
             let mut map = dmabuf_core::mapping::CpuMapping::new(
                 std::sync::Arc::new(fd),
                 len,

@@ -1328,7 +1328,10 @@ impl Vulkan {
             .as_ref()
             .ok_or_else(|| anyhow!("buffer {id} was not imported"))?;
         let Some((_, ptr, size, _)) = &imp.staging else {
-            bail!("upload_with needs the copy import path (buffer {id} is {})", imp.path);
+            bail!(
+                "upload_with needs the copy import path (buffer {id} is {})",
+                imp.path
+            );
         };
         // SAFETY: `ptr` maps `size` bytes of host-visible memory; the previous submit was
         // waited for, so the GPU does not read it now, and the slice dies before the submit.
