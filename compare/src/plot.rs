@@ -11,6 +11,9 @@ const RIGHT: f64 = 190.0;
 const TOP: f64 = 50.0;
 const BOTTOM: f64 = 60.0;
 
+/// (frame size in MB, µs per frame, size label).
+type Point = (f64, f64, String);
+
 fn colour(path: &str) -> &'static str {
     match path {
         "dmabuf" => "#1b9e77",
@@ -29,7 +32,7 @@ fn esc(s: &str) -> String {
 
 /// The SVG document.
 pub fn svg(m: &Measured) -> String {
-    let mut series: Vec<(String, Vec<(f64, f64, String)>)> = Vec::new();
+    let mut series: Vec<(String, Vec<Point>)> = Vec::new();
     for e in m
         .entries
         .iter()

@@ -110,7 +110,7 @@ fn deliberate_page_faults_are_counted() {
         "zero-copy producer faults {b} per frame in steady state"
     );
     assert!(
-        f >= 64.0 && f < 64.0 * 4.0,
+        (64.0..256.0).contains(&f),
         "touching 64 fresh pages per frame measured as {f} faults per frame"
     );
 }
