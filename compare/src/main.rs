@@ -69,9 +69,14 @@ struct Args {
     #[arg(long, default_value_t = 60)]
     fps: u32,
 
-    /// Fewer sizes and frames (a smoke run of about half a minute).
+    /// Fewer sizes and frames, one repetition (a smoke run of about ten seconds).
     #[arg(long)]
     quick: bool,
+
+    /// Run each combination this many times and report the median run (by transport CPU; the
+    /// JSON keeps every run's figures) [default: 3; with --quick 1].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    repeat: Option<u32>,
 
     /// Write every figure of every run, and why a path was skipped, as JSON to this file.
     #[arg(long)]
@@ -170,8 +175,10 @@ fn bin_dir(args: &Args) -> Result<PathBuf> {
     Ok(exe.parent().context("no parent directory")?.to_path_buf())
 }
 
-fn run(args: Args) -> Result<()> {
+fn run(mut args: Args) -> Result<()> {
     let t0 = Instant::now();
+    let repeat = args.repeat.unwrap_or(if args.quick { 1 } else { 3 });
+    args.repeat = Some(repeat);
     let dir = bin_dir(&args)?;
     let (producer, consumer) = (dir.join("producer"), dir.join("consumer"));
     for b in [&producer, &consumer] {
@@ -294,13 +301,17 @@ fn run(args: Args) -> Result<()> {
                 test_burn_us: args.test_burn_us,
                 test_fault_pages: args.test_fault_pages,
             };
-            let unpaced = runner.run(&spec(frames, None));
-            let paced = if paced_frames > 0 {
-                Some(runner.run(&spec(paced_frames.max(4), Some(args.fps))))
-            } else {
-                None
+            let unpaced: Vec<_> = (0..repeat)
+                .map(|_| runner.run(&spec(frames, None)))
+                .collect();
+            let paced: Vec<_> = match paced_frames {
+                0 => Vec::new(),
+                n => (0..repeat)
+                    .map(|_| runner.run(&spec(n.max(4), Some(args.fps))))
+                    .collect(),
             };
-            let entry = Entry::new(path, &label, source, *size, unpaced, paced);
+            let target_fps = source.starts_with("file:").then_some(None).unwrap_or(Some(args.fps));
+            let entry = Entry::new(path, &label, source, *size, unpaced, paced, target_fps);
             eprintln!("compare:     {}", entry.one_line());
             entries.push(entry);
         }
@@ -315,6 +326,7 @@ fn run(args: Args) -> Result<()> {
         paths: statuses,
         notes: source_notes,
         fps: args.fps,
+        repeat,
         elapsed_s: t0.elapsed().as_secs_f64(),
         entries,
     };

@@ -27,8 +27,12 @@ pub struct Side {
     pub work_us_mean: f64,
     pub minflt_per_frame: f64,
     pub majflt_per_frame: f64,
-    /// Steady-state CPU in the paced run, % of one core.
+    /// % of one core at the paced rate: the paced run's steady CPU per frame (mean) times the
+    /// frame rate (the pattern's --fps; a clip's measured rate).
     pub core_percent_paced: Option<f64>,
+    /// The paced run's steady CPU over its wall time, % of one core (differs from the above
+    /// when a path cannot keep the rate, or catches up after a slow start).
+    pub core_percent_wall: Option<f64>,
 }
 
 #[derive(Debug, Serialize)]
@@ -50,6 +54,9 @@ pub struct Entry {
     pub visible_us_p50: Option<f64>,
     pub visible_us_p99: Option<f64>,
     pub fps_paced: Option<f64>,
+    /// Every unpaced run's transport CPU per frame (producer + consumer medians, µs): the
+    /// spread between repetitions.
+    pub transport_us_runs: Vec<f64>,
     pub error: Option<String>,
     /// Both processes' own `--stats-json` objects, unpaced and paced.
     pub raw: Value,
@@ -57,6 +64,33 @@ pub struct Entry {
 
 fn f(v: &Value, key: &str) -> f64 {
     v.get(key).and_then(Value::as_f64).unwrap_or(f64::NAN)
+}
+
+/// The run with the median `key` among the successful ones (or the first error), and every
+/// successful run's figures for the JSON.
+fn median_run(
+    runs: Vec<anyhow::Result<RunResult>>,
+    key: impl Fn(&RunResult) -> f64,
+) -> (Option<anyhow::Result<RunResult>>, Vec<Value>) {
+    let mut ok = Vec::new();
+    let mut first_err = None;
+    for r in runs {
+        match r {
+            Ok(r) => ok.push(r),
+            Err(e) if first_err.is_none() => first_err = Some(e),
+            Err(_) => {}
+        }
+    }
+    let all: Vec<Value> = ok
+        .iter()
+        .map(|r| serde_json::json!({"producer": r.producer, "consumer": r.consumer, "wall_s": r.wall_s}))
+        .collect();
+    if ok.is_empty() {
+        return (first_err.map(Err), all);
+    }
+    ok.sort_by(|a, b| key(a).total_cmp(&key(b)));
+    let mid = ok.len() / 2;
+    (Some(Ok(ok.swap_remove(mid))), all)
 }
 
 fn nv12_bytes(w: u32, h: u32) -> u64 {
@@ -70,8 +104,9 @@ impl Entry {
         label: &str,
         source_arg: &str,
         size: Option<(u32, u32)>,
-        unpaced: anyhow::Result<RunResult>,
-        paced: Option<anyhow::Result<RunResult>>,
+        unpaced: Vec<anyhow::Result<RunResult>>,
+        paced: Vec<anyhow::Result<RunResult>>,
+        target_fps: Option<u32>,
     ) -> Self {
         let (w, h) = size.unwrap_or((1920, 1080));
         let mut e = Entry {
@@ -91,13 +126,38 @@ impl Entry {
             visible_us_p50: None,
             visible_us_p99: None,
             fps_paced: None,
+            transport_us_runs: Vec::new(),
             error: None,
             raw: Value::Null,
         };
         let mut errors = Vec::new();
         let mut raw = serde_json::Map::new();
+        let key_unpaced = |r: &RunResult| {
+            f(&r.producer, "transport_cpu_ns_p50") + f(&r.consumer, "transport_cpu_ns_p50")
+        };
+        let key_paced = |r: &RunResult| {
+            f(&r.producer, "cpu_ns_per_frame") + f(&r.consumer, "steady_cpu_ns_per_frame")
+        };
+        e.transport_us_runs = unpaced
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|r| key_unpaced(r) / 1e3)
+            .collect();
+        let unpaced_all = unpaced.len();
+        let paced_all = paced.len();
+        let (unpaced, unpaced_runs) = median_run(unpaced, key_unpaced);
+        let (paced, paced_runs) = median_run(paced, key_paced);
+        raw.insert("unpaced_runs".into(), serde_json::json!(unpaced_runs));
+        raw.insert("paced_runs".into(), serde_json::json!(paced_runs));
+        if unpaced_runs.len() < unpaced_all || paced_runs.len() < paced_all {
+            errors.push(format!(
+                "{} of {unpaced_all} unpaced and {} of {paced_all} paced runs failed",
+                unpaced_all - unpaced_runs.len(),
+                paced_all - paced_runs.len()
+            ));
+        }
         match unpaced {
-            Ok(r) => {
+            Some(Ok(r)) => {
                 let (p, c) = (&r.producer, &r.consumer);
                 e.width = f(c, "width") as u32;
                 e.height = f(c, "height") as u32;
@@ -125,6 +185,7 @@ impl Entry {
                     minflt_per_frame: f(p, "minflt_per_frame"),
                     majflt_per_frame: f(p, "majflt_per_frame"),
                     core_percent_paced: None,
+                    core_percent_wall: None,
                 };
                 e.consumer = Side {
                     cpu_us_p50: f(c, "cpu_ns_p50") / 1e3,
@@ -136,13 +197,15 @@ impl Entry {
                     minflt_per_frame: f(c, "minflt_per_frame"),
                     majflt_per_frame: f(c, "majflt_per_frame"),
                     core_percent_paced: None,
+                    core_percent_wall: None,
                 };
                 raw.insert(
                     "unpaced".into(),
                     serde_json::json!({"producer": r.producer, "consumer": r.consumer, "wall_s": r.wall_s}),
                 );
             }
-            Err(err) => errors.push(format!("unpaced: {err:#}")),
+            Some(Err(err)) => errors.push(format!("unpaced: {err:#}")),
+            None => errors.push("no unpaced run".into()),
         }
         match paced {
             Some(Ok(r)) => {
@@ -150,8 +213,15 @@ impl Entry {
                 e.visible_us_p50 = Some(f(c, "visible_us_p50"));
                 e.visible_us_p99 = Some(f(c, "visible_us_p99"));
                 e.fps_paced = Some(f(c, "steady_fps"));
-                e.producer.core_percent_paced = Some(f(p, "cpu_percent"));
-                e.consumer.core_percent_paced = Some(f(c, "cpu_percent"));
+                let rate = match target_fps {
+                    Some(fps) => f64::from(fps),
+                    None => f(c, "steady_fps").round(),
+                };
+                e.producer.core_percent_paced = Some(f(p, "cpu_ns_per_frame") * rate / 1e7);
+                e.consumer.core_percent_paced =
+                    Some(f(c, "steady_cpu_ns_per_frame") * rate / 1e7);
+                e.producer.core_percent_wall = Some(f(p, "cpu_percent"));
+                e.consumer.core_percent_wall = Some(f(c, "cpu_percent"));
                 raw.insert(
                     "paced".into(),
                     serde_json::json!({"producer": r.producer, "consumer": r.consumer, "wall_s": r.wall_s}),
@@ -247,6 +317,8 @@ pub struct Measured {
     pub paths: Vec<PathStatus>,
     pub notes: Vec<String>,
     pub fps: u32,
+    /// Runs per combination (unpaced and paced each); the median one is reported.
+    pub repeat: u32,
     pub elapsed_s: f64,
     pub entries: Vec<Entry>,
 }
