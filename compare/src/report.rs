@@ -218,8 +218,7 @@ impl Entry {
                     None => f(c, "steady_fps").round(),
                 };
                 e.producer.core_percent_paced = Some(f(p, "cpu_ns_per_frame") * rate / 1e7);
-                e.consumer.core_percent_paced =
-                    Some(f(c, "steady_cpu_ns_per_frame") * rate / 1e7);
+                e.consumer.core_percent_paced = Some(f(c, "steady_cpu_ns_per_frame") * rate / 1e7);
                 e.producer.core_percent_wall = Some(f(p, "cpu_percent"));
                 e.consumer.core_percent_wall = Some(f(c, "cpu_percent"));
                 raw.insert(

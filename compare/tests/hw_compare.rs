@@ -22,18 +22,20 @@ fn hw_compare_runs_every_path_including_dmabuf() {
             "--sources",
             "pattern",
             "--sizes",
-            "320x240,640x480",
+            "320x240",
             "--frames",
             "16",
             "--paced-frames",
             "8",
+            "--repeat",
+            "1",
         ],
     );
     for p in v["paths"].as_array().unwrap() {
         assert_eq!(p["ran"], true, "every path must run here: {p}");
     }
     let entries = v["entries"].as_array().unwrap();
-    assert_eq!(entries.len(), 8, "4 paths x 2 sizes");
+    assert_eq!(entries.len(), 4, "4 paths x 1 size");
     for e in entries {
         assert_complete(e, true);
     }

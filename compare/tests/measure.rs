@@ -6,7 +6,14 @@
 mod common;
 use common::*;
 
-const SMALL: &[&str] = &["--sources", "pattern", "--sizes", "320x240"];
+const SMALL: &[&str] = &[
+    "--sources",
+    "pattern",
+    "--sizes",
+    "320x240",
+    "--repeat",
+    "1",
+];
 
 fn args<'a>(extra: &[&'a str]) -> Vec<&'a str> {
     let mut v: Vec<&str> = SMALL.to_vec();
