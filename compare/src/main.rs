@@ -310,10 +310,11 @@ fn run(mut args: Args) -> Result<()> {
                     .map(|_| runner.run(&spec(n.max(4), Some(args.fps))))
                     .collect(),
             };
-            let target_fps = source
-                .starts_with("file:")
-                .then_some(None)
-                .unwrap_or(Some(args.fps));
+            let target_fps = if source.starts_with("file:") {
+                None
+            } else {
+                Some(args.fps)
+            };
             let entry = Entry::new(path, &label, source, *size, unpaced, paced, target_fps);
             eprintln!("compare:     {}", entry.one_line());
             entries.push(entry);
