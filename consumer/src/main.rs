@@ -4,6 +4,7 @@
 
 mod import;
 mod stats;
+mod transport;
 mod window;
 
 use anyhow::{bail, Context as _, Result};
@@ -103,6 +104,22 @@ struct Args {
     /// time series in --stats-json `resources`).
     #[arg(long)]
     report_every: Option<f64>,
+
+    /// How pixels arrive (must match the producer's --transport). zero-copy: read the shared
+    /// buffer in place. memcpy: copy it into a staging buffer and upload it (implies --import
+    /// copy). socket-copy: read each frame's bytes from the producer's byte stream
+    /// (SOCKET.bytes) into the staging buffer and upload them (--import copy, or cpu-map to
+    /// read them into private memory).
+    #[arg(long, value_enum, default_value = "zero-copy")]
+    transport: transport::TransportKind,
+
+    /// Frames to leave out of the steady-state figures in --stats-json at the start (warm-up).
+    #[arg(long, default_value_t = 10)]
+    stats_warmup: u64,
+
+    /// Testing the measurement: burn this many µs of CPU per frame outside the GPU work.
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_burn_us: u64,
 
     /// No live statistics line.
     #[arg(long, short)]
@@ -211,7 +228,10 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
-    let args = Args::parse();
+    let mut args = Args::parse();
+    if args.transport != transport::TransportKind::ZeroCopy && args.import == ImportChoice::Auto {
+        args.import = ImportChoice::Copy;
+    }
     match run(&args) {
         Ok(code) => std::process::exit(code),
         Err(e) => {
@@ -256,6 +276,25 @@ fn connect(args: &Args, timeout: Option<f64>, stop: &AtomicBool) -> Result<Chann
 }
 
 fn run(args: &Args) -> Result<i32> {
+    match (args.transport, args.import) {
+        (transport::TransportKind::Memcpy, i) if i != ImportChoice::Copy => {
+            bail!("--transport memcpy copies into a staging buffer: it needs --import copy")
+        }
+        (transport::TransportKind::SocketCopy, i)
+            if i != ImportChoice::Copy && i != ImportChoice::CpuMap =>
+        {
+            bail!("--transport socket-copy reads into a staging buffer (--import copy) or private memory (--import cpu-map)")
+        }
+        (transport::TransportKind::SocketCopy, _)
+            if args.window
+                || args.snapshot_every.is_some()
+                || args.dump_raw.is_some()
+                || args.reconnect =>
+        {
+            bail!("--transport socket-copy is for the comparison: no --window, --snapshot-every, --dump-raw or --reconnect")
+        }
+        _ => {}
+    }
     if args.window && args.import == ImportChoice::CpuMap {
         bail!("--window shows frames through Vulkan; it cannot be used with --import cpu-map");
     }
@@ -293,7 +332,12 @@ fn run(args: &Args) -> Result<i32> {
             ImportPath::Copy,
         ]),
     };
-    let mut stats = stats::Stats::new(!args.quiet, args.report_every.map(Duration::from_secs_f64));
+    let mut stats = stats::Stats::new(
+        !args.quiet,
+        args.report_every.map(Duration::from_secs_f64),
+        args.stats_warmup,
+    );
+    stats.report.transport = args.transport.name().into();
     let mut gpu: Option<Gpu> = None;
     let mut vk = vk;
     let mut dump = match &args.dump_raw {
@@ -390,9 +434,18 @@ fn run(args: &Args) -> Result<i32> {
         stats.report.width = w.width;
         stats.report.height = w.height;
         stats.report.buffers = w.buffer_count;
+        // socket-copy: the frames' bytes come through a second, stream connection.
+        let bytes = match args.transport {
+            transport::TransportKind::SocketCopy => Some(
+                transport::ByteStream::connect(&args.socket, Duration::from_secs(5))
+                    .context("connecting the socket-copy byte stream")?,
+            ),
+            _ => None,
+        };
         let mut s = Stream {
             args,
             client,
+            bytes,
             gpu: &mut gpu,
             viewer: &mut viewer,
             stats: &mut stats,
@@ -483,6 +536,8 @@ enum Outcome {
 struct Stream<'a> {
     args: &'a Args,
     client: Client,
+    /// socket-copy's byte stream.
+    bytes: Option<transport::ByteStream>,
     gpu: &'a mut Option<Gpu>,
     viewer: &'a mut Option<window::Viewer>,
     stats: &'a mut stats::Stats,
@@ -554,17 +609,49 @@ impl Stream<'_> {
                     let buf = self.client.buffer(id).expect("validated by the client");
                     let map = maps[id as usize].as_ref();
                     let stats = &mut *self.stats;
-                    let mut checked = false;
                     if f.flags & FRAME_FLAG_COPIED != 0 {
                         stats.report.producer_copied += 1;
                     }
+                    // socket-copy: the frame's bytes come through the byte stream (into the
+                    // staging buffer, uploaded, or into private memory).
+                    let mut streamed_sum = None;
+                    let streamed = self.bytes.is_some();
+                    if let Some(bs) = self.bytes.as_mut() {
+                        if buf.fds.len() != 1 {
+                            bail!("--transport socket-copy needs single-fd buffers");
+                        }
+                        let size = buf.fd_sizes[0] as usize;
+                        let planes = &buf.layout.planes;
+                        let want = args.verify && f.flags & FRAME_FLAG_CHECKSUM != 0;
+                        match self.gpu.as_mut() {
+                            Some(g) => g.vk.upload_with(id, |dst| {
+                                bs.read_frame(dst)?;
+                                if want {
+                                    streamed_sum = dmabuf_core::format::frame_checksum(dst, planes);
+                                }
+                                Ok(())
+                            })?,
+                            None => {
+                                let mut private = std::mem::take(&mut bs.private);
+                                private.resize(size, 0);
+                                bs.read_frame(&mut private)?;
+                                if want {
+                                    streamed_sum =
+                                        dmabuf_core::format::frame_checksum(&private, planes);
+                                }
+                                bs.private = private;
+                            }
+                        }
+                    }
+                    let mut checked = streamed;
                     if args.verify {
                         if f.flags & FRAME_FLAG_CHECKSUM == 0 {
                             stats.report.unverifiable += 1;
                         } else {
-                            let got = match self.gpu.as_mut() {
-                                Some(g) => g.vk.checksum(id, buf)?,
-                                None => map.expect("mapped when added").checksum(buf)?,
+                            let got = match (streamed, self.gpu.as_mut()) {
+                                (true, _) => streamed_sum.context("frame without planes")?,
+                                (false, Some(g)) => g.vk.checksum(id, buf)?,
+                                (false, None) => map.expect("mapped when added").checksum(buf)?,
                             };
                             checked = true;
                             if got == f.checksum {
@@ -587,6 +674,12 @@ impl Stream<'_> {
                             // copies; the zero-copy paths acquire and release the memory).
                             g.vk.touch(id, buf)?;
                         }
+                    }
+                    let visible_ns = self.gpu.as_ref().map(|_| dmabuf_core::time::monotonic_ns());
+                    if args.test_burn_us > 0 {
+                        dmabuf_core::time::burn_cpu_ns(args.test_burn_us.saturating_mul(1000));
+                    }
+                    if let Some(g) = self.gpu.as_mut() {
                         if let Some(v) = self.viewer.as_mut() {
                             if !v.pump() {
                                 self.client.release(id)?;
@@ -613,6 +706,11 @@ impl Stream<'_> {
                     }
                     self.client.release(id)?;
                     stats.frame(f.seq, f.publish_ns, received_ns);
+                    stats.steady(
+                        f.publish_ns,
+                        visible_ns,
+                        self.gpu.as_ref().map_or(0, |g| g.vk.gpu_cpu_ns()),
+                    );
                     let enough = args.frames.is_some_and(|n| stats.report.frames >= n)
                         || args
                             .duration

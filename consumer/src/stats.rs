@@ -57,6 +57,36 @@ pub struct Report {
     /// still open: equal unless something leaks per frame.
     pub fds_after_warmup: usize,
     pub fds_at_end: usize,
+    /// `--transport`: zero-copy, memcpy or socket-copy.
+    pub transport: String,
+    /// Producer's publish to the frame being GPU-visible (the import's acquire, the upload or
+    /// the checksum finished: fence signalled), in microseconds, over the steady state.
+    pub visible_us_p50: f64,
+    pub visible_us_p99: f64,
+    /// The steady state: the frames after `--stats-warmup`.
+    pub warmup_frames: u64,
+    pub steady_frames: u64,
+    pub steady_wall_ns: u64,
+    /// Process CPU (all threads) over the steady state.
+    pub steady_cpu_ns: u64,
+    /// Of which inside GPU submits and fence waits (lavapipe runs the GPU's work on the CPU).
+    pub steady_gpu_cpu_ns: u64,
+    /// The rest: receiving, copies, releasing (`steady_cpu_ns - steady_gpu_cpu_ns`).
+    pub steady_transport_cpu_ns: u64,
+    pub steady_minflt: u64,
+    pub steady_majflt: u64,
+    pub steady_cpu_ns_per_frame: f64,
+    pub gpu_cpu_ns_per_frame: f64,
+    pub transport_cpu_ns_per_frame: f64,
+    pub minflt_per_frame: f64,
+    pub majflt_per_frame: f64,
+    /// Medians over the steady frames of each frame's CPU (frame to frame), in ns.
+    pub cpu_ns_p50: f64,
+    pub gpu_cpu_ns_p50: f64,
+    pub transport_cpu_ns_p50: f64,
+    pub steady_fps: f64,
+    /// Steady-state CPU as a share of one core over wall time, in %.
+    pub cpu_percent: f64,
     /// PNG snapshots written.
     pub snapshots: Vec<String>,
     /// Times the consumer resumed with a new producer (--reconnect). Counters add up across
@@ -95,6 +125,15 @@ pub struct Stats {
     line_cpu: u64,
     sample_every: Option<Duration>,
     last_sample: Instant,
+    warmup: u64,
+    visible_us: Histogram,
+    steady: Option<Snapshot>,
+    last: Snapshot,
+    /// Per steady frame, in ns (histograms: constant memory): process CPU, of which GPU
+    /// work, and the rest.
+    cpu_ns: Histogram,
+    gpu_cpu_ns: Histogram,
+    transport_cpu_ns: Histogram,
 }
 
 /// Percentiles in constant memory (a run may last days): log-spaced buckets 0.5 % wide from
@@ -148,6 +187,29 @@ impl Histogram {
     }
 }
 
+/// Counters at one instant.
+#[derive(Debug, Clone, Copy, Default)]
+struct Snapshot {
+    frames: u64,
+    wall_ns: u64,
+    cpu_ns: u64,
+    gpu_cpu_ns: u64,
+    minflt: u64,
+    majflt: u64,
+}
+
+fn snap(frames: u64, gpu_cpu_ns: u64) -> Snapshot {
+    let (minflt, majflt) = dmabuf_core::time::page_faults();
+    Snapshot {
+        frames,
+        wall_ns: monotonic_ns(),
+        cpu_ns: process_cpu_ns(),
+        gpu_cpu_ns,
+        minflt,
+        majflt,
+    }
+}
+
 fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
@@ -157,7 +219,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 impl Stats {
-    pub fn new(live: bool, sample_every: Option<Duration>) -> Self {
+    pub fn new(live: bool, sample_every: Option<Duration>, warmup: u64) -> Self {
         Self {
             report: Report::default(),
             latencies_us: Histogram::new(),
@@ -173,6 +235,13 @@ impl Stats {
             line_cpu: process_cpu_ns(),
             sample_every,
             last_sample: Instant::now(),
+            warmup: warmup.max(1),
+            visible_us: Histogram::new(),
+            steady: None,
+            last: Snapshot::default(),
+            cpu_ns: Histogram::new(),
+            gpu_cpu_ns: Histogram::new(),
+            transport_cpu_ns: Histogram::new(),
         }
     }
 
@@ -203,6 +272,27 @@ impl Stats {
         }
         self.report.resources.push(s);
         self.last_sample = Instant::now();
+    }
+
+    /// Count a frame that the consumer is done with, for the steady-state figures: it was
+    /// published at `publish_ns`, GPU-visible at `visible_ns` (None without a GPU), and the
+    /// GPU's work so far cost `gpu_cpu_ns` of process CPU.
+    pub fn steady(&mut self, publish_ns: u64, visible_ns: Option<u64>, gpu_cpu_ns: u64) {
+        let s = snap(self.report.frames, gpu_cpu_ns);
+        if self.steady.is_some() {
+            let cpu = s.cpu_ns - self.last.cpu_ns;
+            let gpu = s.gpu_cpu_ns - self.last.gpu_cpu_ns;
+            self.cpu_ns.add(cpu as f64);
+            self.gpu_cpu_ns.add(gpu as f64);
+            self.transport_cpu_ns.add(cpu.saturating_sub(gpu) as f64);
+            if let Some(v) = visible_ns {
+                self.visible_us
+                    .add(v.saturating_sub(publish_ns) as f64 / 1e3);
+            }
+        } else if self.report.frames >= self.warmup {
+            self.steady = Some(s);
+        }
+        self.last = s;
     }
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
@@ -290,6 +380,33 @@ impl Stats {
             (n, c) if c == n => "copy".into(),
             _ => "mixed".into(),
         };
+        self.report.visible_us_p50 = self.visible_us.percentile(0.5);
+        self.report.visible_us_p99 = self.visible_us.percentile(0.99);
+        let a = self.steady.unwrap_or(self.last);
+        let b = self.last;
+        let r = &mut self.report;
+        let n = b.frames - a.frames;
+        let per = |v: u64| if n == 0 { 0.0 } else { v as f64 / n as f64 };
+        r.warmup_frames = a.frames;
+        r.steady_frames = n;
+        r.steady_wall_ns = b.wall_ns - a.wall_ns;
+        r.steady_cpu_ns = b.cpu_ns - a.cpu_ns;
+        r.steady_gpu_cpu_ns = b.gpu_cpu_ns - a.gpu_cpu_ns;
+        r.steady_transport_cpu_ns = r.steady_cpu_ns.saturating_sub(r.steady_gpu_cpu_ns);
+        r.steady_minflt = b.minflt - a.minflt;
+        r.steady_majflt = b.majflt - a.majflt;
+        r.steady_cpu_ns_per_frame = per(r.steady_cpu_ns);
+        r.gpu_cpu_ns_per_frame = per(r.steady_gpu_cpu_ns);
+        r.transport_cpu_ns_per_frame = per(r.steady_transport_cpu_ns);
+        r.minflt_per_frame = per(r.steady_minflt);
+        r.majflt_per_frame = per(r.steady_majflt);
+        r.cpu_ns_p50 = self.cpu_ns.percentile(0.5);
+        r.gpu_cpu_ns_p50 = self.gpu_cpu_ns.percentile(0.5);
+        r.transport_cpu_ns_p50 = self.transport_cpu_ns.percentile(0.5);
+        if r.steady_wall_ns > 0 {
+            r.steady_fps = n as f64 * 1e9 / r.steady_wall_ns as f64;
+            r.cpu_percent = r.steady_cpu_ns as f64 * 100.0 / r.steady_wall_ns as f64;
+        }
         self.report
     }
 }

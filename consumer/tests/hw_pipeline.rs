@@ -128,7 +128,12 @@ fn auto_picks_dma_heap_when_present() {
         return;
     }
     let sock = socket("hw-auto");
-    let _p = Producer::start(&sock, &["--size", "640x480", "--no-pace"]);
+    // Under TCG on a loaded host the consumer's first frame (Vulkan start-up, shader JIT) can
+    // take longer than the default 5 s stall timeout (seen in the lane: 7 s).
+    let _p = Producer::start(
+        &sock,
+        &["--size", "640x480", "--no-pace", "--stall-timeout", "60"],
+    );
     let s = consume(
         &sock,
         "auto",

@@ -4,10 +4,12 @@
 mod fanout;
 mod server;
 mod source;
+mod transport;
 
 use source::decode::Decoder;
 use source::pattern::Pattern;
 use source::Source;
+use transport::{TestLoad, Transport, TransportKind};
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser;
@@ -144,6 +146,32 @@ struct Args {
     /// releases.)
     #[arg(long, default_value_t = 5.0)]
     stall_timeout: f64,
+
+    /// How pixels reach the consumer. zero-copy: the source draws into the shared pool buffer
+    /// and only a small message crosses the socket. For comparison: memcpy (the source draws
+    /// into private memory and each frame is copied into the shared buffer) and socket-copy
+    /// (each frame's bytes go through a second, stream socket SOCKET.bytes; the consumer must
+    /// use --transport socket-copy too).
+    #[arg(long, value_enum, default_value = "zero-copy")]
+    transport: TransportKind,
+
+    /// Write the producer's statistics (CPU per frame split into source and transport work,
+    /// page faults, fps, over the frames after --stats-warmup) as JSON to this file at the end.
+    #[arg(long)]
+    stats_json: Option<PathBuf>,
+
+    /// Frames to leave out of the --stats-json figures at the start (warm-up).
+    #[arg(long, default_value_t = 10)]
+    stats_warmup: u64,
+
+    /// Testing the measurement: burn this many µs of CPU in the transport step of every frame.
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_burn_us: u64,
+
+    /// Testing the measurement: touch this many fresh memfd pages (page faults) in the
+    /// transport step of every frame.
+    #[arg(long, hide = true, default_value_t = 0)]
+    test_fault_pages: u64,
 }
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
@@ -265,7 +293,8 @@ fn source(args: &Args) -> Result<Source> {
             bail!("--decode-threads must be 1..=64");
         }
         let mut dec = Decoder::open(std::path::Path::new(path), threads)?;
-        if args.decode_path == DecodePath::Copy {
+        // The comparison transports decode into private memory and copy or send from there.
+        if args.decode_path == DecodePath::Copy || args.transport != TransportKind::ZeroCopy {
             dec.force_copy();
         }
         dec.decoder_buffers = args.decoder_buffers.map(|n| n as usize);
@@ -276,6 +305,9 @@ fn source(args: &Args) -> Result<Source> {
         });
     }
     if let Some(path) = args.source.strip_prefix("v4l2:") {
+        if args.transport != TransportKind::ZeroCopy {
+            bail!("--transport memcpy and socket-copy compare the pattern or a file, not a v4l2: source");
+        }
         if args.looping || args.decode_threads.is_some() {
             bail!("--loop and --decode-threads apply to a file source");
         }
@@ -341,5 +373,21 @@ fn run(args: Args) -> Result<()> {
         duration: args.duration.map(Duration::from_secs_f64),
         report_every: Duration::from_secs_f64(args.report_every),
     };
-    server::serve(&args.socket, &listen, source, opts, stop)
+    let mut transport = Transport::new(
+        args.transport,
+        &args.socket,
+        args.stats_warmup,
+        TestLoad {
+            burn_ns: args.test_burn_us.saturating_mul(1000),
+            fault_pages: args.test_fault_pages,
+        },
+    );
+    tracing::info!("transport: {}", transport.kind().name());
+    let result = server::serve(&args.socket, &listen, source, &mut transport, opts, stop);
+    if let Some(path) = &args.stats_json {
+        let report = transport.meter.report();
+        let json = serde_json::to_string_pretty(&report)?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+    }
+    result
 }

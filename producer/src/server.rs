@@ -7,6 +7,7 @@
 
 use crate::fanout::{Arrival, Fanout};
 use crate::source::{NextFrame, Source};
+use crate::transport::{Transport, TransportKind};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::format::frame_checksum;
@@ -17,7 +18,7 @@ use dmabuf_core::proto::wire::{
     Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED, VERSION,
 };
 use dmabuf_core::proto::{Listener, ListenerOptions};
-use dmabuf_core::time::{monotonic_ns, process_cpu_ns};
+use dmabuf_core::time::process_cpu_ns;
 use dmabuf_core::{AllocatorKind, MemoryKind};
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -53,12 +54,14 @@ enum StreamEnd {
     Interrupted,
 }
 
-struct Server {
+struct Server<'t> {
     opts: ServeOptions,
     pool: Pool,
     source: Source,
     stop: Arc<AtomicBool>,
     fan: Fanout,
+    /// How pixels reach the consumers, and the CPU meter (see crate::transport).
+    transport: &'t mut Transport,
 }
 
 /// Allocate the pool, then listen on `socket` (so the socket appears only once the producer can
@@ -67,6 +70,7 @@ pub fn serve(
     socket: &Path,
     listen: &ListenerOptions,
     source: Source,
+    transport: &mut Transport,
     opts: ServeOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
@@ -100,12 +104,13 @@ pub fn serve(
         opts,
         pool,
         stop,
+        transport,
     };
     eprintln!("producer: listening on {}", listener.path().display());
     server.run(&listener)
 }
 
-impl Server {
+impl Server<'_> {
     fn welcome(&self) -> Welcome {
         let f = self.source.format();
         let color = self.source.color();
@@ -223,11 +228,33 @@ impl Server {
                 anyhow::bail!("{msg} (it offered {})", offered.join(", "));
             }
         }
+        if self.transport.kind() != TransportKind::ZeroCopy && !self.fan.is_empty() {
+            let msg = format!(
+                "--transport {} serves one consumer at a time",
+                self.transport.kind().name()
+            );
+            let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
+                dmabuf_core::proto::wire::Goodbye {
+                    reason: GoodbyeReason::Unsupported,
+                    message: msg.clone(),
+                },
+            ));
+            anyhow::bail!("{msg}");
+        }
         let welcome = self.welcome();
         let sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
         for id in 0..self.pool.len() as u32 {
             let buf = self.pool.buffer(id).expect("id in range");
             sess.add_buffer(id, buf)?;
+        }
+        // socket-copy: the consumer's byte stream connects now.
+        if let Err(e) = self.transport.session_start(self.opts.hello_timeout) {
+            sess.finish(
+                GoodbyeReason::InternalError,
+                &format!("{e:#}"),
+                Duration::from_secs(2),
+            );
+            return Err(e);
         }
         self.fan.join(n, sess);
         tracing::info!(
@@ -300,8 +327,12 @@ impl Server {
                     .next_frame(self.opts.checksum, &self.stop, &mut pump)?
             };
             self.admit_all(arrivals);
-            let (lease, pts_ns, copied, checksum) = match next {
-                NextFrame::Frame(f) => (Arc::new(f.lease), f.pts_ns, f.copied, Some(f.checksum)),
+            let want_sum = self.opts.checksum;
+            let (lease, pts_ns, copied, checksum, publish_ns) = match next {
+                NextFrame::Frame(f) => {
+                    let (checksum, publish_ns) = self.transport.filled_frame(|| Ok(f.checksum))?;
+                    (Arc::new(f.lease), f.pts_ns, f.copied, checksum, publish_ns)
+                }
                 NextFrame::End => {
                     tracing::info!("end of the stream after {seq} frames");
                     return Ok(StreamEnd::Completed);
@@ -309,7 +340,8 @@ impl Server {
                 NextFrame::ConsumerGone => return Ok(StreamEnd::Idle),
                 NextFrame::Stopped => return Ok(StreamEnd::Interrupted),
                 NextFrame::NotMine => {
-                    let Some(pts_ns) = self.source.advance(seq)? else {
+                    let source = &mut self.source;
+                    let Some(pts_ns) = self.transport.source_step(|| source.advance(seq))? else {
                         tracing::info!("end of the stream after {seq} frames");
                         if let Some(paths) = self.source.path_summary() {
                             tracing::info!("{paths}");
@@ -321,32 +353,34 @@ impl Server {
                             return Ok(end);
                         }
                     }
-                    let (lease, copied) = match self.source.filled_lease() {
-                        Some(lease) => (lease, false),
+                    match self.source.filled_lease() {
+                        // Decoded in place: only the checksum is left.
+                        Some(lease) => {
+                            let (checksum, publish_ns) = self.transport.filled_frame(|| {
+                                if !want_sum {
+                                    return Ok(None);
+                                }
+                                let planes = &lease.buffer().layout.planes;
+                                lease
+                                    .with_bytes_mut(|data| frame_checksum(data, planes))
+                                    .context("reading the frame back")
+                            })?;
+                            (lease, pts_ns, false, checksum, publish_ns)
+                        }
                         None => {
                             let Some(lease) = self.acquire(listener)? else {
                                 return Ok(self.gone_or_stopped());
                             };
-                            let layout = &lease.buffer().layout;
-                            let source = &mut self.source;
-                            let copied = lease
-                                .with_bytes_mut(|data| source.write(seq, data, layout))
-                                .context("writing the frame")?;
-                            (Arc::new(lease), copied)
+                            let (checksum, publish_ns, copied) = self.transport.write_frame(
+                                &lease,
+                                &mut self.source,
+                                seq,
+                                want_sum,
+                            )?;
+                            (Arc::new(lease), pts_ns, copied, checksum, publish_ns)
                         }
-                    };
-                    (lease, pts_ns, copied, None)
+                    }
                 }
-            };
-            let checksum = match checksum {
-                Some(by_source) => by_source,
-                None if self.opts.checksum => {
-                    let planes = &lease.buffer().layout.planes;
-                    lease
-                        .with_bytes_mut(|data| frame_checksum(data, planes))
-                        .context("reading the frame back")?
-                }
-                None => None,
             };
             let mut flags = if copied { FRAME_FLAG_COPIED } else { 0 };
             if checksum.is_some() {
@@ -357,7 +391,7 @@ impl Server {
                 flags,
                 seq,
                 pts_ns,
-                publish_ns: monotonic_ns(),
+                publish_ns,
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),
             };
@@ -372,6 +406,7 @@ impl Server {
                 self.wait(listener, left)?;
             }
             self.fan.publish(&frame, lease, share);
+            self.transport.after_send()?;
             self.wait(listener, Duration::ZERO)?;
             report_frames += 1;
             let since = last_report.elapsed();

@@ -186,6 +186,13 @@ pub struct Vulkan {
     sem_fd: Option<ash::khr::external_semaphore_fd::Device>,
     sync_sem: vk::Semaphore,
     pub counters: Counters,
+    /// Process CPU time (all threads) spent recording, submitting and waiting for command
+    /// buffers (less the copy path's memcpy): the GPU's work and its driver, which lavapipe
+    /// runs on this machine's CPU.
+    gpu_cpu_ns: std::cell::Cell<u64>,
+    /// Process CPU at `begin()`, and the memcpy time inside the current recording.
+    gpu_t0: std::cell::Cell<u64>,
+    copy_ns: std::cell::Cell<u64>,
 }
 
 /// A window's surface and swapchain.
@@ -424,6 +431,9 @@ impl Vulkan {
             sem_fd,
             sync_sem,
             counters: Counters::default(),
+            gpu_cpu_ns: std::cell::Cell::new(0),
+            gpu_t0: std::cell::Cell::new(0),
+            copy_ns: std::cell::Cell::new(0),
         };
         let (b, m, p) = vk.host_buffer(4, vk::BufferUsageFlags::TRANSFER_DST)?;
         vk.out = (b, m, p.cast());
@@ -1167,6 +1177,8 @@ impl Vulkan {
     }
 
     fn begin(&self) -> Result<()> {
+        self.gpu_t0.set(dmabuf_core::time::process_cpu_ns());
+        self.copy_ns.set(0);
         // SAFETY: the previous submit was waited for, so the command buffer and fence are idle.
         unsafe {
             self.device.reset_fences(&[self.fence])?;
@@ -1251,17 +1263,38 @@ impl Vulkan {
                 .wait_for_fences(&[self.fence], true, 10_000_000_000)
                 .context("waiting for the GPU (10 s)")?;
         }
+        let spent = dmabuf_core::time::process_cpu_ns()
+            .saturating_sub(self.gpu_t0.get())
+            .saturating_sub(self.copy_ns.get());
+        self.gpu_cpu_ns.set(self.gpu_cpu_ns.get() + spent);
         Ok(())
+    }
+
+    /// Process CPU time spent in queue submits and fence waits so far (see `gpu_cpu_ns`).
+    pub fn gpu_cpu_ns(&self) -> u64 {
+        self.gpu_cpu_ns.get()
     }
 
     /// Copy path: the CPU copy of the frame into the staging buffer and its upload.
     fn record_copy(&self, imp: &Imported) -> Result<()> {
-        if let Some((staging, ptr, size, map)) = &imp.staging {
+        if let Some((_, ptr, size, map)) = &imp.staging {
+            let t0 = dmabuf_core::time::process_cpu_ns();
             let src = map.read()?;
             // SAFETY: `ptr` maps `size` bytes of host-visible memory and nothing else refers to
             // it while the fence is unsignalled.
             let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *size as usize) };
             dst.copy_from_slice(&src[..*size as usize]);
+            drop(src);
+            let spent = dmabuf_core::time::process_cpu_ns().saturating_sub(t0);
+            self.copy_ns.set(self.copy_ns.get() + spent);
+        }
+        self.record_upload(imp);
+        Ok(())
+    }
+
+    /// Copy path: the GPU copy from the staging buffer into the device buffer.
+    fn record_upload(&self, imp: &Imported) {
+        if let Some((staging, _, size, _)) = &imp.staging {
             let region = [vk::BufferCopy::default().size(*size)];
             let bar = [vk::MemoryBarrier::default()
                 .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
@@ -1281,7 +1314,32 @@ impl Vulkan {
                 );
             }
         }
-        Ok(())
+    }
+
+    /// Socket-copy path: `fill` writes the frame into buffer `id`'s staging memory (e.g. reads
+    /// it from a socket), then the GPU copies it into the device buffer; returns once the frame
+    /// is GPU-visible (fence signalled).
+    pub fn upload_with(
+        &mut self,
+        id: u32,
+        fill: impl FnOnce(&mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        let imp = self.imported[id as usize]
+            .as_ref()
+            .ok_or_else(|| anyhow!("buffer {id} was not imported"))?;
+        let Some((_, ptr, size, _)) = &imp.staging else {
+            bail!(
+                "upload_with needs the copy import path (buffer {id} is {})",
+                imp.path
+            );
+        };
+        // SAFETY: `ptr` maps `size` bytes of host-visible memory; the previous submit was
+        // waited for, so the GPU does not read it now, and the slice dies before the submit.
+        let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *size as usize) };
+        fill(dst)?;
+        self.begin()?;
+        self.record_upload(imp);
+        self.submit_and_wait(false)
     }
 
     /// Make the frame in buffer `id` GPU-visible without computing anything: the copy path
