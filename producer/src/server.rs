@@ -32,7 +32,8 @@ pub struct ServeOptions {
     pub checksum: bool,
     /// How long a consumer may take to say Hello.
     pub hello_timeout: Duration,
-    /// How long a consumer may hold buffers without releasing any before it is dropped.
+    /// How long a consumer may hold its whole quota of buffers (alone: the pool) without
+    /// releasing any before it is dropped.
     pub stall_timeout: Duration,
     /// End the stream (EndOfStream) after this long, like `frames`.
     pub duration: Option<Duration>,
@@ -263,7 +264,8 @@ impl Server {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(StreamEnd::Interrupted);
             }
-            self.fan.drop_stalled(self.opts.stall_timeout);
+            self.fan
+                .drop_stalled(self.opts.stall_timeout, self.pool.len());
             if self.fan.is_empty() {
                 return Ok(StreamEnd::Idle);
             }
@@ -337,14 +339,15 @@ impl Server {
     }
 
     /// A free buffer, serving connections while waiting for releases; `None` if every
-    /// consumer left or a signal arrived. Consumers that hold buffers and release none for the
-    /// stall timeout are dropped.
+    /// consumer left or a signal arrived. Consumers that hold their quota and release none for
+    /// the stall timeout are dropped.
     fn acquire(&mut self, listener: &Listener) -> Result<Option<Lease>> {
         loop {
             if let Some(l) = self.pool.try_acquire() {
                 return Ok(Some(l));
             }
-            self.fan.drop_stalled(self.opts.stall_timeout);
+            self.fan
+                .drop_stalled(self.opts.stall_timeout, self.pool.len());
             if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }
