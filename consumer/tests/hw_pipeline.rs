@@ -9,6 +9,11 @@ use common::*;
 use dmabuf_core::testing::{fd_count_of, fd_targets_of, skip_or_fail};
 use std::time::Duration;
 
+/// Under TCG a consumer's first frames take seconds (Vulkan pipelines are built on first use,
+/// 16x slower than on the host): more than the default 5 s stall timeout when the machine is
+/// busy.
+const STALL: &str = "60";
+
 /// Whether `device` exists; if not, skip (or fail inside the lane).
 fn have(test: &str, device: &str) -> bool {
     let ok = std::path::Path::new(device).exists();
@@ -43,6 +48,8 @@ fn pipeline_with(
             "--size",
             size,
             "--no-pace",
+            "--stall-timeout",
+            STALL,
         ],
     );
     std::thread::sleep(Duration::from_millis(300));
@@ -128,11 +135,9 @@ fn auto_picks_dma_heap_when_present() {
         return;
     }
     let sock = socket("hw-auto");
-    // Under TCG on a loaded host the consumer's first frame (Vulkan start-up, shader JIT) can
-    // take longer than the default 5 s stall timeout (seen in the lane: 7 s).
     let _p = Producer::start(
         &sock,
-        &["--size", "640x480", "--no-pace", "--stall-timeout", "60"],
+        &["--size", "640x480", "--no-pace", "--stall-timeout", STALL],
     );
     let s = consume(
         &sock,
@@ -170,7 +175,15 @@ fn vulkan_imports(test: &str, import: &str) {
             let sock = socket(&format!("hw-fds-{import}-{frames}"));
             let _p = Producer::start(
                 &sock,
-                &["--alloc", "dma-heap", "--size", "320x240", "--no-pace"],
+                &[
+                    "--alloc",
+                    "dma-heap",
+                    "--size",
+                    "320x240",
+                    "--no-pace",
+                    "--stall-timeout",
+                    STALL,
+                ],
             );
             let s = consume(
                 &sock,
@@ -242,6 +255,8 @@ fn decode_into_dma_bufs_is_byte_identical() {
                 "--no-pace",
                 "--frames",
                 "30",
+                "--stall-timeout",
+                STALL,
             ],
         );
         let dump = sock.with_extension("raw");

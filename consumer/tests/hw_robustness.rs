@@ -25,7 +25,17 @@ fn hw_two_consumers_share_a_dma_heap_pool() {
         return;
     }
     let sock = socket("hw-two");
-    let p = Producer::start(&sock, &["--alloc", "dma-heap", "--size", "320x240"]);
+    let p = Producer::start(
+        &sock,
+        &[
+            "--alloc",
+            "dma-heap",
+            "--size",
+            "320x240",
+            "--stall-timeout",
+            "60",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let base = fd_count_of(p.pid());
     let run = |tag: &'static str| {
@@ -64,7 +74,17 @@ fn hw_auto_swaps_to_memfd_only_when_alone() {
         return;
     }
     let sock = socket("hw-auto-swap");
-    let p = Producer::start(&sock, &["--alloc", "auto", "--size", "320x240"]);
+    let p = Producer::start(
+        &sock,
+        &[
+            "--alloc",
+            "auto",
+            "--size",
+            "320x240",
+            "--stall-timeout",
+            "60",
+        ],
+    );
     std::thread::sleep(Duration::from_millis(300));
     let base = fd_count_of(p.pid());
     // A dma-buf consumer streaming in the background.

@@ -16,8 +16,9 @@
 //! per episode: see [`Fanout::waiting_on_quota`]); if it has not, it is skipped for that frame
 //! and every following one until it comes back below its quota (the frame is not sent to it: it sees a gap in `seq`, which its
 //! statistics count as dropped, and the producer counts it as `skipped`). So a stalled consumer
-//! pins at most half the pool and the others keep their rate. A member that holds buffers and
-//! releases none for `--stall-timeout` is dropped (Goodbye `InternalError`, naming why). A
+//! pins at most half the pool and the others keep their rate. A member that holds its whole
+//! quota and releases none for `--stall-timeout` is dropped (Goodbye `InternalError`, naming
+//! why). A
 //! single member may hold the whole pool (back-pressure, as before: nothing is dropped).
 
 use anyhow::{Context as _, Result};
@@ -44,7 +45,7 @@ pub struct Member {
     pub sess: Session<Arc<Lease>>,
     /// Frames not sent to it because it held its quota.
     pub skipped: u64,
-    /// Last release, or when it went from holding nothing to holding a frame.
+    /// Its last release, or when it reached its quota: the stall clock.
     last_progress: Instant,
     /// It was skipped at its quota and has not come back below it since: no more waiting for
     /// it.
@@ -265,11 +266,14 @@ impl Fanout {
                 continue;
             }
             m.lagging = false;
-            if m.sess.held_count() == 0 {
-                m.last_progress = Instant::now();
-            }
             match m.sess.send_frame(frame.clone(), lease.clone()) {
-                Ok(()) => sent += 1,
+                Ok(()) => {
+                    sent += 1;
+                    if m.sess.held_count() == quota {
+                        // Now it blocks (alone: the pool is dry): start the stall clock.
+                        m.last_progress = Instant::now();
+                    }
+                }
                 Err(ProtoError::Closed) => {
                     let m = self.members.remove(i);
                     tracing::info!("consumer #{} went away", m.n);
@@ -283,12 +287,14 @@ impl Fanout {
         sent
     }
 
-    /// Drop every member that holds buffers and has released none for `limit`.
-    pub fn drop_stalled(&mut self, limit: Duration) {
+    /// Drop every member that holds its whole quota (alone: every buffer) and has released
+    /// none for `limit`. One that holds less blocks nobody, however slow it is.
+    pub fn drop_stalled(&mut self, limit: Duration, pool_len: usize) {
+        let quota = self.quota(pool_len);
         let mut i = 0;
         while i < self.members.len() {
             let m = &self.members[i];
-            if m.sess.held_count() > 0 && m.last_progress.elapsed() >= limit {
+            if m.sess.held_count() >= quota && m.last_progress.elapsed() >= limit {
                 let m = self.members.remove(i);
                 let msg = format!(
                     "consumer holds {} buffer(s) and released none for {limit:?}; dropping it",

@@ -141,9 +141,9 @@ struct Args {
     #[arg(long)]
     allow_uid: Vec<u32>,
 
-    /// Seconds a consumer may hold buffers without releasing any before it is dropped. (With
-    /// several consumers, one that holds half the pool is skipped, its frames dropped, until it
-    /// releases.)
+    /// Seconds a consumer may hold every buffer (with several consumers: its quota, half the
+    /// pool) without releasing any before it is dropped. (With several consumers, one that holds
+    /// its quota is skipped, its frames dropped, until it releases.)
     #[arg(long, default_value_t = 5.0)]
     stall_timeout: f64,
 

@@ -35,7 +35,8 @@ pub struct ServeOptions {
     pub checksum: bool,
     /// How long a consumer may take to say Hello.
     pub hello_timeout: Duration,
-    /// How long a consumer may hold buffers without releasing any before it is dropped.
+    /// How long a consumer may hold its whole quota of buffers (alone: the pool) without
+    /// releasing any before it is dropped.
     pub stall_timeout: Duration,
     /// End the stream (EndOfStream) after this long, like `frames`.
     pub duration: Option<Duration>,
@@ -305,7 +306,7 @@ impl Server<'_> {
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(StreamEnd::Interrupted);
             }
-            self.fan.drop_stalled(self.opts.stall_timeout);
+            self.fan.drop_stalled(self.opts.stall_timeout, self.share());
             if self.fan.is_empty() {
                 return Ok(StreamEnd::Idle);
             }
@@ -447,7 +448,7 @@ impl Server<'_> {
     /// must end meanwhile.
     fn wait_for_room(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
         while self.fan.len() == 1 && self.fan.max_held() >= self.share() {
-            self.fan.drop_stalled(self.opts.stall_timeout);
+            self.fan.drop_stalled(self.opts.stall_timeout, self.share());
             if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
                 return Ok(Some(self.gone_or_stopped()));
             }
@@ -463,7 +464,7 @@ impl Server<'_> {
     fn renegotiate(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
         let (old, new) = (self.pool.format(), self.source.format());
         while self.fan.max_held() > 0 {
-            self.fan.drop_stalled(self.opts.stall_timeout);
+            self.fan.drop_stalled(self.opts.stall_timeout, 1);
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(Some(StreamEnd::Interrupted));
             }
@@ -489,14 +490,14 @@ impl Server<'_> {
     }
 
     /// A free buffer, serving connections while waiting for releases; `None` if every
-    /// consumer left or a signal arrived. Consumers that hold buffers and release none for the
-    /// stall timeout are dropped.
+    /// consumer left or a signal arrived. Consumers that hold their quota and release none for
+    /// the stall timeout are dropped.
     fn acquire(&mut self, listener: &Listener) -> Result<Option<Lease>> {
         loop {
             if let Some(l) = self.pool.try_acquire() {
                 return Ok(Some(l));
             }
-            self.fan.drop_stalled(self.opts.stall_timeout);
+            self.fan.drop_stalled(self.opts.stall_timeout, self.share());
             if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
                 return Ok(None);
             }

@@ -29,6 +29,10 @@ use std::ffi::CStr;
 use std::fmt;
 use std::os::fd::{AsFd, AsRawFd, IntoRawFd};
 
+/// How long to wait for the GPU before calling it hung. Generous: lavapipe under QEMU/TCG on a
+/// loaded machine (the real-kernel lane) needs seconds for a 1080p conversion.
+const GPU_TIMEOUT_NS: u64 = 60_000_000_000;
+
 /// How frames reach the GPU.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportPath {
@@ -1260,8 +1264,8 @@ impl Vulkan {
             self.device
                 .queue_submit(self.queue, &[submit], self.fence)?;
             self.device
-                .wait_for_fences(&[self.fence], true, 10_000_000_000)
-                .context("waiting for the GPU (10 s)")?;
+                .wait_for_fences(&[self.fence], true, GPU_TIMEOUT_NS)
+                .context("waiting for the GPU (60 s)")?;
         }
         let spent = dmabuf_core::time::process_cpu_ns()
             .saturating_sub(self.gpu_t0.get())
@@ -1746,7 +1750,7 @@ impl Vulkan {
                 self.fence,
             )?;
             self.device
-                .wait_for_fences(&[self.fence], true, 10_000_000_000)?;
+                .wait_for_fences(&[self.fence], true, GPU_TIMEOUT_NS)?;
         }
         let swapchains = [sw.swapchain];
         let indices = [index];
