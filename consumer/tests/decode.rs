@@ -12,25 +12,6 @@ fn sample() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../samples/clip-1080p60.mp4")
 }
 
-/// `ffmpeg -i FILE -f rawvideo -pix_fmt FMT -`, the reference decode.
-fn ffmpeg_raw(file: &Path, pix_fmt: &str, frames: Option<u32>) -> Vec<u8> {
-    let mut cmd = Command::new("ffmpeg");
-    cmd.args(["-loglevel", "error", "-i"]).arg(file);
-    if let Some(n) = frames {
-        cmd.args(["-frames:v", &n.to_string()]);
-    }
-    let out = cmd
-        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
-        .output()
-        .expect("the ffmpeg CLI (ci/setup.sh installs it)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
-}
-
 /// Play `file` through producer and consumer (`--dump-raw`); the dump and the stats.
 fn play(name: &str, file: &Path, alloc: &str, extra: &[&str]) -> (Vec<u8>, serde_json::Value) {
     let sock = socket(name);

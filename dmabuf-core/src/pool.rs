@@ -91,33 +91,16 @@ impl Pool {
         if count == 0 {
             return Err(PoolError::Empty);
         }
-        let mut slots = Vec::with_capacity(count);
-        for index in 0..count {
-            let buffer = allocate(allocator).map_err(|source| PoolError::Alloc {
-                index,
-                count,
-                source,
-            })?;
-            let mapping = CpuMapping::new(
-                buffer.fds[0].clone(),
-                buffer.fd_sizes[0],
-                true,
-                buffer.memory,
-            )
-            .map_err(|source| PoolError::Map { index, source })?;
-            slots.push(Slot {
-                buffer,
-                mapping: Mutex::new(mapping),
-            });
-        }
-        Ok(Self {
-            inner: Arc::new(Inner {
-                slots,
-                free: Mutex::new((0..count as u32).collect()),
-                allocator: allocator.kind(),
-                format,
-            }),
-        })
+        let buffers = (0..count)
+            .map(|index| {
+                allocate(allocator).map_err(|source| PoolError::Alloc {
+                    index,
+                    count,
+                    source,
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Self::mapped(buffers, allocator.kind(), format)
     }
 
     /// A pool over buffers made elsewhere (a V4L2 driver's exported capture buffers), all of
@@ -130,12 +113,23 @@ impl Pool {
         if buffers.is_empty() {
             return Err(PoolError::Empty);
         }
-        let count = buffers.len();
-        let mut slots = Vec::with_capacity(count);
-        for (index, buffer) in buffers.into_iter().enumerate() {
+        for (index, buffer) in buffers.iter().enumerate() {
             if buffer.layout.format != format || buffer.fds.is_empty() {
                 return Err(PoolError::Mismatch { index, format });
             }
+        }
+        Self::mapped(buffers, allocator, format)
+    }
+
+    /// Map each buffer once (writable) and make them the pool, all free.
+    fn mapped(
+        buffers: Vec<FrameBuffer>,
+        allocator: AllocatorKind,
+        format: FrameFormat,
+    ) -> Result<Self, PoolError> {
+        let count = buffers.len();
+        let mut slots = Vec::with_capacity(count);
+        for (index, buffer) in buffers.into_iter().enumerate() {
             let mapping = CpuMapping::new(
                 buffer.fds[0].clone(),
                 buffer.fd_sizes[0],

@@ -124,7 +124,8 @@ struct Args {
     #[arg(long, default_value_t = 5.0)]
     report_every: f64,
 
-    /// Buffers in the pool.
+    /// Buffers in the pool for the consumers to hold (a file decoded in place gets the
+    /// decoder's on top: see --decoder-buffers; a v4l2: source asks the driver for this many).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
     buffers: u32,
 

@@ -185,3 +185,22 @@ pub fn consume(sock: &Path, tag: &str, args: &[&str], limit: Duration) -> serde_
     );
     read_json(&json)
 }
+
+/// `ffmpeg -i FILE -f rawvideo -pix_fmt FMT -`, the reference decode.
+pub fn ffmpeg_raw(file: &Path, pix_fmt: &str, frames: Option<u32>) -> Vec<u8> {
+    let mut cmd = Command::new("ffmpeg");
+    cmd.args(["-loglevel", "error", "-i"]).arg(file);
+    if let Some(n) = frames {
+        cmd.args(["-frames:v", &n.to_string()]);
+    }
+    let out = cmd
+        .args(["-f", "rawvideo", "-pix_fmt", pix_fmt, "-"])
+        .output()
+        .expect("the ffmpeg CLI (ci/setup.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
