@@ -36,7 +36,7 @@ for r in $(seq "$RUNS"); do
   target/release/consumer --socket "$sock" -q --import cpu-map --stats-json "$dir/s$r.json" 2>/dev/null
   wait $pid
   ours+=("$(python3 -c "import json;print(json.load(open('$dir/s$r.json'))['fps'])")")
-  paths=$(grep -o 'decoded in place.*' "$dir/p$r.log" | tail -1)
+  paths=$(grep -o 'decoded in place.*' "$dir/p$r.log" | tail -1 || true)
   printf 'run %d: ffmpeg %.1f fps, producer→consumer %.1f fps (%s)\n' "$r" "${bare[-1]}" "${ours[-1]}" "$paths"
 done
 med() { printf '%s\n' "$@" | sort -g | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }

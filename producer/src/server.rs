@@ -291,6 +291,9 @@ impl Server<'_> {
                     seq as f64 / secs,
                     (process_cpu_ns() - cpu0) as f64 / 1e3 / seq.max(1) as f64
                 );
+                if let Some(paths) = self.source.path_summary() {
+                    tracing::info!("{paths}");
+                }
                 return Ok(StreamEnd::Completed);
             }
             if self.opts.pace {
