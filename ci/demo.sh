@@ -60,6 +60,6 @@ set -e
 wait "$producer_pid" 2>/dev/null || true
 producer_pid=""
 echo >&2
-grep -E "source:|allocator:|sent [0-9]+ frames" "$out/producer.log" | sed -E 's/^.*(INFO|WARN) +/producer: /' >&2 || true
+grep -E "source:|allocator:|decode_path:|decoded in place|sent [0-9]+ frames" "$out/producer.log" | sed -E 's/^.*(INFO|WARN) +/producer: /' >&2 || true
 echo "statistics: $out/stats.json   snapshots: $out/snapshots/   producer log: $out/producer.log" >&2
 exit $rc
