@@ -1300,24 +1300,45 @@ impl Vulkan {
     fn record_upload(&self, imp: &Imported) {
         if let Some((staging, _, size, _)) = &imp.staging {
             let region = [vk::BufferCopy::default().size(*size)];
-            let bar = [vk::MemoryBarrier::default()
-                .src_access_mask(vk::AccessFlags::TRANSFER_WRITE)
-                .dst_access_mask(vk::AccessFlags::SHADER_READ)];
             // SAFETY: recording into our command buffer; both buffers are live and `size` fits.
             unsafe {
                 self.device
-                    .cmd_copy_buffer(self.cmd, *staging, imp.read_buffer, &region);
-                self.device.cmd_pipeline_barrier(
-                    self.cmd,
+                    .cmd_copy_buffer(self.cmd, *staging, imp.read_buffer, &region)
+            };
+            self.memory_barrier(
+                (
                     vk::PipelineStageFlags::TRANSFER,
+                    vk::AccessFlags::TRANSFER_WRITE,
+                ),
+                (
                     vk::PipelineStageFlags::COMPUTE_SHADER,
-                    vk::DependencyFlags::empty(),
-                    &bar,
-                    &[],
-                    &[],
-                );
-            }
+                    vk::AccessFlags::SHADER_READ,
+                ),
+            );
         }
+    }
+
+    /// Record a global memory barrier: writes at `src` (stage, access) made visible to `dst`.
+    fn memory_barrier(
+        &self,
+        src: (vk::PipelineStageFlags, vk::AccessFlags),
+        dst: (vk::PipelineStageFlags, vk::AccessFlags),
+    ) {
+        let bar = [vk::MemoryBarrier::default()
+            .src_access_mask(src.1)
+            .dst_access_mask(dst.1)];
+        // SAFETY: recording into our command buffer.
+        unsafe {
+            self.device.cmd_pipeline_barrier(
+                self.cmd,
+                src.0,
+                dst.0,
+                vk::DependencyFlags::empty(),
+                &bar,
+                &[],
+                &[],
+            )
+        };
     }
 
     /// Socket-copy path: `fill` writes the frame into buffer `id`'s staging memory (e.g. reads
@@ -1446,21 +1467,13 @@ impl Vulkan {
     }
 
     fn host_barrier(&self) {
-        let bar = [vk::MemoryBarrier::default()
-            .src_access_mask(vk::AccessFlags::SHADER_WRITE)
-            .dst_access_mask(vk::AccessFlags::HOST_READ)];
-        // SAFETY: recording into our command buffer.
-        unsafe {
-            self.device.cmd_pipeline_barrier(
-                self.cmd,
+        self.memory_barrier(
+            (
                 vk::PipelineStageFlags::COMPUTE_SHADER,
-                vk::PipelineStageFlags::HOST,
-                vk::DependencyFlags::empty(),
-                &bar,
-                &[],
-                &[],
-            )
-        };
+                vk::AccessFlags::SHADER_WRITE,
+            ),
+            (vk::PipelineStageFlags::HOST, vk::AccessFlags::HOST_READ),
+        );
     }
 
     /// Convert buffer `id` to RGBA8 on the GPU (`width * height * 4` bytes, top row first).
