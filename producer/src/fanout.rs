@@ -30,7 +30,7 @@ use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
 use nix::sys::time::{TimeVal, TimeValLike};
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -133,31 +133,14 @@ impl Fanout {
             .iter()
             .map(|p| p.deadline.saturating_duration_since(now))
             .fold(timeout, Duration::min);
-        let ready: Vec<bool> = {
-            let mut fds = Vec::with_capacity(1 + self.pending.len() + self.members.len());
-            fds.push(PollFd::new(listener.as_fd(), PollFlags::POLLIN));
-            fds.extend(
-                self.pending
-                    .iter()
-                    .map(|p| PollFd::new(p.chan.as_fd(), PollFlags::POLLIN)),
-            );
-            fds.extend(
-                self.members
-                    .iter()
-                    .map(|m| PollFd::new(m.sess.channel().as_fd(), PollFlags::POLLIN)),
-            );
-            let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-            match poll(
-                &mut fds,
-                PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-            ) {
-                Ok(_) => fds
-                    .iter()
-                    .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                    .collect(),
-                Err(Errno::EINTR) => vec![false; fds.len()],
-                Err(e) => return Err(e).context("poll"),
-            }
+        let fds: Vec<BorrowedFd<'_>> = std::iter::once(listener.as_fd())
+            .chain(self.pending.iter().map(|p| p.chan.as_fd()))
+            .chain(self.members.iter().map(|m| m.sess.channel().as_fd()))
+            .collect();
+        let ready = match poll_readable(&fds, timeout) {
+            Ok(r) => r,
+            Err(Errno::EINTR) => vec![false; fds.len()],
+            Err(e) => return Err(e).context("poll"),
         };
         let (listen_ready, rest) = ready.split_first().expect("the listener is polled");
         let (pending_ready, member_ready) = rest.split_at(self.pending.len());
@@ -326,24 +309,13 @@ impl Fanout {
             if self.members.is_empty() || left.is_zero() {
                 break;
             }
-            let ready: Vec<bool> = {
-                let mut fds: Vec<PollFd> = self
-                    .members
-                    .iter()
-                    .map(|m| PollFd::new(m.sess.channel().as_fd(), PollFlags::POLLIN))
-                    .collect();
-                let ms = i32::try_from(left.as_millis()).unwrap_or(i32::MAX);
-                match poll(
-                    &mut fds,
-                    PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-                ) {
-                    Ok(_) => fds
-                        .iter()
-                        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
-                        .collect(),
-                    Err(_) => vec![false; fds.len()],
-                }
-            };
+            let fds: Vec<BorrowedFd<'_>> = self
+                .members
+                .iter()
+                .map(|m| m.sess.channel().as_fd())
+                .collect();
+            let ready =
+                poll_readable(&fds, left).unwrap_or_else(|_| vec![false; self.members.len()]);
             for i in (0..self.members.len()).rev() {
                 if ready[i] {
                     self.pump_member(i);
@@ -394,4 +366,21 @@ impl Fanout {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// `poll(2)` `fds` for input for up to `timeout`: which became ready (or hung up).
+fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<Vec<bool>, Errno> {
+    let mut pfds: Vec<PollFd> = fds
+        .iter()
+        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .collect();
+    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
+    poll(
+        &mut pfds,
+        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
+    )?;
+    Ok(pfds
+        .iter()
+        .map(|f| f.revents().is_some_and(|r| !r.is_empty()))
+        .collect())
 }
