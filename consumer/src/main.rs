@@ -8,6 +8,7 @@ mod transport;
 mod window;
 
 use anyhow::{bail, Context as _, Result};
+use clap::builder::TypedValueParser as _;
 use clap::Parser;
 use dmabuf_core::buffer::MemoryKind;
 use dmabuf_core::format::{PixelFormat, MOD_LINEAR};
@@ -110,7 +111,12 @@ struct Args {
     /// copy). socket-copy: read each frame's bytes from the producer's byte stream
     /// (SOCKET.bytes) into the staging buffer and upload them (--import copy, or cpu-map to
     /// read them into private memory).
-    #[arg(long, value_enum, default_value = "zero-copy")]
+    #[arg(
+        long,
+        default_value = "zero-copy",
+        value_parser = clap::builder::PossibleValuesParser::new(transport::TransportKind::NAMES)
+            .map(|s| s.parse::<transport::TransportKind>().expect("one of the possible values"))
+    )]
     transport: transport::TransportKind,
 
     /// Frames to leave out of the steady-state figures in --stats-json at the start (warm-up).

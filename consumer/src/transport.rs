@@ -7,32 +7,10 @@
 use anyhow::{bail, Context as _, Result};
 use std::io::Read;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TransportKind {
-    ZeroCopy,
-    Memcpy,
-    SocketCopy,
-}
-
-impl TransportKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            TransportKind::ZeroCopy => "zero-copy",
-            TransportKind::Memcpy => "memcpy",
-            TransportKind::SocketCopy => "socket-copy",
-        }
-    }
-}
-
-/// The path of the socket-copy byte stream next to the producer socket `socket`.
-pub fn bytes_socket_path(socket: &Path) -> PathBuf {
-    let mut s = socket.as_os_str().to_owned();
-    s.push(".bytes");
-    PathBuf::from(s)
-}
+pub use dmabuf_core::proto::bytestream::{bytes_socket_path, TransportKind};
 
 /// The socket-copy byte stream.
 pub struct ByteStream {

@@ -12,6 +12,7 @@ use source::Source;
 use transport::{TestLoad, Transport, TransportKind};
 
 use anyhow::{bail, Context as _, Result};
+use clap::builder::TypedValueParser as _;
 use clap::Parser;
 use dmabuf_core::alloc::AllocChoice;
 use dmabuf_core::format::{FrameFormat, PixelFormat, MAX_DIMENSION};
@@ -153,7 +154,12 @@ struct Args {
     /// into private memory and each frame is copied into the shared buffer) and socket-copy
     /// (each frame's bytes go through a second, stream socket SOCKET.bytes; the consumer must
     /// use --transport socket-copy too).
-    #[arg(long, value_enum, default_value = "zero-copy")]
+    #[arg(
+        long,
+        default_value = "zero-copy",
+        value_parser = clap::builder::PossibleValuesParser::new(TransportKind::NAMES)
+            .map(|s| s.parse::<TransportKind>().expect("one of the possible values"))
+    )]
     transport: TransportKind,
 
     /// Write the producer's statistics (CPU per frame split into source and transport work,

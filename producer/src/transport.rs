@@ -25,30 +25,7 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-/// `--transport`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum TransportKind {
-    ZeroCopy,
-    Memcpy,
-    SocketCopy,
-}
-
-impl TransportKind {
-    pub fn name(self) -> &'static str {
-        match self {
-            TransportKind::ZeroCopy => "zero-copy",
-            TransportKind::Memcpy => "memcpy",
-            TransportKind::SocketCopy => "socket-copy",
-        }
-    }
-}
-
-/// The path of the socket-copy byte stream for the producer socket `socket`.
-pub fn bytes_socket_path(socket: &Path) -> PathBuf {
-    let mut s = socket.as_os_str().to_owned();
-    s.push(".bytes");
-    PathBuf::from(s)
-}
+pub use dmabuf_core::proto::bytestream::{bytes_socket_path, TransportKind};
 
 /// Test-only knobs that make the measurement itself checkable.
 #[derive(Debug, Clone, Copy, Default)]

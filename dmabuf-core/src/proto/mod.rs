@@ -4,8 +4,10 @@
 //! - [`channel`]: `SOCK_SEQPACKET` sockets carrying one message (+ fds) per datagram;
 //! - [`validate`]: checks on received buffers (fd kind, seals, sizes, plane layouts);
 //! - [`client`] / [`server`]: the two ends of a session, enforcing message order and buffer
-//!   ownership.
+//!   ownership;
+//! - [`bytestream`]: the comparison transports and the socket-copy byte stream's path.
 
+pub mod bytestream;
 pub mod channel;
 pub mod client;
 pub mod server;
