@@ -366,7 +366,7 @@ impl Server<'_> {
                                 }
                                 let planes = &lease.buffer().layout.planes;
                                 lease
-                                    .with_bytes_mut(|data| frame_checksum(data, planes))
+                                    .with_bytes(|data| frame_checksum(data, planes))
                                     .context("reading the frame back")
                             })?;
                             (lease, pts_ns, false, checksum, publish_ns)

@@ -68,6 +68,9 @@ struct Attached {
     layout: FrameLayout,
     /// Rows each plane has room for (storage rows, not visible rows).
     capacity_rows: Vec<u64>,
+    /// Where each pool buffer is mapped (addresses, fixed for the pool's life), to recognise a
+    /// decoded frame's buffer without locking every slot per frame.
+    bases: Vec<usize>,
 }
 
 struct State {
@@ -238,6 +241,9 @@ impl DirectDecode {
                 end.saturating_sub(p.offset + PLANE_SLACK) / u64::from(p.stride.max(1))
             })
             .collect();
+        let bases = (0..pool.len() as u32)
+            .map(|id| pool.base_ptr(id).map_or(0, |p| p as usize))
+            .collect();
         // SAFETY: plain allocation of a buffer pool; NULL is handled at use.
         let spare = SparePool(unsafe { ffi::av_buffer_pool_init(layout.size as usize, None) });
         *lock(&self.state.attached) = Some(Attached {
@@ -246,6 +252,7 @@ impl DirectDecode {
             av_format: ffi::AVPixelFormat::from(av_format) as i32,
             layout,
             capacity_rows,
+            bases,
         });
     }
 
@@ -276,14 +283,15 @@ impl DirectDecode {
         if buf0.is_null() {
             return None;
         }
-        let id = (0..a.pool.len() as u32).find(|&id| {
-            a.pool.base_ptr(id).is_some_and(|base| {
-                base.wrapping_add(a.layout.planes[0].offset as usize) == data[0]
-            })
-        })?;
-        let base = a.pool.base_ptr(id)?;
+        let plane0 = data[0] as usize;
+        let (id, base) = a
+            .bases
+            .iter()
+            .enumerate()
+            .find(|(_, &base)| base + a.layout.planes[0].offset as usize == plane0)
+            .map(|(id, &base)| (id as u32, base))?;
         let laid_out_as_ours = a.layout.planes.iter().enumerate().all(|(i, p)| {
-            std::ptr::eq(data[i], base.wrapping_add(p.offset as usize))
+            data[i] as usize == base + p.offset as usize
                 && i64::from(linesize[i]) == i64::from(p.stride)
         });
         if !laid_out_as_ours {
