@@ -248,7 +248,7 @@ impl Stats {
     /// A connection's stream ended (its socket and buffers still open): the fds to compare
     /// with `fds_after_warmup`.
     pub fn stream_ended(&mut self) {
-        self.report.fds_at_end = open_fds();
+        self.report.fds_at_end = procstat::fd_count();
     }
 
     /// A new producer: its sequence numbers start afresh.
@@ -298,7 +298,7 @@ impl Stats {
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
     pub fn frame(&mut self, seq: u64, publish_ns: u64, received_ns: u64) {
         if self.report.frames < 3 {
-            self.report.fds_after_warmup = open_fds();
+            self.report.fds_after_warmup = procstat::fd_count();
         }
         if let Some(last) = self.last_seq {
             self.report.dropped += seq.saturating_sub(last + 1);
@@ -361,7 +361,7 @@ impl Stats {
             eprintln!();
         }
         if self.report.frames == 0 {
-            self.report.fds_at_end = open_fds();
+            self.report.fds_at_end = procstat::fd_count();
         }
         self.sample();
         let wall = self.start.elapsed();
@@ -409,10 +409,6 @@ impl Stats {
         }
         self.report
     }
-}
-
-fn open_fds() -> usize {
-    std::fs::read_dir("/proc/self/fd").map_or(0, |d| d.count())
 }
 
 #[cfg(test)]

@@ -42,19 +42,7 @@ pub fn skip(test: &str, why: impl std::fmt::Display) {
     let _ = std::io::stderr().lock().write_all(line.as_bytes());
 }
 
-/// Open descriptors of this process.
-pub fn fd_count() -> usize {
-    std::fs::read_dir("/proc/self/fd")
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
-
-/// Open descriptors of another process.
-pub fn fd_count_of(pid: u32) -> usize {
-    std::fs::read_dir(format!("/proc/{pid}/fd"))
-        .map(|d| d.count())
-        .unwrap_or(0)
-}
+pub use crate::procstat::{fd_count, fd_count_of};
 
 static SERIAL: Mutex<()> = Mutex::new(());
 
