@@ -380,6 +380,7 @@ fn run(args: &Args) -> Result<i32> {
             }
             Err(e) => break Err(anyhow::Error::new(e).context("handshake with the producer")),
         };
+        stats.connected();
         let w = client.welcome().clone();
         if let Some(g) = gpu.take() {
             // A new producer: forget every import of the previous one.

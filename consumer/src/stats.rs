@@ -102,7 +102,7 @@ pub struct Report {
 /// One point of the `resources` time series.
 #[derive(Debug, Default, Clone, Serialize)]
 pub struct Sample {
-    /// Seconds since the consumer started.
+    /// Seconds since the consumer connected (started, if it never did).
     pub t_s: f64,
     pub frames: u64,
     pub rss_kib: u64,
@@ -249,6 +249,18 @@ impl Stats {
     /// with `fds_after_warmup`.
     pub fn stream_ended(&mut self) {
         self.report.fds_at_end = procstat::fd_count();
+    }
+
+    /// The first producer answered: wall time and CPU count from here (`fps`, `cpu_ns` are
+    /// "from connect to the end"), not from the wait for its socket. Later connections
+    /// (`--reconnect`) keep counting.
+    pub fn connected(&mut self) {
+        if self.report.frames == 0 && self.report.reconnects == 0 {
+            self.start = Instant::now();
+            self.cpu0 = process_cpu_ns();
+            self.last_line = Instant::now();
+            self.line_cpu = self.cpu0;
+        }
     }
 
     /// A new producer: its sequence numbers start afresh.
