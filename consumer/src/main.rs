@@ -2,6 +2,7 @@
 //! place (no copy), optionally verifying each against the producer's checksum, and releases the
 //! buffers back.
 
+mod framemd5;
 mod import;
 mod stats;
 mod transport;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 ///
 /// Exit status: 0 on a clean end of stream, after --frames/--duration, or on SIGINT/SIGTERM
 /// (it says goodbye and writes its statistics); 1 on errors (a producer that goes away is one,
-/// unless --reconnect); 3 if --verify found mismatches.
+/// unless --reconnect); 3 if --verify or --expect-framemd5 found mismatches.
 #[derive(Debug, Parser)]
 #[command(version)]
 struct Args {
@@ -44,9 +45,20 @@ struct Args {
     #[arg(long)]
     frames: Option<u64>,
 
-    /// Check every frame against the checksum the producer sent with it.
+    /// Check every frame against the checksum the producer sent with it. This proves transport
+    /// integrity (these are the bytes the producer published), not decode correctness: a
+    /// picture the producer decoded wrongly is checksummed as it is. For that, see
+    /// --expect-framemd5.
     #[arg(long)]
     verify: bool,
+
+    /// Check decode correctness end to end: compare the MD5 of each frame's visible bytes
+    /// (packed, as --dump-raw writes them) with the same frame in a reference made by the
+    /// FFmpeg CLI, e.g. `ffmpeg -i IN -map 0:v:0 -autoscale 0 -fps_mode passthrough -pix_fmt
+    /// yuv420p -f framemd5 REF` (frame `seq` against line `seq`, modulo the file's length for
+    /// --loop). Mismatches are counted (`framemd5_mismatches`) and make the exit status 3.
+    #[arg(long, value_name = "FILE")]
+    expect_framemd5: Option<PathBuf>,
 
     /// Write statistics as a JSON object to this file at the end.
     #[arg(long)]
@@ -346,6 +358,10 @@ fn run(args: &Args) -> Result<i32> {
     stats.report.transport = args.transport.name().into();
     let mut gpu: Option<Gpu> = None;
     let mut vk = vk;
+    let mut expect = match &args.expect_framemd5 {
+        Some(p) => Some(framemd5::Expect::load(p)?),
+        None => None,
+    };
     let mut dump = match &args.dump_raw {
         Some(p) => Some(std::io::BufWriter::new(
             std::fs::File::create(p).with_context(|| format!("creating {}", p.display()))?,
@@ -457,6 +473,7 @@ fn run(args: &Args) -> Result<i32> {
             viewer: &mut viewer,
             stats: &mut stats,
             dump: &mut dump,
+            expect: &mut expect,
             started,
             stop: &stop,
         };
@@ -495,6 +512,10 @@ fn run(args: &Args) -> Result<i32> {
         stats.report.implicit_sync_waits = Some(g.vk.counters.implicit_sync_waits);
     }
     stats.report.gpu_verified = gpu.is_some() && args.verify;
+    if let Some(e) = &expect {
+        stats.report.framemd5_matched = Some(e.matched);
+        stats.report.framemd5_mismatches = Some(e.mismatched);
+    }
     let mut report = stats.finish();
     if let Err(e) = &result {
         report.error = Some(format!("{e:#}"));
@@ -526,8 +547,18 @@ fn run(args: &Args) -> Result<i32> {
             args.snapshot_dir.display()
         );
     }
+    if let (Some(ok), Some(bad)) = (report.framemd5_matched, report.framemd5_mismatches) {
+        eprintln!(
+            "consumer: decode check against the framemd5 reference: {ok} matched, {bad} differ"
+        );
+    }
     result?;
-    Ok(if report.mismatches > 0 { 3 } else { 0 })
+    let decode_bad = report.framemd5_mismatches.unwrap_or(0) > 0;
+    Ok(if report.mismatches > 0 || decode_bad {
+        3
+    } else {
+        0
+    })
 }
 
 /// How one connection ended.
@@ -549,6 +580,8 @@ struct Stream<'a> {
     viewer: &'a mut Option<window::Viewer>,
     stats: &'a mut stats::Stats,
     dump: &'a mut Option<std::io::BufWriter<std::fs::File>>,
+    /// `--expect-framemd5`.
+    expect: &'a mut Option<framemd5::Expect>,
     started: Instant,
     stop: &'a AtomicBool,
 }
@@ -575,7 +608,8 @@ impl Stream<'_> {
                         }
                         None => maps[id as usize] = Some(MappedBuffer::new(buf)?),
                     }
-                    if args.dump_raw.is_some() && maps[id as usize].is_none() {
+                    let cpu_read = args.dump_raw.is_some() || args.expect_framemd5.is_some();
+                    if cpu_read && maps[id as usize].is_none() {
                         maps[id as usize] = Some(MappedBuffer::new(buf)?);
                     }
                 }
@@ -705,11 +739,16 @@ impl Stream<'_> {
                             }
                         }
                     }
-                    if let Some(out) = self.dump.as_mut() {
+                    if self.dump.is_some() || self.expect.is_some() {
                         scratch.clear();
                         map.expect("mapped when added")
                             .append_packed(buf, &mut scratch)?;
-                        out.write_all(&scratch).context("writing --dump-raw")?;
+                        if let Some(out) = self.dump.as_mut() {
+                            out.write_all(&scratch).context("writing --dump-raw")?;
+                        }
+                        if let Some(e) = self.expect.as_mut() {
+                            e.check(f.seq, &scratch);
+                        }
                     }
                     self.client.release(id)?;
                     stats.frame(f.seq, f.publish_ns, received_ns);

@@ -14,6 +14,10 @@ pub struct Report {
     pub mismatches: u64,
     /// Frames the producer skipped for us (gaps in the sequence numbers).
     pub dropped: u64,
+    /// `--expect-framemd5`: frames whose MD5 matched the reference, and those that did not
+    /// (null without the option).
+    pub framemd5_matched: Option<u64>,
+    pub framemd5_mismatches: Option<u64>,
     /// Frames that came without a checksum while --verify was on.
     pub unverifiable: u64,
     /// Frames whose pixels the producer's CPU copied into the buffer (`Frame` flag bit 1).

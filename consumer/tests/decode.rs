@@ -343,3 +343,184 @@ fn bad_files_and_options_are_named() {
         assert!(!e.contains("panicked"), "{e}");
     }
 }
+
+/// Concatenate segments of testsrc2 at `sizes` (12 frames each, or `frames`) encoded with
+/// `codec_args` into one stream: raw Annex B H.264 (`ext` "h264", by `cat`, as users do) or
+/// MPEG-TS (the concat protocol).
+fn size_change_stream(name: &str, sizes: &[&str], codec_args: &[&str], ext: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dmabuf-sizes-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (seg_ext, extra): (&str, &[&str]) = match ext {
+        "h264" => ("h264", &["-bsf:v", "h264_mp4toannexb", "-f", "h264"]),
+        _ => ("ts", &["-f", "mpegts"]),
+    };
+    let mut all = Vec::new();
+    for (i, size) in sizes.iter().enumerate() {
+        let seg = dir.join(format!("{name}-{i}.{seg_ext}"));
+        let st = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+            .arg(format!("testsrc2=size={size}:rate=30"))
+            .args(["-frames:v", "12", "-pix_fmt", "yuv420p"])
+            .args(codec_args)
+            .args(extra)
+            .arg(&seg)
+            .status()
+            .unwrap();
+        assert!(st.success(), "making {name} {size}");
+        all.extend(std::fs::read(&seg).unwrap());
+    }
+    // Raw H.264 and MPEG-TS are both streams that concatenate byte-wise.
+    let out = dir.join(format!("{name}.{ext}"));
+    std::fs::write(&out, all).unwrap();
+    out
+}
+
+/// The FFmpeg CLI's per-frame MD5s of `file`, each frame at its own size.
+fn framemd5(file: &Path) -> PathBuf {
+    let out = file.with_extension("framemd5");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(file)
+        .args([
+            "-map",
+            "0:v:0",
+            "-autoscale",
+            "0",
+            "-fps_mode",
+            "passthrough",
+        ])
+        .args(["-pix_fmt", "yuv420p", "-f", "framemd5"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    out
+}
+
+/// Issue 11 §1: a picture of a new size and every reference it predicts from share one layout,
+/// whatever the size pair (growing and shrinking, strides that differ), the codec and the
+/// container. Each stream is checked two ways: byte for byte against the FFmpeg CLI's decode
+/// (`-autoscale 0`), and frame by frame against its framemd5 by the consumer itself
+/// (`--expect-framemd5`, the end-to-end decode check that `--verify` is not).
+#[test]
+fn size_changes_are_byte_exact_in_any_container() {
+    let x264: &[&str] = &["-c:v", "libx264", "-preset", "ultrafast"];
+    let cases: [(&str, &[&str], &[&str], &str); 5] = [
+        // The report's example: raw H.264, 640x360 then 320x240 (strides 768 vs 512).
+        ("h264-shrink", &["640x360", "320x240"], x264, "h264"),
+        // Growing past the first pool's storage, then shrinking below it.
+        (
+            "h264-ts",
+            &["320x240", "1280x720", "176x144", "650x370"],
+            x264,
+            "ts",
+        ),
+        (
+            "hevc-ts",
+            &["352x288", "640x480", "320x180"],
+            &["-c:v", "libx265", "-x265-params", "log-level=none"],
+            "ts",
+        ),
+        (
+            "mpeg2-ts",
+            &["720x576", "320x240", "480x270"],
+            &["-c:v", "mpeg2video"],
+            "ts",
+        ),
+        ("h264-grow", &["176x144", "1920x1080"], x264, "h264"),
+    ];
+    for (name, sizes, codec, ext) in cases {
+        let file = size_change_stream(name, sizes, codec, ext);
+        let want = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-i"])
+            .arg(&file)
+            .args(["-autoscale", "0", "-fps_mode", "passthrough"])
+            .args(["-f", "rawvideo", "-pix_fmt", "yuv420p", "-"])
+            .output()
+            .unwrap();
+        assert!(want.status.success());
+        let reference = framemd5(&file);
+        let sock = socket(name);
+        let src = format!("file:{}", file.display());
+        let p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+        let dump = sock.with_extension("raw");
+        let s = consume(
+            &sock,
+            name,
+            &[
+                "--import",
+                "cpu-map",
+                "--verify",
+                "--dump-raw",
+                dump.to_str().unwrap(),
+                "--expect-framemd5",
+                reference.to_str().unwrap(),
+            ],
+            Duration::from_secs(120),
+        );
+        let (st, err) = p.wait(Duration::from_secs(30));
+        assert!(st.success(), "{name}: producer: {err}");
+        // What the FFmpeg CLI decodes (MPEG-2 loses the open GOP's leading B-frames at each
+        // joint, as it does for ffmpeg).
+        let n = std::fs::read_to_string(&reference)
+            .unwrap()
+            .lines()
+            .filter(|l| l.starts_with("0,"))
+            .count() as u64;
+        assert!(n >= (sizes.len() * 10) as u64, "{name}: {n} frames");
+        assert_eq!(s["frames"], n, "{name}: {s}");
+        assert_eq!(s["verified"], n, "{name}: {s}");
+        assert_eq!(s["framemd5_matched"], n, "{name}: {s}");
+        assert_eq!(s["framemd5_mismatches"], 0, "{name}: {s}");
+        assert_eq!(
+            s["renegotiations"].as_u64(),
+            Some(sizes.len() as u64 - 1),
+            "{name}: {s}"
+        );
+        let got = std::fs::read(&dump).unwrap();
+        let _ = std::fs::remove_file(&dump);
+        assert_eq!(got.len(), want.stdout.len(), "{name}: dump size");
+        assert!(
+            got == want.stdout,
+            "{name}: the dump differs from ffmpeg's decode"
+        );
+        // Most pictures still decode in place (only those decoded before each new pool
+        // existed are copied).
+        assert!(
+            s["producer_copied"].as_u64().unwrap() < n / 2,
+            "{name}: {s}\n{err}"
+        );
+    }
+}
+
+/// The decode check catches what --verify cannot: a reference from another file (a decode
+/// that went wrong looks the same to the consumer) gives mismatches and exit status 3.
+#[test]
+fn expect_framemd5_catches_wrong_pictures() {
+    let a = make_clip("md5-a", "160x90", &["-c:v", "libx264"], "mp4");
+    let other = make_clip("md5-b", "160x90", &["-c:v", "libx264", "-crf", "40"], "mp4");
+    let reference = framemd5(&other);
+    let sock = socket("md5-wrong");
+    let src = format!("file:{}", a.display());
+    let _p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+    let stats = sock.with_extension("json");
+    let out = run_consumer(
+        &sock,
+        &[
+            "--import",
+            "cpu-map",
+            "--verify",
+            "--expect-framemd5",
+            reference.to_str().unwrap(),
+            "--stats-json",
+            stats.to_str().unwrap(),
+        ],
+        Duration::from_secs(60),
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(3), "{err}");
+    let s = read_json(&stats);
+    assert_eq!(s["verified"], 30, "transport was fine: {s}");
+    assert_eq!(s["framemd5_mismatches"], 30, "{s}");
+    assert!(err.contains("differs from the reference"), "{err}");
+}

@@ -46,16 +46,22 @@ pub struct Decoder {
     direct: Result<DirectDecode, String>,
 }
 
+/// The decoder output formats carried as they are: FFmpeg's format, ours, and whether it
+/// implies full range (the JPEG formats).
+const CARRIED: &[(Pixel, PixelFormat, bool)] = &[
+    (Pixel::YUV420P, PixelFormat::I420, false),
+    (Pixel::YUVJ420P, PixelFormat::I420, true),
+    (Pixel::NV12, PixelFormat::Nv12, false),
+    (Pixel::YUYV422, PixelFormat::Yuyv, false),
+    (Pixel::BGRZ, PixelFormat::Xrgb8888, false),
+    (Pixel::BGRA, PixelFormat::Argb8888, false),
+];
+
 fn our_pixel(p: Pixel) -> Option<(PixelFormat, bool)> {
-    Some(match p {
-        Pixel::YUV420P => (PixelFormat::I420, false),
-        Pixel::YUVJ420P => (PixelFormat::I420, true),
-        Pixel::NV12 => (PixelFormat::Nv12, false),
-        Pixel::YUYV422 => (PixelFormat::Yuyv, false),
-        Pixel::BGRZ => (PixelFormat::Xrgb8888, false),
-        Pixel::BGRA => (PixelFormat::Argb8888, false),
-        _ => return None,
-    })
+    CARRIED
+        .iter()
+        .find(|(av, _, _)| *av == p)
+        .map(|&(_, ours, full)| (ours, full))
 }
 
 impl Decoder {
@@ -76,7 +82,10 @@ impl Decoder {
         threading.count = threads;
         ctx.set_threading(threading);
         let direct = match ffmpeg::decoder::find(ctx.id()) {
-            Some(codec) => DirectDecode::install(&mut ctx, &codec),
+            Some(codec) => {
+                let formats: Vec<_> = CARRIED.iter().map(|&(av, ours, _)| (av, ours)).collect();
+                DirectDecode::install(&mut ctx, &codec, &formats)
+            }
             None => Err("no decoder found".to_string()),
         };
         let decoder = ctx
@@ -166,7 +175,11 @@ impl Decoder {
                 allocator.kind()
             ),
             Ok(direct) => {
-                let (sw, sh) = DirectDecode::storage_size(&mut self.decoder);
+                // After a mid-stream change, the storage the decoder already laid pictures of
+                // this size out for (see super::direct).
+                let (sw, sh) = direct
+                    .storage_for(self.frame_format(), self.width, self.height)
+                    .unwrap_or_else(|| DirectDecode::storage_size(&mut self.decoder));
                 let layout = FrameLayout::with_storage(format, sw, sh, PLANE_SLACK)?;
                 let refs = DirectDecode::reference_frames(&mut self.decoder);
                 let decoder_share = self.decoder_buffers.unwrap_or(refs + self.threads + 2);
@@ -174,7 +187,7 @@ impl Decoder {
                 let count = (consumer_buffers + decoder_share).min(256);
                 match Pool::with_layout(allocator, &layout, count) {
                     Ok(pool) => {
-                        direct.attach(pool.clone(), self.decoder.format());
+                        direct.attach(pool.clone(), self.frame_format());
                         self.decode_path = format!(
                             "direct ({count} buffers: {consumer_buffers} for consumers, \
                              {decoder_share} for the decoder ({refs} references by the \
@@ -196,6 +209,14 @@ impl Decoder {
         }
         self.decode_path = format!("copy ({why})");
         Pool::new(allocator, format, consumer_buffers).context("allocating the buffer pool")
+    }
+
+    /// The FFmpeg pixel format of the pictures now coming out (the decoder's, before the first).
+    fn frame_format(&self) -> Pixel {
+        match self.frame.format() {
+            Pixel::None => self.decoder.format(),
+            f => f,
+        }
     }
 
     /// The pool buffer the current frame was decoded into, ready to publish; `None` when it

@@ -8,19 +8,29 @@
 //! `Arc<Lease>`: the decoder's output *is* the shared buffer, and the pool slot is free again only
 //! when the decoder has dropped its references and every consumer has released it.
 //!
-//! When the pool is dry (decoder references plus consumer holds use every buffer but the
-//! reserve), the picture goes into an FFmpeg buffer with the pool's exact layout (decoders such
-//! as H.264 assume every picture has the same linesizes), and the server copies that one frame
-//! into a pool buffer. When no pool is attached, or the picture does not fit it (mid-stream
-//! size or format change), the callback defers to `avcodec_default_get_buffer2`. Both
-//! fallbacks are counted.
+//! Decoders such as H.264 assume that a picture and every reference it predicts from share one
+//! layout (the same linesizes). So a picture goes into a pool buffer only when the layout its
+//! own size calls for is exactly the pool's; every other picture goes into an FFmpeg buffer
+//! laid out exactly as a pool *for its size* will be:
+//! - the pool is dry (decoder references plus consumer holds use every buffer but the
+//!   reserve): a spare buffer with the pool's layout;
+//! - a mid-stream size or format change: pictures of the new size are requested before the
+//!   server has seen the first of them and renegotiated, so they get spare buffers with the
+//!   layout of their size ([`layout_for`]), recorded here; the server's new pool is then made
+//!   with that same storage ([`DirectDecode::storage_for`]), so the pictures decoded into it
+//!   have the linesizes of the references decoded before it existed. (Handing them old-pool
+//!   buffers or FFmpeg's default buffers gave another linesize and silently wrong pixels.)
+//!
+//! The server copies such a frame once into a pool buffer. Both fallbacks are counted. With no
+//! pool attached at all (`--decode-path copy`) the callback defers to
+//! `avcodec_default_get_buffer2`, whose pools keep one layout per size themselves.
 //!
 //! FFmpeg's contract (`libavcodec/avcodec.h`, `get_buffer2`): with frame threading the
 //! callback runs on decoder threads, so everything here is `Sync`; the decoder must have
 //! `AV_CODEC_CAP_DR1`; data pointers and linesizes must meet `avcodec_align_dimensions2`.
 #![allow(unsafe_code)]
 
-use dmabuf_core::format::FrameLayout;
+use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat};
 use dmabuf_core::pool::{Lease, Pool};
 use ffmpeg::ffi;
 use ffmpeg_next as ffmpeg;
@@ -66,15 +76,30 @@ struct Attached {
     spare: SparePool,
     av_format: i32,
     layout: FrameLayout,
-    /// Rows each plane has room for (storage rows, not visible rows).
-    capacity_rows: Vec<u64>,
     /// Where each pool buffer is mapped (addresses, fixed for the pool's life), to recognise a
     /// decoded frame's buffer without locking every slot per frame.
     bases: Vec<usize>,
 }
 
+/// Spare buffers for pictures whose size or format has no pool yet (a mid-stream change).
+struct Pending {
+    av_format: i32,
+    /// The decoder's visible size when it asked (to find this entry when the pool is made).
+    visible: (u32, u32),
+    /// The aligned picture size the layout is made for.
+    storage: (u32, u32),
+    layout: FrameLayout,
+    spare: SparePool,
+}
+
+/// Sizes in flight at once are few (one change at a time, plus frame threads' lag).
+const MAX_PENDING: usize = 4;
+
 struct State {
     attached: Mutex<Option<Attached>>,
+    pending: Mutex<Vec<Pending>>,
+    /// The FFmpeg pixel formats this build carries, as `AVPixelFormat` values.
+    formats: Vec<(i32, PixelFormat)>,
     /// Leave this many buffers free for the copy path and the consumers.
     reserve: usize,
     direct: AtomicU64,
@@ -115,9 +140,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 impl DirectDecode {
     /// Install the callback on a decoder context that is not open yet. `None` (with the reason)
     /// when the decoder cannot decode into caller buffers.
+    /// `formats`: the FFmpeg pixel formats the producer carries and their pixel format.
     pub fn install(
         ctx: &mut ffmpeg::codec::context::Context,
         codec: &ffmpeg::Codec,
+        formats: &[(ffmpeg::format::Pixel, PixelFormat)],
     ) -> Result<Self, String> {
         if !codec
             .capabilities()
@@ -130,6 +157,11 @@ impl DirectDecode {
         }
         let state = Arc::new(State {
             attached: Mutex::new(None),
+            pending: Mutex::new(Vec::new()),
+            formats: formats
+                .iter()
+                .map(|&(av, ours)| (ffi::AVPixelFormat::from(av) as i32, ours))
+                .collect(),
             reserve: 1,
             direct: AtomicU64::new(0),
             pool_dry: AtomicU64::new(0),
@@ -226,21 +258,28 @@ impl DirectDecode {
         }
     }
 
-    /// Start decoding pictures of `av_format` into `pool` (laid out with
-    /// [`FrameLayout::with_storage`]).
+    /// The storage size the decoder already laid pictures of this format and visible size out
+    /// for (a mid-stream change, before the pool for it exists): the new pool must use it, so
+    /// that pictures decoded into it share the linesizes of those decoded before.
+    pub fn storage_for(
+        &self,
+        av_format: ffmpeg::format::Pixel,
+        width: u32,
+        height: u32,
+    ) -> Option<(u32, u32)> {
+        let av = ffi::AVPixelFormat::from(av_format) as i32;
+        lock(&self.state.pending)
+            .iter()
+            .rev()
+            .find(|p| p.av_format == av && p.visible == (width, height))
+            .map(|p| p.storage)
+    }
+
+    /// Start decoding pictures of `av_format` into `pool` (laid out with [`layout_for`]).
     pub fn attach(&self, pool: Pool, av_format: ffmpeg::format::Pixel) {
         let Some(layout) = pool.buffer(0).map(|b| b.layout.clone()) else {
             return;
         };
-        let capacity_rows = layout
-            .planes
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                let end = layout.planes.get(i + 1).map_or(layout.size, |n| n.offset);
-                end.saturating_sub(p.offset + PLANE_SLACK) / u64::from(p.stride.max(1))
-            })
-            .collect();
         let bases = (0..pool.len() as u32)
             .map(|id| pool.base_ptr(id).map_or(0, |p| p as usize))
             .collect();
@@ -251,7 +290,6 @@ impl DirectDecode {
             spare,
             av_format: ffi::AVPixelFormat::from(av_format) as i32,
             layout,
-            capacity_rows,
             bases,
         });
     }
@@ -357,26 +395,76 @@ unsafe fn fill(
         return None;
     };
     // SAFETY: per this function's contract.
-    let (format, mut w, mut h) = unsafe { ((*frame).format, (*frame).width, (*frame).height) };
+    let (format, mut w, mut h, vis) = unsafe {
+        (
+            (*frame).format,
+            (*frame).width,
+            (*frame).height,
+            ((*ctx).width.max(0) as u32, (*ctx).height.max(0) as u32),
+        )
+    };
     let mut align = [0i32; 8];
     // SAFETY: valid context; the out-parameters point at locals.
     unsafe { ffi::avcodec_align_dimensions2(ctx, &mut w, &mut h, align.as_mut_ptr()) };
-    let pixel = a.layout.format.pixel;
-    let fits = format == a.av_format
-        && a.layout.planes.iter().enumerate().all(|(i, p)| {
-            let info = pixel.planes()[i];
-            let need_row = u64::from((w.max(0) as u32).div_ceil(info.hsub))
-                .div_ceil(u64::from(info.block_w))
-                * u64::from(info.block_bytes);
-            let need_rows = u64::from((h.max(0) as u32).div_ceil(info.vsub));
-            let a_i = align[i].max(1) as u32;
-            p.stride % a_i == 0
-                && u64::from(p.stride) >= need_row
-                && a.capacity_rows[i] >= need_rows
-        });
-    if !fits {
+    let storage = (w.max(1) as u32, h.max(1) as u32);
+    let pixel = state
+        .formats
+        .iter()
+        .find(|(av, _)| *av == format)
+        .map(|&(_, p)| p);
+    let layout = pixel.and_then(|p| layout_for(p, storage.0, storage.1).ok());
+    let aligned = |l: &FrameLayout| {
+        l.planes
+            .iter()
+            .zip(align.iter())
+            .all(|(p, &al)| p.stride % al.max(1) as u32 == 0)
+    };
+    let Some(layout) = layout.filter(aligned) else {
+        // A format this build does not carry (the stream fails when it comes out), or
+        // alignment we cannot meet: FFmpeg's own buffers.
         state.unfit.fetch_add(1, Ordering::Relaxed);
         return None;
+    };
+    if format != a.av_format || !same_layout(&layout, &a.layout) {
+        // Not the pool's layout: a mid-stream size or format change.
+        state.unfit.fetch_add(1, Ordering::Relaxed);
+        let mut pending = lock(&state.pending);
+        let i = match pending
+            .iter()
+            .position(|p| p.av_format == format && p.storage == storage)
+        {
+            Some(i) => i,
+            None => {
+                if pending.len() >= MAX_PENDING {
+                    // Buffers still out stay valid: uninit waits for their return.
+                    pending.remove(0);
+                }
+                // SAFETY: plain allocation of a buffer pool; NULL is handled below.
+                let spare =
+                    SparePool(unsafe { ffi::av_buffer_pool_init(layout.size as usize, None) });
+                pending.push(Pending {
+                    av_format: format,
+                    visible: vis,
+                    storage,
+                    layout,
+                    spare,
+                });
+                pending.len() - 1
+            }
+        };
+        let p = &pending[i];
+        if p.spare.0.is_null() {
+            return Some(-nix::libc::ENOMEM);
+        }
+        // SAFETY: a live buffer pool (checked non-null) of `p.layout.size`-byte buffers.
+        let buf = unsafe { ffi::av_buffer_pool_get(p.spare.0) };
+        if buf.is_null() {
+            return Some(-nix::libc::ENOMEM);
+        }
+        // SAFETY: `buf` holds `layout.size` bytes (av_malloc'd, 64-byte aligned), so the
+        // plane pointers stay inside it; `frame` is valid per this function's contract.
+        unsafe { point_planes(&mut *frame, buf, (*buf).data, &p.layout) };
+        return Some(0);
     }
     let lease = match a.pool.try_acquire_leaving(state.reserve) {
         Some(lease) => lease,
@@ -432,6 +520,32 @@ unsafe fn fill(
     unsafe { point_planes(&mut *frame, buf, base, &a.layout) };
     state.direct.fetch_add(1, Ordering::Relaxed);
     Some(0)
+}
+
+/// The layout of a pool (and of every spare buffer) for pictures of `pixel` whose aligned
+/// (`avcodec_align_dimensions2`) size is `storage_w` x `storage_h`: strides and plane offsets
+/// depend on that storage size alone, so every picture of one size gets the same linesizes.
+pub fn layout_for(
+    pixel: PixelFormat,
+    storage_w: u32,
+    storage_h: u32,
+) -> Result<FrameLayout, dmabuf_core::format::LayoutError> {
+    FrameLayout::with_storage(
+        FrameFormat::linear(pixel, storage_w, storage_h),
+        storage_w,
+        storage_h,
+        PLANE_SLACK,
+    )
+}
+
+/// Two layouts put every plane at the same offset with the same stride.
+fn same_layout(a: &FrameLayout, b: &FrameLayout) -> bool {
+    a.planes.len() == b.planes.len()
+        && a.size <= b.size
+        && a.planes
+            .iter()
+            .zip(&b.planes)
+            .all(|(x, y)| x.offset == y.offset && x.stride == y.stride)
 }
 
 /// Give `frame` the buffer `buf` with planes laid out as `layout` from `base`.
