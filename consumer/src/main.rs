@@ -751,7 +751,7 @@ impl Stream<'_> {
                         }
                     }
                     self.client.release(id)?;
-                    stats.frame(f.seq, f.publish_ns, received_ns);
+                    stats.frame(f.seq, f.pts_ns, f.publish_ns, received_ns);
                     stats.steady(
                         f.publish_ns,
                         visible_ns,

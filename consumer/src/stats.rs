@@ -14,6 +14,13 @@ pub struct Report {
     pub mismatches: u64,
     /// Frames the producer skipped for us (gaps in the sequence numbers).
     pub dropped: u64,
+    /// The longest time between two frames' arrivals, in milliseconds (a freeze shows here
+    /// even when fps and latency look normal).
+    pub max_gap_ms: f64,
+    /// The first and last frames' presentation timestamps as sent (`Frame.pts_ns`: the
+    /// source's own timeline, in nanoseconds).
+    pub first_pts_ns: Option<i64>,
+    pub last_pts_ns: Option<i64>,
     /// `--expect-framemd5`: frames whose MD5 matched the reference, and those that did not
     /// (null without the option).
     pub framemd5_matched: Option<u64>,
@@ -122,6 +129,7 @@ pub struct Stats {
     start: Instant,
     cpu0: u64,
     last_seq: Option<u64>,
+    last_received_ns: Option<u64>,
     live: bool,
     tty: bool,
     last_line: Instant,
@@ -232,6 +240,7 @@ impl Stats {
             start: Instant::now(),
             cpu0: process_cpu_ns(),
             last_seq: None,
+            last_received_ns: None,
             live,
             tty: std::io::stderr().is_terminal(),
             last_line: Instant::now(),
@@ -253,6 +262,8 @@ impl Stats {
     /// with `fds_after_warmup`.
     pub fn stream_ended(&mut self) {
         self.report.fds_at_end = procstat::fd_count();
+        // A reconnect's wait is not a gap between frames of a stream.
+        self.last_received_ns = None;
     }
 
     /// The first producer answered: wall time and CPU count from here (`fps`, `cpu_ns` are
@@ -312,7 +323,14 @@ impl Stats {
     }
 
     /// Count a frame that the consumer is done with; `received_ns` is when it arrived.
-    pub fn frame(&mut self, seq: u64, publish_ns: u64, received_ns: u64) {
+    pub fn frame(&mut self, seq: u64, pts_ns: i64, publish_ns: u64, received_ns: u64) {
+        if let Some(prev) = self.last_received_ns {
+            let gap = received_ns.saturating_sub(prev) as f64 / 1e6;
+            self.report.max_gap_ms = self.report.max_gap_ms.max(gap);
+        }
+        self.last_received_ns = Some(received_ns);
+        self.report.first_pts_ns.get_or_insert(pts_ns);
+        self.report.last_pts_ns = Some(pts_ns);
         if self.report.frames < 3 {
             self.report.fds_after_warmup = procstat::fd_count();
         }

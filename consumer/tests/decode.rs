@@ -524,3 +524,282 @@ fn expect_framemd5_catches_wrong_pictures() {
     assert_eq!(s["framemd5_mismatches"], 30, "{s}");
     assert!(err.contains("differs from the reference"), "{err}");
 }
+
+/// Run `args` through ffmpeg (lavfi testsrc2 at 160x120) into `out`.
+fn ffmpeg_make(out: &Path, args: &[&str]) {
+    ffmpeg_make_sized(out, "160x120", args)
+}
+
+fn ffmpeg_make_sized(out: &Path, size: &str, args: &[&str]) {
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!("testsrc2=size={size}:rate=30"))
+        .args(args)
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(st.success(), "making {}", out.display());
+}
+
+fn scratch_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("dmabuf-{tag}-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// Play `file` paced (as a user would) to a cpu-map consumer: its stats and the producer's log.
+fn play_paced(name: &str, file: &Path) -> (serde_json::Value, String) {
+    let sock = socket(name);
+    let src = format!("file:{}", file.display());
+    let p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd"]);
+    let s = consume(
+        &sock,
+        name,
+        &["--import", "cpu-map"],
+        Duration::from_secs(60),
+    );
+    let (st, err) = p.wait(Duration::from_secs(30));
+    assert!(st.success(), "{name}: {err}");
+    (s, err)
+}
+
+/// Issue 11 §2: frames are published at their own presentation times. A variable-frame-rate
+/// file (30 frames at 30 fps, then 30 at 5 fps) takes its 6.8 s timeline, not 60 frames at
+/// one average rate; the slow half's frames come 200 ms apart; and the pts consumers see are
+/// the file's.
+#[test]
+fn pacing_follows_each_frames_timestamp() {
+    let dir = scratch_dir("vfr");
+    let vfr = dir.join("vfr.mkv");
+    ffmpeg_make(
+        &vfr,
+        &[
+            "-vf",
+            "setpts='if(lt(N,30),N/30,1+(N-30)/5)/TB'",
+            "-frames:v",
+            "60",
+            "-fps_mode",
+            "passthrough",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+    let (s, _) = play_paced("vfr", &vfr);
+    assert_eq!(s["frames"], 60, "{s}");
+    // The last frame's pts is 1 + 29/5 = 6.8 s (MKV keeps milliseconds).
+    let span = s["last_pts_ns"].as_i64().unwrap() - s["first_pts_ns"].as_i64().unwrap();
+    assert!(
+        (span - 6_800_000_000).abs() <= 1_000_000,
+        "pts span {span} ns: {s}"
+    );
+    let wall = s["wall_ns"].as_f64().unwrap() / 1e9;
+    assert!(
+        (6.6..8.5).contains(&wall),
+        "wall {wall} s for a 6.8 s timeline: {s}"
+    );
+    let gap = s["max_gap_ms"].as_f64().unwrap();
+    assert!(
+        (180.0..400.0).contains(&gap),
+        "largest gap {gap} ms (frames 200 ms apart)"
+    );
+}
+
+/// Issue 11 §2: timestamp discontinuities neither stall nor burst the stream. Each file is 30
+/// frames at 30 fps whose timestamps jump forward 100 s, jump back 95,000 s, wrap around
+/// MPEG-TS's 33-bit clock, or are missing (raw H.264): each plays in about a second, with no
+/// gap longer than a few frame periods, and a jump is logged as a discontinuity.
+#[test]
+fn timestamp_discontinuities_neither_stall_nor_burst() {
+    let dir = scratch_dir("jumps");
+    let x264 = ["-c:v", "libx264", "-preset", "ultrafast", "-frames:v", "15"];
+    let seg = |name: &str, offset: &str| {
+        let p = dir.join(format!("{name}.ts"));
+        let mut a = x264.to_vec();
+        a.extend(["-output_ts_offset", offset, "-f", "mpegts"]);
+        ffmpeg_make(&p, &a);
+        std::fs::read(p).unwrap()
+    };
+    let (early, late) = (seg("early", "0"), seg("late", "100"));
+    let forward = dir.join("forward.ts");
+    std::fs::write(&forward, [early.clone(), late.clone()].concat()).unwrap();
+    let backward = dir.join("backward.ts");
+    std::fs::write(&backward, [late, early].concat()).unwrap();
+    // 2^33 / 90 kHz = 95443.7 s: the clock wraps half a second in.
+    let wrap = dir.join("wrap.ts");
+    let mut a = x264.to_vec();
+    a[5] = "30";
+    a.extend(["-output_ts_offset", "95443.2", "-f", "mpegts"]);
+    ffmpeg_make(&wrap, &a);
+    let raw = dir.join("raw.h264");
+    let mut a = x264.to_vec();
+    a[5] = "30";
+    a.extend(["-bsf:v", "h264_mp4toannexb", "-f", "h264"]);
+    ffmpeg_make(&raw, &a);
+    for (name, file, jumps) in [
+        ("forward", &forward, true),
+        ("backward", &backward, true),
+        ("wrap", &wrap, false),
+        ("no-pts", &raw, false),
+    ] {
+        let (s, err) = play_paced(name, file);
+        assert_eq!(s["frames"], 30, "{name}: {s}");
+        let wall = s["wall_ns"].as_f64().unwrap() / 1e9;
+        // 30 frames at 30 fps: no stall (100 s), no burst (all at once).
+        assert!((0.85..2.5).contains(&wall), "{name}: wall {wall} s\n{err}");
+        let gap = s["max_gap_ms"].as_f64().unwrap();
+        assert!(gap < 250.0, "{name}: a {gap} ms gap\n{err}");
+        let logged = err.matches("timestamp discontinuity").count();
+        if jumps {
+            assert_eq!(logged, 1, "{name}: one jump, logged once:\n{err}");
+        }
+    }
+    // The pts are the stream's own: the forward file ends 100 s later than it starts.
+    let (s, _) = play_paced("forward-pts", &forward);
+    let span = s["last_pts_ns"].as_i64().unwrap() - s["first_pts_ns"].as_i64().unwrap();
+    assert!(span > 100_000_000_000, "pts span {span}: {s}");
+}
+
+/// Issue 11 §3: damaged and unusual files.
+#[test]
+fn damaged_and_unusual_files() {
+    let dir = scratch_dir("damaged");
+    // One damaged packet (a NAL length field overwritten): FFmpeg's CLI skips it and decodes
+    // the other 47 pictures; so must we, byte for byte, and the producer must then exit.
+    let src = dir.join("src.mp4");
+    ffmpeg_make_sized(
+        &src,
+        "320x240",
+        &[
+            "-frames:v",
+            "48",
+            "-c:v",
+            "libx264",
+            "-g",
+            "300",
+            "-pix_fmt",
+            "yuv420p",
+        ],
+    );
+    let out = Command::new("ffprobe")
+        .args(["-v", "error", "-select_streams", "v"])
+        .args(["-show_entries", "packet=pos", "-of", "csv=p=0"])
+        .arg(&src)
+        .output()
+        .unwrap();
+    let pos: u64 = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .nth(28)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let mut bytes = std::fs::read(&src).unwrap();
+    bytes[pos as usize..pos as usize + 4].copy_from_slice(&[0x7f, 0xff, 0xff, 0xf0]);
+    let damaged = dir.join("damaged.mp4");
+    std::fs::write(&damaged, bytes).unwrap();
+    // Passthrough: FFmpeg's CFR output would duplicate a frame to fill the gap.
+    let want = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(&damaged)
+        .args([
+            "-fps_mode",
+            "passthrough",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .unwrap()
+        .stdout;
+    assert_eq!(want.len(), 47 * 320 * 240 * 3 / 2, "ffmpeg decodes 47");
+    let (dump, s) = play("damaged", &damaged, "memfd", &[]);
+    assert_eq!(s["frames"], 47, "{s}");
+    assert!(
+        dump == want,
+        "the damaged file's dump differs from ffmpeg's"
+    );
+
+    // No decodable picture (H.264 without its parameter sets): said so, not blamed on the
+    // pixel format.
+    let seg = dir.join("seg.h264");
+    ffmpeg_make(
+        &seg,
+        &[
+            "-frames:v",
+            "10",
+            "-c:v",
+            "libx264",
+            "-bsf:v",
+            "h264_mp4toannexb",
+            "-f",
+            "h264",
+        ],
+    );
+    let nosps = dir.join("nosps.h264");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(&seg)
+        .args([
+            "-c",
+            "copy",
+            "-bsf:v",
+            "filter_units=remove_types=7|8",
+            "-f",
+            "h264",
+        ])
+        .arg(&nosps)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = Command::new(producer_bin())
+        .arg("--socket")
+        .arg(socket("nosps"))
+        .arg("--source")
+        .arg(format!("file:{}", nosps.display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{e}");
+    assert!(e.contains("no decodable picture"), "{e}");
+    assert!(!e.contains("convert it"), "{e}");
+    assert!(e.lines().count() < 5, "FFmpeg's own log is not dumped: {e}");
+
+    // A relative file name with ':' is a local path, not an FFmpeg protocol.
+    std::fs::copy(&src, dir.join("clip:1.mp4")).unwrap();
+    let sock = socket("colon");
+    let mut p = Command::new(producer_bin())
+        .current_dir(&dir)
+        .arg("--socket")
+        .arg(&sock)
+        .args([
+            "--source",
+            "file:clip:1.mp4",
+            "--alloc",
+            "memfd",
+            "--no-pace",
+        ])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let s = consume(
+        &sock,
+        "colon",
+        &["--import", "cpu-map"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(s["frames"], 48, "{s}");
+    assert!(p.wait().unwrap().success());
+
+    // --loop on a still image loops it.
+    let jpg = dir.join("still.jpg");
+    ffmpeg_make(&jpg, &["-frames:v", "1", "-pix_fmt", "yuvj420p"]);
+    // The JPEG is full range (yuvj420p), carried as it is.
+    let one = ffmpeg_raw(&jpg, "yuvj420p", None);
+    let (dump, s) = play("still", &jpg, "memfd", &["--loop", "--frames", "10"]);
+    assert_eq!(s["frames"], 10, "{s}");
+    assert!(dump == one.repeat(10), "every frame is the image");
+}

@@ -44,6 +44,98 @@ pub struct ServeOptions {
     pub report_every: Duration,
 }
 
+/// When to publish each frame: at its presentation time (the source's timestamp, for a file the
+/// decoder's best-effort timestamp), so that wall time follows the stream's timeline whatever
+/// its frame rate does (variable frame rate included).
+///
+/// The rule for timestamps that cannot be followed: a step from one frame's timestamp to the
+/// next that goes backwards, does not advance, or jumps forward by more than
+/// [`Pacer::MAX_STEP_NS`] (2 s, or 4 nominal frame periods if longer) is a *discontinuity*
+/// (an edit, a wrap-around, a broken muxer): the frame is due one nominal period after the
+/// previous one and the timeline restarts from it. So a jump neither stalls the stream nor
+/// lets it burst to catch up. Each discontinuity is logged (the first few, then every 100th)
+/// and counted. The pts sent to consumers is the source's own, unchanged.
+///
+/// A frame that is late (the producer was slow, or waited for a consumer) is sent at once;
+/// being late by more than the step limit restarts the timeline too, so a long hold-up does
+/// not end in a burst.
+struct Pacer {
+    period_ns: u64,
+    /// Wall time and pts of the frame the timeline is measured from.
+    origin: Option<(Instant, i64)>,
+    /// The last frame's pts and when it was due.
+    last: Option<(i64, Instant)>,
+    discontinuities: u64,
+}
+
+impl Pacer {
+    const MAX_STEP_NS: i64 = 2_000_000_000;
+
+    fn new(period_ns: u64) -> Self {
+        Self {
+            period_ns: period_ns.max(1),
+            origin: None,
+            last: None,
+            discontinuities: 0,
+        }
+    }
+
+    fn max_step(&self) -> i64 {
+        Self::MAX_STEP_NS.max(4 * self.period_ns as i64)
+    }
+
+    /// When the frame with this pts is due, given the time now.
+    fn due(&mut self, pts_ns: i64, now: Instant) -> Instant {
+        let period = Duration::from_nanos(self.period_ns);
+        let due = match (self.origin, self.last) {
+            (Some((t0, p0)), Some((last_pts, last_due))) => {
+                let step = pts_ns.saturating_sub(last_pts);
+                let on_timeline = t0 + Duration::from_nanos(pts_ns.saturating_sub(p0) as u64);
+                if step <= 0 || step > self.max_step() {
+                    self.discontinuity(format!(
+                        "pts jumps by {:.3} s (from {:.3} s to {:.3} s)",
+                        step as f64 / 1e9,
+                        last_pts as f64 / 1e9,
+                        pts_ns as f64 / 1e9
+                    ));
+                    let due = last_due + period;
+                    self.origin = Some((due, pts_ns));
+                    due
+                } else if now.saturating_duration_since(on_timeline).as_nanos()
+                    > self.max_step() as u128
+                {
+                    // Far behind the timeline: restart it rather than burst.
+                    self.discontinuity(format!(
+                        "{:.3} s behind the stream's timeline",
+                        now.saturating_duration_since(on_timeline).as_secs_f64()
+                    ));
+                    self.origin = Some((now, pts_ns));
+                    now
+                } else {
+                    on_timeline
+                }
+            }
+            _ => {
+                self.origin = Some((now, pts_ns));
+                now
+            }
+        };
+        self.last = Some((pts_ns, due));
+        due
+    }
+
+    fn discontinuity(&mut self, what: String) {
+        self.discontinuities += 1;
+        let n = self.discontinuities;
+        if n <= 3 || n % 100 == 0 {
+            tracing::warn!(
+                "timestamp discontinuity #{n}: {what}; carrying on at the nominal rate ({:.3} ms a frame)",
+                self.period_ns as f64 / 1e6
+            );
+        }
+    }
+}
+
 /// How a stream ended.
 #[derive(Debug, PartialEq, Eq)]
 enum StreamEnd {
@@ -278,6 +370,7 @@ impl Server<'_> {
         let (num, den) = self.source.fps();
         let period_ns = 1_000_000_000u64 * u64::from(den) / u64::from(num.max(1));
         let start = Instant::now();
+        let mut pacer = Pacer::new(period_ns);
         let cpu0 = process_cpu_ns();
         let mut last_report = Instant::now();
         let mut report_frames = 0u64;
@@ -295,16 +388,6 @@ impl Server<'_> {
                     tracing::info!("{paths}");
                 }
                 return Ok(StreamEnd::Completed);
-            }
-            if self.opts.pace {
-                let due = start + Duration::from_nanos(seq * period_ns);
-                loop {
-                    let left = due.saturating_duration_since(Instant::now());
-                    if left.is_zero() || self.stop.load(Ordering::Relaxed) {
-                        break;
-                    }
-                    self.wait(listener, left)?;
-                }
             }
             if self.stop.load(Ordering::Relaxed) {
                 return Ok(StreamEnd::Interrupted);
@@ -399,6 +482,24 @@ impl Server<'_> {
                 checksum: checksum.unwrap_or(0),
                 chunks: full_chunks(lease.buffer()),
             };
+            let mut frame = frame;
+            if self.opts.pace {
+                // Each frame at its own presentation time (see Pacer). The frame was made
+                // ready first; the latency it reports starts when it was ready, less the wait.
+                let before = dmabuf_core::time::monotonic_ns();
+                let due = pacer.due(pts_ns, Instant::now());
+                loop {
+                    let left = due.saturating_duration_since(Instant::now());
+                    if left.is_zero() || self.stop.load(Ordering::Relaxed) {
+                        break;
+                    }
+                    self.wait(listener, left)?;
+                }
+                if self.stop.load(Ordering::Relaxed) {
+                    return Ok(StreamEnd::Interrupted);
+                }
+                frame.publish_ns += dmabuf_core::time::monotonic_ns().saturating_sub(before);
+            }
             // The bounded wait for a consumer at its quota (see crate::fanout).
             let until = Instant::now() + Duration::from_nanos(period_ns);
             let share = self.share();

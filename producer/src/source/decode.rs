@@ -25,6 +25,11 @@ pub struct Decoder {
     time_base: ffmpeg::Rational,
     frame: ffmpeg::frame::Video,
     eof_sent: bool,
+    /// Pictures that came out of the decoder since the file was opened.
+    decoded: u64,
+    /// Packets (or pictures) the decoder refused: skipped, as the FFmpeg CLI does.
+    pub decode_errors: u64,
+    last_error: Option<String>,
     pub pixel: PixelFormat,
     pub width: u32,
     pub height: u32,
@@ -44,6 +49,84 @@ pub struct Decoder {
     /// Declared last: the codec context (in `decoder`) must be freed before the callback's
     /// state.
     direct: Result<DirectDecode, String>,
+}
+
+/// Open `path` as a local file, whatever it contains: a name such as `clip:1.mp4` would
+/// otherwise be read as the URL of an FFmpeg protocol `clip`.
+fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input> {
+    let mut url = std::ffi::OsString::from("file:");
+    url.push(path);
+    ffmpeg::format::input(&PathBuf::from(url))
+        .with_context(|| format!("cannot open {} as a video file", path.display()))
+}
+
+/// FFmpeg's own log lines (one per damaged packet, and more) are left out unless `RUST_LOG`
+/// asks for debug output; the producer reports decode errors itself, counted.
+fn quiet_ffmpeg() {
+    use ffmpeg::util::log::{set_level, Level};
+    let verbose =
+        std::env::var("RUST_LOG").is_ok_and(|v| v.contains("debug") || v.contains("trace"));
+    set_level(if verbose {
+        Level::Warning
+    } else {
+        Level::Fatal
+    });
+}
+
+/// Decode `stream` of `path` until a picture comes out; an error saying the track has none.
+fn probe_first_picture(path: &Path, stream: usize) -> Result<()> {
+    let mut input = open_input(path)?;
+    let params = input
+        .stream(stream)
+        .ok_or_else(|| anyhow!("{}: the video stream went away", path.display()))?
+        .parameters();
+    let mut dec = ffmpeg::codec::context::Context::from_parameters(params)?
+        .decoder()
+        .video()
+        .with_context(|| format!("no decoder for the video in {}", path.display()))?;
+    let mut frame = ffmpeg::frame::Video::empty();
+    let (mut packets, mut errors) = (0u64, 0u64);
+    let mut last = None;
+    let mut eof = false;
+    loop {
+        match dec.receive_frame(&mut frame) {
+            Ok(()) => return Ok(()),
+            Err(ffmpeg::Error::Other { errno }) if errno == nix::libc::EAGAIN => {}
+            Err(ffmpeg::Error::Eof) => break,
+            Err(e) => {
+                errors += 1;
+                last = Some(e.to_string());
+                continue;
+            }
+        }
+        if eof {
+            break;
+        }
+        match input.packets().find(|(st, _)| st.index() == stream) {
+            Some((_, pkt)) => {
+                packets += 1;
+                if let Err(e) = dec.send_packet(&pkt) {
+                    errors += 1;
+                    last = Some(e.to_string());
+                }
+            }
+            None => {
+                dec.send_eof()?;
+                eof = true;
+            }
+        }
+    }
+    bail!(
+        "{}: the video track has no decodable picture ({packets} packets, {errors} decode \
+         error(s){})",
+        path.display(),
+        last.map(|e| format!(", the last: {e}")).unwrap_or_default()
+    )
+}
+
+/// `send_packet` only says EAGAIN when output is pending, which `next` always drains first.
+fn unreachable_eagain() -> Result<()> {
+    bail!("the decoder refused input while no output was pending (EAGAIN)")
 }
 
 /// The decoder output formats carried as they are: FFmpeg's format, ours, and whether it
@@ -67,8 +150,8 @@ fn our_pixel(p: Pixel) -> Option<(PixelFormat, bool)> {
 impl Decoder {
     pub fn open(path: &Path, threads: usize) -> Result<Self> {
         ffmpeg::init().context("initialising FFmpeg")?;
-        let input = ffmpeg::format::input(path)
-            .with_context(|| format!("cannot open {} as a video file", path.display()))?;
+        quiet_ffmpeg();
+        let input = open_input(path)?;
         let st = input
             .streams()
             .best(ffmpeg::media::Type::Video)
@@ -96,6 +179,17 @@ impl Decoder {
             .codec()
             .map(|c| c.name().to_string())
             .unwrap_or_else(|| "?".into());
+        if decoder.format() == Pixel::None || decoder.width() == 0 || decoder.height() == 0 {
+            // FFmpeg could not learn the format from the container or the first packets: find
+            // out whether any picture decodes at all before blaming the format.
+            probe_first_picture(path, stream)?;
+            // A picture decodes, yet the stream parameters do not say its format or size.
+            bail!(
+                "{}: the container does not say the video's size or pixel format \
+                 (remux it, e.g. ffmpeg -i IN -c copy OUT.mkv)",
+                path.display()
+            );
+        }
         let (pixel, full_range) = our_pixel(decoder.format()).ok_or_else(|| {
             anyhow!(
                 "{} decodes to {:?}; this build carries I420, NV12, YUYV, BGR0 and BGRA \
@@ -141,6 +235,9 @@ impl Decoder {
             time_base,
             frame: ffmpeg::frame::Video::empty(),
             eof_sent: false,
+            decoded: 0,
+            decode_errors: 0,
+            last_error: None,
             pixel,
             width,
             height,
@@ -245,54 +342,39 @@ impl Decoder {
     }
 
     /// Decode the next frame; `Ok(None)` at the end of the stream. Returns its pts in ns.
+    ///
+    /// A packet the decoder refuses (damaged data) is counted and skipped, as the FFmpeg CLI
+    /// does; at the end of input the decoder is drained of the pictures it still holds. A file
+    /// whose video track yields no picture at all is an error saying so.
     pub fn next(&mut self) -> Result<Option<i64>> {
         loop {
             match self.decoder.receive_frame(&mut self.frame) {
                 Ok(()) => {
-                    let (w, h) = (self.frame.width(), self.frame.height());
-                    if w != self.width
-                        || h != self.height
-                        || our_pixel(self.frame.format()).map(|p| p.0) != Some(self.pixel)
-                    {
-                        // A new size or format mid-stream: the server sees `format()` change
-                        // and renegotiates with the consumers before publishing this frame.
-                        let Some((pixel, _)) = our_pixel(self.frame.format()) else {
-                            bail!(
-                                "{}: the stream changed to {:?} mid-stream, which this build \
-                                 does not carry",
-                                self.path.display(),
-                                self.frame.format()
-                            );
-                        };
-                        if w == 0 || h == 0 {
-                            bail!("{}: a frame of size {w}x{h}", self.path.display());
-                        }
-                        tracing::info!(
-                            "{}: the stream changes from {} {}x{} to {pixel} {w}x{h}",
-                            self.path.display(),
-                            self.pixel,
-                            self.width,
-                            self.height
-                        );
-                        (self.pixel, self.width, self.height) = (pixel, w, h);
-                    }
-                    let ts = self.frame.timestamp().or(self.frame.pts()).unwrap_or(0);
-                    let ns = ts as i128 * 1_000_000_000 * self.time_base.numerator() as i128
-                        / self.time_base.denominator().max(1) as i128;
-                    self.last_pts_ns = ns as i64 + self.pts_offset_ns;
+                    self.decoded += 1;
+                    self.picture_out()?;
                     return Ok(Some(self.last_pts_ns));
                 }
-                Err(ffmpeg::Error::Eof) => return Ok(None),
+                Err(ffmpeg::Error::Eof) => return self.end_of_input(),
                 Err(ffmpeg::Error::Other { errno }) if errno == nix::libc::EAGAIN => {}
-                Err(e) => return Err(e).context("decoding"),
+                // A picture that failed (frame threads report a packet's error here).
+                Err(e) => {
+                    self.decode_error(e);
+                    continue;
+                }
             }
             if self.eof_sent {
-                return Ok(None);
+                return self.end_of_input();
             }
             let mut sent = false;
             while let Some((st, pkt)) = self.input.packets().next() {
                 if st.index() == self.stream {
-                    self.decoder.send_packet(&pkt).context("decoding")?;
+                    match self.decoder.send_packet(&pkt) {
+                        Ok(()) => {}
+                        Err(ffmpeg::Error::Other { errno }) if errno == nix::libc::EAGAIN => {
+                            unreachable_eagain()?
+                        }
+                        Err(e) => self.decode_error(e),
+                    }
                     sent = true;
                     break;
                 }
@@ -304,12 +386,90 @@ impl Decoder {
         }
     }
 
+    fn decode_error(&mut self, e: ffmpeg::Error) {
+        self.decode_errors += 1;
+        let n = self.decode_errors;
+        // Rate-limited: the first few, then every 100th.
+        if n <= 3 || n % 100 == 0 {
+            tracing::warn!(
+                "{}: decode error #{n} (packet skipped, as ffmpeg does): {e}",
+                self.path.display()
+            );
+        }
+        self.last_error = Some(e.to_string());
+    }
+
+    fn end_of_input(&mut self) -> Result<Option<i64>> {
+        if self.decoded == 0 {
+            bail!(
+                "{}: the video track has no decodable picture ({} decode error(s){})",
+                self.path.display(),
+                self.decode_errors,
+                self.last_error
+                    .as_ref()
+                    .map(|e| format!(", the last: {e}"))
+                    .unwrap_or_default()
+            );
+        }
+        if self.decode_errors > 0 {
+            tracing::warn!(
+                "{}: {} packet(s) could not be decoded and were skipped; {} pictures decoded",
+                self.path.display(),
+                self.decode_errors,
+                self.decoded
+            );
+        }
+        Ok(None)
+    }
+
+    /// Take note of the picture that just came out: a new size or format, its timestamp.
+    fn picture_out(&mut self) -> Result<()> {
+        let (w, h) = (self.frame.width(), self.frame.height());
+        if w != self.width
+            || h != self.height
+            || our_pixel(self.frame.format()).map(|p| p.0) != Some(self.pixel)
+        {
+            // A new size or format mid-stream: the server sees `format()` change and
+            // renegotiates with the consumers before publishing this frame.
+            let Some((pixel, _)) = our_pixel(self.frame.format()) else {
+                bail!(
+                    "{}: the stream changed to {:?} mid-stream, which this build does not carry",
+                    self.path.display(),
+                    self.frame.format()
+                );
+            };
+            if w == 0 || h == 0 {
+                bail!("{}: a frame of size {w}x{h}", self.path.display());
+            }
+            tracing::info!(
+                "{}: the stream changes from {} {}x{} to {pixel} {w}x{h}",
+                self.path.display(),
+                self.pixel,
+                self.width,
+                self.height
+            );
+            (self.pixel, self.width, self.height) = (pixel, w, h);
+        }
+        let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
+        self.last_pts_ns = match self.frame.timestamp().or(self.frame.pts()) {
+            Some(ts) => {
+                let ns = ts as i128 * 1_000_000_000 * self.time_base.numerator() as i128
+                    / self.time_base.denominator().max(1) as i128;
+                ns as i64 + self.pts_offset_ns
+            }
+            // No timestamp: one nominal period after the last.
+            None => self.last_pts_ns + period,
+        };
+        Ok(())
+    }
+
     /// Back to the first frame (for `--loop` and for the next consumer); timestamps keep
     /// increasing across loops when `continue_pts`.
+    ///
+    /// The file is opened again rather than sought: every demuxer can do that (an image file's
+    /// cannot seek), and it starts at the first packet exactly.
     pub fn rewind(&mut self, continue_pts: bool) -> Result<()> {
-        self.input
-            .seek(0, ..)
-            .with_context(|| format!("rewinding {}", self.path.display()))?;
+        self.input = open_input(&self.path)?;
         self.decoder.flush();
         self.eof_sent = false;
         let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
