@@ -14,7 +14,7 @@ use clap::Parser;
 use dmabuf_core::buffer::MemoryKind;
 use dmabuf_core::format::{PixelFormat, MOD_LINEAR};
 use dmabuf_core::proto::client::{Client, Event};
-use dmabuf_core::proto::wire::{Cap, GoodbyeReason, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED};
+use dmabuf_core::proto::wire::{h273, Cap, GoodbyeReason, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED};
 use dmabuf_core::proto::{Channel, ProtoError};
 use import::cpu::MappedBuffer;
 use import::vulkan::{ImportPath, Vulkan};
@@ -415,8 +415,10 @@ fn run(args: &Args) -> Result<i32> {
             });
             if let (Some(v), Some(g), Some(d)) = (viewer.as_mut(), gpu.as_mut(), display) {
                 let title = format!("{} {}x{} ({})", w.pixel, w.width, w.height, g.path);
-                let handle = v.open(w.width, w.height, &title)?;
-                g.vk.attach_window(d, handle, w.width, w.height)?;
+                // Upright, at the display aspect ratio.
+                let ((dw, dh), _) = w.geometry.display_size(w.width, w.height);
+                let handle = v.open(dw, dh, &title)?;
+                g.vk.attach_window(d, handle, dw, dh)?;
             }
         }
         if viewer.is_some()
@@ -434,6 +436,29 @@ fn run(args: &Args) -> Result<i32> {
         if args.snapshot_every.is_some() {
             std::fs::create_dir_all(&args.snapshot_dir)
                 .with_context(|| format!("creating {}", args.snapshot_dir.display()))?;
+        }
+        tracing::info!(
+            "colorimetry: matrix {}, {} range, primaries {}, transfer {}, chroma location {}; \
+             sample aspect {}, {}° clockwise{}",
+            w.color.matrix_name(),
+            w.color.range_name(),
+            w.color.primaries_name(),
+            w.color.transfer_name(),
+            w.color.chroma_location,
+            if w.geometry.sar_den > 0 {
+                format!("{}:{}", w.geometry.sar_num, w.geometry.sar_den)
+            } else {
+                "unknown (square)".into()
+            },
+            90 * u32::from(w.geometry.rotation),
+            if w.geometry.mirror { ", mirrored" } else { "" }
+        );
+        if matches!(w.color.transfer, h273::TRANSFER_PQ | h273::TRANSFER_HLG) {
+            tracing::warn!(
+                "{} transfer: carried and reported, not tone-mapped (snapshots and the window \
+                 show the coded values as if SDR)",
+                w.color.transfer_name()
+            );
         }
         tracing::info!(
             "stream: {} {}x{} at {}/{} fps, {} buffers of {} ({})",
@@ -454,6 +479,7 @@ fn run(args: &Args) -> Result<i32> {
             tracing::info!("import path: {} on {}", g.path, g.vk.device_name);
         }
         stats.report.pixel_format = w.pixel.name().into();
+        stats.report.describe(&w);
         stats.report.width = w.width;
         stats.report.height = w.height;
         stats.report.buffers = w.buffer_count;
@@ -634,6 +660,7 @@ impl Stream<'_> {
                     report.alloc = w.allocator.name().into();
                     report.memory = w.memory.name().into();
                     report.pixel_format = w.pixel.name().into();
+                    report.describe(&w);
                     report.width = w.width;
                     report.height = w.height;
                     report.buffers = w.buffer_count;
@@ -727,14 +754,15 @@ impl Stream<'_> {
                                 self.client.goodbye(GoodbyeReason::Leaving, "window closed");
                                 return Ok(Outcome::Done);
                             }
-                            g.vk.present(id, buf, w.color)?;
+                            g.vk.present(id, buf, w.color, w.geometry)?;
                         }
                         if let Some(n) = args.snapshot_every {
                             if stats.report.frames % n == 0 {
-                                let rgba = g.vk.convert(id, buf, w.color)?;
+                                let rgba = g.vk.convert(id, buf, w.color, w.geometry)?;
                                 let path =
                                     args.snapshot_dir.join(format!("frame-{:06}.png", f.seq));
-                                write_png(&path, w.width, w.height, &rgba)?;
+                                let ((dw, dh), _) = w.geometry.display_size(w.width, w.height);
+                                write_png(&path, dw, dh, &rgba)?;
                                 stats.report.snapshots.push(path.display().to_string());
                             }
                         }

@@ -6,6 +6,21 @@ use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use std::time::{Duration, Instant};
 
+/// Colorimetry in the statistics.
+#[derive(Debug, Default, Serialize)]
+pub struct Colorimetry {
+    pub matrix: u8,
+    pub matrix_name: String,
+    pub range: String,
+    pub primaries: u8,
+    pub primaries_name: String,
+    pub transfer: u8,
+    pub transfer_name: String,
+    pub chroma_location: u8,
+    /// What the YUV to RGB conversion uses (the carried matrix, or the guess for unspecified).
+    pub converted_with: String,
+}
+
 /// The `--stats-json` object.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -14,6 +29,16 @@ pub struct Report {
     pub mismatches: u64,
     /// Frames the producer skipped for us (gaps in the sequence numbers).
     pub dropped: u64,
+    /// The stream's colorimetry as the Welcome carried it (H.273 code points, with names) and
+    /// the matrix the conversions use for it.
+    pub colorimetry: Colorimetry,
+    /// Sample aspect ratio "N:D" ("" when unknown), the quarter turns clockwise and mirror that
+    /// display it upright, and the resulting display size (snapshots and the window use it).
+    pub sar: String,
+    pub rotation_degrees: u32,
+    pub mirrored: bool,
+    pub display_width: u32,
+    pub display_height: u32,
     /// The longest time between two frames' arrivals, in milliseconds (a freeze shows here
     /// even when fps and latency look normal).
     pub max_gap_ms: f64,
@@ -228,6 +253,41 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
     }
     let i = ((sorted.len() - 1) as f64 * p).round() as usize;
     sorted[i]
+}
+
+impl Report {
+    /// Take the stream's colorimetry and geometry from its Welcome.
+    pub fn describe(&mut self, w: &dmabuf_core::proto::wire::Welcome) {
+        let c = w.color;
+        let converted_with = match c.luma_coefficients(w.height) {
+            _ if !w.pixel.is_yuv() => "RGB (no matrix)".to_string(),
+            Some((_, m)) => dmabuf_core::proto::wire::ColorInfo { matrix: m, ..c }
+                .matrix_name()
+                .to_string(),
+            None => "none".to_string(),
+        };
+        self.colorimetry = Colorimetry {
+            matrix: c.matrix,
+            matrix_name: c.matrix_name().into(),
+            range: c.range_name().into(),
+            primaries: c.primaries,
+            primaries_name: c.primaries_name().into(),
+            transfer: c.transfer,
+            transfer_name: c.transfer_name().into(),
+            chroma_location: c.chroma_location,
+            converted_with,
+        };
+        let g = w.geometry;
+        self.sar = if g.sar_den > 0 {
+            format!("{}:{}", g.sar_num, g.sar_den)
+        } else {
+            String::new()
+        };
+        self.rotation_degrees = 90 * u32::from(g.rotation);
+        self.mirrored = g.mirror;
+        let ((dw, dh), _) = g.display_size(w.width, w.height);
+        (self.display_width, self.display_height) = (dw, dh);
+    }
 }
 
 impl Stats {

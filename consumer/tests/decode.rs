@@ -803,3 +803,200 @@ fn damaged_and_unusual_files() {
     assert_eq!(s["frames"], 10, "{s}");
     assert!(dump == one.repeat(10), "every frame is the image");
 }
+
+/// The first frame of `file` as the consumer's snapshot (converted on the GPU, lavapipe):
+/// stats, RGBA bytes, width, height.
+fn first_snapshot(name: &str, file: &Path) -> (serde_json::Value, Vec<u8>, u32, u32) {
+    let sock = socket(name);
+    let src = format!("file:{}", file.display());
+    let _p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+    let dir = sock.with_extension("snaps");
+    let s = consume(
+        &sock,
+        name,
+        &[
+            "--verify",
+            "--snapshot-every",
+            "1000",
+            "--snapshot-dir",
+            dir.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    let path = s["snapshots"][0].as_str().unwrap().to_string();
+    let d = png::Decoder::new(std::fs::File::open(&path).unwrap());
+    let mut r = d.read_info().unwrap();
+    let mut buf = vec![0; r.output_buffer_size()];
+    let info = r.next_frame(&mut buf).unwrap();
+    buf.truncate(info.buffer_size());
+    (s, buf, info.width, info.height)
+}
+
+/// The FFmpeg CLI's RGBA of the first frame of `file` through `vf` (its own conversion).
+fn ffmpeg_rgba(file: &Path, vf: &str) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(file)
+        .args(["-frames:v", "1", "-vf", vf])
+        .args(["-f", "rawvideo", "-pix_fmt", "rgba", "-"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+fn mean_abs_diff(a: &[u8], b: &[u8]) -> f64 {
+    assert_eq!(a.len(), b.len(), "image sizes differ");
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| f64::from(x.abs_diff(*y)))
+        .sum::<f64>()
+        / a.len() as f64
+}
+
+/// Issue 11 §4: colorimetry is carried from the decoder to the consumer and converted with
+/// the stream's own matrix (an 8-bit BT.2020 H.264 was converted with BT.709 before; a small
+/// BT.709-tagged stream would be guessed BT.601), and transfer functions are reported.
+#[test]
+fn colorimetry_is_carried_and_converted_with_the_streams_matrix() {
+    let dir = scratch_dir("colour");
+    for (name, tags, matrix, want_matrix, transfer) in [
+        (
+            "bt2020",
+            &[
+                "-colorspace",
+                "bt2020nc",
+                "-color_primaries",
+                "bt2020",
+                "-color_trc",
+                "smpte2084",
+            ][..],
+            "bt2020",
+            9,
+            16,
+        ),
+        (
+            "bt709-small",
+            &[
+                "-colorspace",
+                "bt709",
+                "-color_primaries",
+                "bt709",
+                "-color_trc",
+                "bt709",
+            ][..],
+            "bt709",
+            1,
+            1,
+        ),
+        (
+            "hlg",
+            &[
+                "-colorspace",
+                "bt2020nc",
+                "-color_primaries",
+                "bt2020",
+                "-color_trc",
+                "arib-std-b67",
+            ][..],
+            "bt2020",
+            9,
+            18,
+        ),
+    ] {
+        let file = dir.join(format!("{name}.mp4"));
+        let mut args = vec!["-frames:v", "5", "-pix_fmt", "yuv420p", "-c:v", "libx264"];
+        args.extend_from_slice(tags);
+        ffmpeg_make_sized(&file, "320x240", &args);
+        let (s, ours, w, h) = first_snapshot(name, &file);
+        let c = &s["colorimetry"];
+        assert_eq!(c["matrix"], want_matrix, "{name}: {s}");
+        assert_eq!(c["transfer"], transfer, "{name}: {s}");
+        assert_eq!(c["range"], "limited", "{name}: {s}");
+        assert_eq!((w, h), (320, 240));
+        let right = ffmpeg_rgba(
+            &file,
+            &format!("scale=in_color_matrix={matrix}:in_range=tv:flags=neighbor+accurate_rnd+full_chroma_int"),
+        );
+        let wrong_matrix = if matrix == "bt709" { "bt601" } else { "bt709" };
+        let wrong = ffmpeg_rgba(
+            &file,
+            &format!("scale=in_color_matrix={wrong_matrix}:in_range=tv:flags=neighbor+accurate_rnd+full_chroma_int"),
+        );
+        let (d_right, d_wrong) = (mean_abs_diff(&ours, &right), mean_abs_diff(&ours, &wrong));
+        assert!(
+            d_right < 1.0 && d_wrong > 1.5,
+            "{name}: mean difference {d_right:.2} from FFmpeg's {matrix} conversion, \
+             {d_wrong:.2} from {wrong_matrix}"
+        );
+    }
+}
+
+/// Issue 11 §4: the container's rotation and the sample aspect ratio reach the consumer, and
+/// snapshots are upright at the display aspect, as the FFmpeg CLI shows them (it autorotates).
+#[test]
+fn rotation_and_aspect_ratio_are_carried_and_honoured() {
+    let dir = scratch_dir("geometry");
+    let plain = dir.join("plain.mp4");
+    ffmpeg_make_sized(
+        &plain,
+        "320x240",
+        &["-frames:v", "5", "-pix_fmt", "yuv420p", "-c:v", "libx264"],
+    );
+    for (tag, degrees, size) in [
+        ("90", 270, (240, 320)),
+        ("180", 180, (320, 240)),
+        ("270", 90, (240, 320)),
+    ] {
+        let rotated = dir.join(format!("rot{tag}.mp4"));
+        let st = Command::new("ffmpeg")
+            .args(["-loglevel", "error", "-y", "-i"])
+            .arg(&plain)
+            .args(["-c", "copy", "-metadata:s:v", &format!("rotate={tag}")])
+            .arg(&rotated)
+            .status()
+            .unwrap();
+        assert!(st.success());
+        let (s, ours, w, h) = first_snapshot(&format!("rot{tag}"), &rotated);
+        // The degrees are what the picture is turned clockwise to display it (FFmpeg's
+        // `rotate` tag is the opposite sense).
+        assert_eq!(s["rotation_degrees"], degrees, "rotate={tag}: {s}");
+        assert_eq!((w, h), size, "rotate={tag}");
+        let cli = ffmpeg_rgba(&rotated, "null");
+        let d = mean_abs_diff(&ours, &cli);
+        assert!(
+            d < 1.5,
+            "rotate={tag}: mean difference {d:.2} from the FFmpeg CLI's upright picture"
+        );
+    }
+    // Anamorphic DVD: 720x480 with 32:27 pixels is shown 853x480.
+    let dvd = dir.join("dvd.mp4");
+    ffmpeg_make_sized(
+        &dvd,
+        "720x480",
+        &[
+            "-frames:v",
+            "5",
+            "-vf",
+            "setsar=32/27",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+        ],
+    );
+    let (s, ours, w, h) = first_snapshot("dvd", &dvd);
+    assert_eq!(s["sar"], "32:27", "{s}");
+    assert_eq!((w, h), (853, 480));
+    assert_eq!(
+        (s["width"].as_u64(), s["display_width"].as_u64()),
+        (Some(720), Some(853))
+    );
+    let cli = ffmpeg_rgba(&dvd, "scale=853:480:flags=neighbor");
+    let d = mean_abs_diff(&ours, &cli);
+    assert!(d < 1.5, "mean difference {d:.2} from FFmpeg's 853x480");
+}

@@ -272,6 +272,8 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
                     fps_den: 1,
                     color: ColorInfo::default(),
                     modifier: MOD_LINEAR,
+                    geometry: Geometry::default(),
+                    device: 0,
                 }))
                 .unwrap();
                 goodbye(c)
@@ -386,6 +388,8 @@ fn consumer_refuses(name: &str, memory: MemoryKind, bad: impl FnOnce(&Channel), 
         fps_den: 1,
         color: ColorInfo::default(),
         modifier: MOD_LINEAR,
+        geometry: Geometry::default(),
+        device: 0,
     }))
     .unwrap();
     bad(&chan);
@@ -528,6 +532,8 @@ fn consumer_refuses_a_modifier_it_did_not_offer() {
         fps_den: 1,
         color: ColorInfo::default(),
         modifier: x_tiled,
+        geometry: Geometry::default(),
+        device: 0,
     }))
     .unwrap();
     let out = consumer.join().unwrap();
@@ -686,6 +692,8 @@ fn consumer_refuses_every_hostile_producer() {
                     fps_den: 1,
                     color: ColorInfo::default(),
                     modifier: MOD_LINEAR,
+                    geometry: Geometry::default(),
+                    device: 0,
                 }))
                 .unwrap();
             }),
@@ -737,6 +745,8 @@ fn consumer_refuses_a_wrong_version() {
         fps_den: 1,
         color: ColorInfo::default(),
         modifier: MOD_LINEAR,
+        geometry: Geometry::default(),
+        device: 0,
     }));
     // Welcome.version is the first field after the 8-byte header.
     bytes[8..12].copy_from_slice(&(VERSION + 1).to_le_bytes());

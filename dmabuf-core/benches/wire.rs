@@ -78,10 +78,13 @@ fn messages() -> Vec<(&'static str, Message)> {
                 fps_num: 60,
                 fps_den: 1,
                 color: ColorInfo {
-                    matrix: 2,
+                    matrix: 1,
                     range: 1,
+                    ..ColorInfo::default()
                 },
                 modifier: 0,
+                geometry: Geometry::default(),
+                device: 0,
             }),
         ),
         ("AddBuffer", Message::AddBuffer(add_buffer(1))),

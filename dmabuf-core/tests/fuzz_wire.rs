@@ -71,10 +71,13 @@ fn samples() -> Vec<Vec<u8>> {
             fps_num: 60,
             fps_den: 1,
             color: ColorInfo {
-                matrix: 2,
+                matrix: 1,
                 range: 1,
+                ..ColorInfo::default()
             },
             modifier: 0,
+            geometry: Geometry::default(),
+            device: 0,
         }),
         Message::AddBuffer(AddBuffer {
             buffer_id: 3,

@@ -37,10 +37,13 @@ fn welcome(memory: MemoryKind) -> Welcome {
         fps_num: 60,
         fps_den: 1,
         color: ColorInfo {
-            matrix: 2,
+            matrix: 1,
             range: 1,
+            ..ColorInfo::default()
         },
         modifier: MOD_LINEAR,
+        geometry: Geometry::default(),
+        device: 0,
     }
 }
 
@@ -550,11 +553,11 @@ fn handshake_errors_are_named() {
     {
         let (mut prod, cons) = Channel::pair().unwrap();
         let mut w = welcome(MemoryKind::Memfd);
-        w.version = 2;
+        w.version = VERSION + 1;
         prod.send(&Message::Welcome(w)).unwrap();
         let e = Client::handshake(cons, caps(), T).unwrap_err();
         assert!(
-            matches!(e, ProtoError::Version { ours: 1, theirs: 2 }),
+            matches!(e, ProtoError::Version { ours: VERSION, theirs } if theirs == VERSION + 1),
             "{e}"
         );
         assert_eq!(

@@ -32,10 +32,13 @@ fn samples() -> Vec<Message> {
             fps_num: 30000,
             fps_den: 1001,
             color: ColorInfo {
-                matrix: 2,
+                matrix: 1,
                 range: 1,
+                ..ColorInfo::default()
             },
             modifier: 0x0100_0000_0000_0001,
+            geometry: Geometry::default(),
+            device: 0,
         }),
         Message::AddBuffer(AddBuffer {
             buffer_id: 3,
@@ -116,7 +119,7 @@ fn every_message_round_trips() {
 fn sizes_match_protocol_md() {
     assert_eq!(
         (WELCOME_LEN, ADD_BUFFER_LEN, FRAME_LEN, RELEASE_LEN),
-        (56, 120, 80, 24)
+        (112, 120, 80, 24)
     );
     assert_eq!(
         (REMOVE_BUFFER_LEN, GOODBYE_LEN, MAX_MESSAGE_LEN),
@@ -191,7 +194,7 @@ fn welcome_and_add_buffer_offsets() {
     );
     assert_eq!(&w[24..28], b"YU12", "fourcc");
     assert_eq!(u32::from_le_bytes(w[28..32].try_into().unwrap()), 1279);
-    assert_eq!((w[44], w[45]), (2, 1), "matrix, range");
+    assert_eq!((w[44], w[45]), (1, 1), "matrix (H.273 BT.709), range");
     assert_eq!(
         u64::from_le_bytes(w[48..56].try_into().unwrap()),
         0x0100_0000_0000_0001
@@ -291,8 +294,18 @@ fn malformed_messages_are_named_errors() {
         (28, 0u32.to_le_bytes().to_vec()),
         (32, 99999u32.to_le_bytes().to_vec()),
         (40, 0u32.to_le_bytes().to_vec()),
-        (44, vec![3]),
-        (46, vec![1]),
+        (44, vec![15]),
+        (45, vec![3]),
+        (46, vec![23]),
+        (47, vec![19]),
+        (56, vec![7]),
+        (57, vec![4]),
+        (58, vec![2]),
+        (59, vec![1]),
+        // A sample aspect ratio with a zero denominator, or a zero numerator.
+        (60, 1u32.to_le_bytes().to_vec()),
+        (64, 1u32.to_le_bytes().to_vec()),
+        (68, 1u32.to_le_bytes().to_vec()),
     ] {
         assert!(
             decode(&patched(welcome, at, &bytes)).is_err(),
@@ -378,4 +391,98 @@ fn welcome_allocator_v4l2_is_5() {
         "v4l2".parse::<dmabuf_core::alloc::AllocChoice>().is_err(),
         "v4l2 buffers are not an --alloc choice"
     );
+}
+
+/// Version 2's Welcome, byte for byte as docs/PROTOCOL.md lays it out.
+#[test]
+fn welcome_bytes_are_where_protocol_md_says() {
+    let w = Welcome {
+        version: VERSION,
+        memory: MemoryKind::Memfd,
+        allocator: AllocatorKind::Memfd,
+        buffer_count: 4,
+        pixel: PixelFormat::I420,
+        width: 720,
+        height: 480,
+        fps_num: 30,
+        fps_den: 1,
+        color: ColorInfo {
+            matrix: 9,
+            range: 1,
+            primaries: 9,
+            transfer: 16,
+            chroma_location: 3,
+        },
+        modifier: 0,
+        geometry: Geometry {
+            sar_num: 32,
+            sar_den: 27,
+            rotation: 1,
+            mirror: true,
+        },
+        device: 0x1234_5678_9abc_def0,
+    };
+    let b = encode(&Message::Welcome(w.clone()));
+    assert_eq!(b.len(), 112);
+    assert_eq!(
+        u32::from_le_bytes(b[8..12].try_into().unwrap()),
+        2,
+        "version"
+    );
+    assert_eq!(&b[24..28], b"YU12");
+    assert_eq!(
+        &b[44..48],
+        &[9, 1, 9, 16],
+        "matrix, range, primaries, transfer"
+    );
+    assert_eq!(
+        &b[56..60],
+        &[3, 1, 1, 0],
+        "chroma location, rotation, mirror, reserved"
+    );
+    assert_eq!(
+        u32::from_le_bytes(b[60..64].try_into().unwrap()),
+        32,
+        "sar_num"
+    );
+    assert_eq!(
+        u32::from_le_bytes(b[64..68].try_into().unwrap()),
+        27,
+        "sar_den"
+    );
+    assert_eq!(
+        u64::from_le_bytes(b[72..80].try_into().unwrap()),
+        0x1234_5678_9abc_def0,
+        "device"
+    );
+    assert!(b[80..112].iter().all(|&x| x == 0), "HDR bytes");
+    assert_eq!(decode(&b).unwrap(), Message::Welcome(w));
+    // The HDR bytes are reserved: refused unless zero.
+    let mut filled = b.clone();
+    filled[108] = 1;
+    assert!(matches!(decode(&filled), Err(WireError::Reserved { .. })));
+    // The display size: 720 x 32/27 = 853, then turned a quarter.
+    let g = Geometry {
+        sar_num: 32,
+        sar_den: 27,
+        rotation: 1,
+        mirror: false,
+    };
+    assert_eq!(g.display_size(720, 480), ((480, 853), 853));
+    assert_eq!(Geometry::default().display_size(7, 5), ((7, 5), 7));
+}
+
+/// A version 1 Welcome (56 bytes) is named as another version, not as a bad length.
+#[test]
+fn an_old_welcome_is_a_version_error() {
+    let mut b = encode(&samples()[2]);
+    b.truncate(56);
+    b[6..8].copy_from_slice(&56u16.to_le_bytes());
+    b[8..12].copy_from_slice(&1u32.to_le_bytes());
+    match decode(&b) {
+        Err(WireError::Version { theirs: 1 }) => {}
+        other => panic!("{other:?}"),
+    }
+    let e = decode(&b).unwrap_err().to_string();
+    assert!(e.contains("version 1") && e.contains("version 2"), "{e}");
 }

@@ -220,6 +220,8 @@ impl Server<'_> {
             fps_den,
             color,
             modifier: f.modifier,
+            geometry: self.source.geometry(),
+            device: 0,
         }
     }
 

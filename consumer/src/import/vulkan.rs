@@ -23,7 +23,7 @@ use ash::vk;
 use dmabuf_core::buffer::MemoryKind;
 use dmabuf_core::format::{plane_geometry, PixelFormat, MOD_LINEAR};
 use dmabuf_core::mapping::CpuMapping;
-use dmabuf_core::proto::wire::{Cap, ColorInfo};
+use dmabuf_core::proto::wire::{Cap, ColorInfo, Geometry};
 use dmabuf_core::FrameBuffer;
 use std::ffi::CStr;
 use std::fmt;
@@ -1438,11 +1438,11 @@ impl Vulkan {
     /// constants.
     fn dispatch(&self, pipe: &Pipeline, set: vk::DescriptorSet, words: &[u32], groups: [u32; 3]) {
         debug_assert!(
-            words.len() * 4 <= 64,
-            "push constants exceed the 64-byte range"
+            words.len() * 4 <= 128,
+            "push constants exceed the 128-byte range"
         );
         // SAFETY: recording into our command buffer with a pipeline, a set of its layout and a
-        // push range inside the layout's 64 bytes.
+        // push range inside the layout's 128 bytes.
         unsafe {
             self.device
                 .cmd_bind_pipeline(self.cmd, vk::PipelineBindPoint::COMPUTE, pipe.pipeline);
@@ -1477,8 +1477,14 @@ impl Vulkan {
     }
 
     /// Convert buffer `id` to RGBA8 on the GPU (`width * height * 4` bytes, top row first).
-    pub fn convert(&mut self, id: u32, buf: &FrameBuffer, color: ColorInfo) -> Result<Vec<u8>> {
-        let (ptr, bytes) = self.convert_into(id, buf, color, false)?;
+    pub fn convert(
+        &mut self,
+        id: u32,
+        buf: &FrameBuffer,
+        color: ColorInfo,
+        geometry: Geometry,
+    ) -> Result<Vec<u8>> {
+        let (ptr, bytes) = self.convert_into(id, buf, color, geometry, false)?;
         // SAFETY: the GPU finished writing `bytes` host-coherent bytes at `ptr`.
         Ok(unsafe { std::slice::from_raw_parts(ptr, bytes) }.to_vec())
     }
@@ -1489,10 +1495,13 @@ impl Vulkan {
         id: u32,
         buf: &FrameBuffer,
         color: ColorInfo,
+        geometry: Geometry,
         swap_rb: bool,
     ) -> Result<(*const u8, usize)> {
         let f = buf.layout.format;
-        let bytes = u64::from(f.width) * u64::from(f.height) * 4;
+        // Upright and at its display aspect (see source_xy in the shaders).
+        let ((out_w, out_h), scaled_w) = geometry.display_size(f.width, f.height);
+        let bytes = u64::from(out_w) * u64::from(out_h) * 4;
         if self.rgba.as_ref().is_none_or(|r| r.3 < bytes) {
             if let Some((b, m, _, _)) = self.rgba.take() {
                 // SAFETY: idle (every submit is waited for).
@@ -1514,9 +1523,23 @@ impl Vulkan {
             (&self.convert_buffer, 1)
         };
         self.write_out(imp.convert_set, binding, rgba_buf);
-        let matrix = if color.matrix == 1 { 1 } else { 2 };
+        // Kr, Kb of the stream's matrix (unspecified: BT.601 below 720 rows, else BT.709).
+        let (kr, kb) = match color.luma_coefficients(f.height) {
+            Some((k, _)) => k,
+            None if f.pixel.is_yuv() => {
+                bail!("no conversion for the {} matrix", color.matrix_name())
+            }
+            None => (0.0, 0.0),
+        };
         let range = if color.range == 2 { 2 } else { 1 };
-        let mut words = vec![format_code(f.pixel), f.width, f.height, matrix, range];
+        let mut words = vec![
+            format_code(f.pixel),
+            f.width,
+            f.height,
+            kr.to_bits(),
+            kb.to_bits(),
+            range,
+        ];
         if imp.path != ImportPath::DmabufImage {
             for i in 0..3 {
                 let p = buf.layout.planes.get(i).unwrap_or(&buf.layout.planes[0]);
@@ -1525,6 +1548,13 @@ impl Vulkan {
             }
         }
         words.push(swap_rb as u32);
+        words.extend([
+            out_w,
+            out_h,
+            scaled_w,
+            u32::from(geometry.rotation),
+            geometry.mirror as u32,
+        ]);
         self.begin()?;
         self.record_copy(imp)?;
         self.ownership(imp, true);
@@ -1532,7 +1562,7 @@ impl Vulkan {
             pipe,
             imp.convert_set,
             &words,
-            [f.width.div_ceil(8), f.height.div_ceil(8), 1],
+            [out_w.div_ceil(8), out_h.div_ceil(8), 1],
         );
         self.ownership(imp, false);
         self.host_barrier();
@@ -1651,10 +1681,17 @@ impl Vulkan {
 
     /// Show the frame in buffer `id` in the window: GPU conversion, then a copy into the next
     /// swapchain image and a present.
-    pub fn present(&mut self, id: u32, buf: &FrameBuffer, color: ColorInfo) -> Result<()> {
+    pub fn present(
+        &mut self,
+        id: u32,
+        buf: &FrameBuffer,
+        color: ColorInfo,
+        geometry: Geometry,
+    ) -> Result<()> {
         let bgra = self.swap.as_ref().map(|s| s.bgra).unwrap_or(false);
-        self.convert_into(id, buf, color, bgra)?;
+        self.convert_into(id, buf, color, geometry, bgra)?;
         let f = buf.layout.format;
+        let ((out_w, out_h), _) = geometry.display_size(f.width, f.height);
         let rgba = self.rgba.as_ref().expect("made by convert_into").0;
         let sw = self
             .swap
@@ -1686,7 +1723,7 @@ impl Vulkan {
                 .subresource_range(color_range())
         };
         let region = [vk::BufferImageCopy::default()
-            .buffer_row_length(f.width)
+            .buffer_row_length(out_w)
             .image_subresource(vk::ImageSubresourceLayers {
                 aspect_mask: vk::ImageAspectFlags::COLOR,
                 mip_level: 0,
@@ -1694,8 +1731,8 @@ impl Vulkan {
                 layer_count: 1,
             })
             .image_extent(vk::Extent3D {
-                width: f.width.min(sw.extent.width),
-                height: f.height.min(sw.extent.height),
+                width: out_w.min(sw.extent.width),
+                height: out_h.min(sw.extent.height),
                 depth: 1,
             })];
         self.begin()?;
@@ -1816,9 +1853,10 @@ fn make_pipeline(
             &vk::DescriptorSetLayoutCreateInfo::default().bindings(&b),
             None,
         )?;
+        // 128 bytes: the least every Vulkan device offers (maxPushConstantsSize).
         let ranges = [vk::PushConstantRange::default()
             .stage_flags(vk::ShaderStageFlags::COMPUTE)
-            .size(64)];
+            .size(128)];
         let sets = [set_layout];
         let layout = device.create_pipeline_layout(
             &vk::PipelineLayoutCreateInfo::default()

@@ -4,7 +4,9 @@
 
 use super::channel::Channel;
 use super::validate::validate_add_buffer;
-use super::wire::{Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, VERSION};
+use super::wire::{
+    Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, WireError, VERSION,
+};
 use super::ProtoError;
 use crate::buffer::FrameBuffer;
 use std::time::Duration;
@@ -262,6 +264,14 @@ pub(crate) fn recv_or_fail(
 ) -> Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError> {
     match chan.recv(timeout, what) {
         Ok(m) => Ok(m),
+        // A Welcome of another protocol version (its length differs too).
+        Err(ProtoError::Wire(WireError::Version { theirs })) => Err(fail(
+            chan,
+            ProtoError::Version {
+                ours: VERSION,
+                theirs,
+            },
+        )),
         Err(e @ (ProtoError::Closed | ProtoError::Timeout { .. } | ProtoError::Io { .. })) => {
             Err(e)
         }

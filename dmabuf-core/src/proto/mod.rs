@@ -52,7 +52,7 @@ pub enum ProtoError {
         expected: &'static str,
         got: &'static str,
     },
-    #[error("protocol version mismatch: we speak {ours}, the peer {theirs}")]
+    #[error("protocol version mismatch: this build speaks version {ours}, the peer version {theirs} (upgrade the older side)")]
     Version { ours: u32, theirs: u32 },
     #[error("buffer {id}: {why}")]
     BadBuffer { id: u32, why: String },

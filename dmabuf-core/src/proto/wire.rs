@@ -11,8 +11,9 @@ use crate::format::{PixelFormat, MAX_DIMENSION};
 
 /// "DMBF" in memory.
 pub const MAGIC: u32 = u32::from_le_bytes(*b"DMBF");
-/// The protocol version this build speaks.
-pub const VERSION: u32 = 1;
+/// The protocol version this build speaks (2: the Welcome carries full colorimetry and
+/// display geometry).
+pub const VERSION: u32 = 2;
 pub const HEADER_LEN: usize = 8;
 pub const MAX_CAPS: usize = 64;
 pub const MAX_PLANES: usize = 4;
@@ -22,7 +23,19 @@ pub const GOODBYE_TEXT_LEN: usize = 112;
 
 pub const HELLO_FIXED_LEN: usize = 24;
 pub const CAP_LEN: usize = 16;
-pub const WELCOME_LEN: usize = 56;
+pub const WELCOME_LEN: usize = 112;
+/// Bytes at the end of the Welcome kept for HDR static metadata (reserved: zero in version 2).
+pub const WELCOME_HDR_LEN: usize = 32;
+const HDR_FIELDS: [&str; WELCOME_HDR_LEN / 4] = [
+    "hdr (80)",
+    "hdr (84)",
+    "hdr (88)",
+    "hdr (92)",
+    "hdr (96)",
+    "hdr (100)",
+    "hdr (104)",
+    "hdr (108)",
+];
 pub const PLANE_LEN: usize = 24;
 pub const ADD_BUFFER_LEN: usize = 24 + MAX_PLANES * PLANE_LEN;
 pub const CHUNK_LEN: usize = 8;
@@ -85,13 +98,195 @@ pub struct Hello {
     pub caps: Vec<Cap>,
 }
 
-/// How the YUV values are to be read.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// Colorimetry: how the pixel values are to be read. The matrix, primaries and transfer are
+/// ISO/IEC 23091-2 (ITU-T H.273) code points, the numbering FFmpeg (`AVColorSpace`,
+/// `AVColorPrimaries`, `AVColorTransferCharacteristic`) and the codecs' VUI use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ColorInfo {
-    /// 0 unspecified, 1 BT.601, 2 BT.709.
+    /// H.273 MatrixCoefficients: 0 identity (RGB), 1 BT.709, 2 unspecified, 4 FCC,
+    /// 5 BT.470BG and 6 SMPTE 170M (both BT.601), 7 SMPTE 240M, 8 YCgCo, 9 BT.2020
+    /// non-constant luminance, 10 BT.2020 constant luminance, 11–14 (0–14 accepted).
     pub matrix: u8,
-    /// 0 unspecified, 1 limited (16–235), 2 full.
+    /// 0 unspecified, 1 limited (16–235), 2 full (FFmpeg's `AVColorRange`).
     pub range: u8,
+    /// H.273 ColourPrimaries: 1 BT.709, 2 unspecified, 5 BT.470BG, 6 SMPTE 170M, 9 BT.2020,
+    /// 12 Display P3 … (0–22 accepted).
+    pub primaries: u8,
+    /// H.273 TransferCharacteristics: 1 BT.709, 2 unspecified, 6 BT.601, 8 linear, 13 sRGB,
+    /// 14/15 BT.2020, 16 PQ (SMPTE ST 2084), 18 HLG (ARIB STD-B67) (0–18 accepted).
+    pub transfer: u8,
+    /// Chroma sample position (FFmpeg's `AVChromaLocation`, H.273 chroma_sample_loc_type + 1):
+    /// 0 unspecified, 1 left (MPEG-2/4, H.264 default), 2 center (JPEG), 3 top-left, 4 top,
+    /// 5 bottom-left, 6 bottom.
+    pub chroma_location: u8,
+}
+
+/// H.273 code points used by name in the code.
+pub mod h273 {
+    pub const MATRIX_RGB: u8 = 0;
+    pub const MATRIX_BT709: u8 = 1;
+    pub const UNSPECIFIED: u8 = 2;
+    pub const MATRIX_FCC: u8 = 4;
+    pub const MATRIX_BT470BG: u8 = 5;
+    pub const MATRIX_SMPTE170M: u8 = 6;
+    pub const MATRIX_SMPTE240M: u8 = 7;
+    pub const MATRIX_BT2020_NCL: u8 = 9;
+    pub const MATRIX_BT2020_CL: u8 = 10;
+    pub const PRIMARIES_BT709: u8 = 1;
+    pub const PRIMARIES_BT470BG: u8 = 5;
+    pub const PRIMARIES_SMPTE170M: u8 = 6;
+    pub const PRIMARIES_BT2020: u8 = 9;
+    pub const TRANSFER_BT709: u8 = 1;
+    pub const TRANSFER_BT601: u8 = 6;
+    pub const TRANSFER_SRGB: u8 = 13;
+    pub const TRANSFER_PQ: u8 = 16;
+    pub const TRANSFER_HLG: u8 = 18;
+}
+
+impl Default for ColorInfo {
+    /// Nothing known.
+    fn default() -> Self {
+        Self {
+            matrix: h273::UNSPECIFIED,
+            range: 0,
+            primaries: h273::UNSPECIFIED,
+            transfer: h273::UNSPECIFIED,
+            chroma_location: 0,
+        }
+    }
+}
+
+impl ColorInfo {
+    /// Packed RGB: no matrix, full range, sRGB.
+    pub fn rgb() -> Self {
+        Self {
+            matrix: h273::MATRIX_RGB,
+            range: 2,
+            primaries: h273::PRIMARIES_BT709,
+            transfer: h273::TRANSFER_SRGB,
+            chroma_location: 0,
+        }
+    }
+
+    /// The luma coefficients (Kr, Kb) to convert Y'CbCr with, and the matrix that gives them:
+    /// the carried one, or for an unspecified matrix the usual guess (BT.601 below 720 rows,
+    /// BT.709 from 720). BT.2020 constant luminance is converted as non-constant (close, not
+    /// exact). YCgCo and the newer ones have no Kr/Kb: `None`.
+    pub fn luma_coefficients(&self, height: u32) -> Option<((f32, f32), u8)> {
+        use h273::*;
+        let m = match self.matrix {
+            UNSPECIFIED | 3 if height < 720 => MATRIX_SMPTE170M,
+            UNSPECIFIED | 3 => MATRIX_BT709,
+            m => m,
+        };
+        Some((
+            match m {
+                MATRIX_BT709 => (0.2126, 0.0722),
+                MATRIX_FCC => (0.30, 0.11),
+                MATRIX_BT470BG | MATRIX_SMPTE170M => (0.299, 0.114),
+                MATRIX_SMPTE240M => (0.212, 0.087),
+                MATRIX_BT2020_NCL | MATRIX_BT2020_CL => (0.2627, 0.0593),
+                _ => return None,
+            },
+            m,
+        ))
+    }
+
+    /// Names for logs and statistics.
+    pub fn matrix_name(&self) -> &'static str {
+        match self.matrix {
+            0 => "RGB",
+            1 => "BT.709",
+            2 => "unspecified",
+            4 => "FCC",
+            5 => "BT.470BG (BT.601)",
+            6 => "SMPTE 170M (BT.601)",
+            7 => "SMPTE 240M",
+            8 => "YCgCo",
+            9 => "BT.2020 NCL",
+            10 => "BT.2020 CL",
+            _ => "other",
+        }
+    }
+
+    pub fn range_name(&self) -> &'static str {
+        match self.range {
+            1 => "limited",
+            2 => "full",
+            _ => "unspecified",
+        }
+    }
+
+    pub fn primaries_name(&self) -> &'static str {
+        match self.primaries {
+            1 => "BT.709",
+            2 => "unspecified",
+            4 => "BT.470M",
+            5 => "BT.470BG",
+            6 => "SMPTE 170M",
+            7 => "SMPTE 240M",
+            8 => "film",
+            9 => "BT.2020",
+            10 => "XYZ",
+            11 => "DCI-P3",
+            12 => "Display P3",
+            22 => "EBU 3213",
+            _ => "other",
+        }
+    }
+
+    pub fn transfer_name(&self) -> &'static str {
+        match self.transfer {
+            1 => "BT.709",
+            2 => "unspecified",
+            4 => "gamma 2.2",
+            5 => "gamma 2.8",
+            6 => "BT.601",
+            7 => "SMPTE 240M",
+            8 => "linear",
+            13 => "sRGB",
+            14 => "BT.2020 10-bit",
+            15 => "BT.2020 12-bit",
+            16 => "PQ (SMPTE ST 2084)",
+            17 => "SMPTE ST 428",
+            18 => "HLG (ARIB STD-B67)",
+            _ => "other",
+        }
+    }
+}
+
+/// How the picture is to be shown: its sample aspect ratio and the rotation/mirror that
+/// makes it upright (from the container's display matrix, or the device).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Geometry {
+    /// Sample (pixel) aspect ratio, width:height of one pixel; 0:0 unknown (square).
+    pub sar_num: u32,
+    pub sar_den: u32,
+    /// Quarter turns clockwise to display the picture upright: 0, 1 (90°), 2 (180°), 3 (270°).
+    pub rotation: u8,
+    /// Mirror horizontally before rotating.
+    pub mirror: bool,
+}
+
+impl Geometry {
+    /// The display size of a `width` x `height` picture: the width scaled by the sample
+    /// aspect ratio (rounded, at least 1), then swapped with the height for a quarter turn.
+    /// Also the scaled width before rotation.
+    pub fn display_size(&self, width: u32, height: u32) -> ((u32, u32), u32) {
+        let scaled = if self.sar_num > 0 && self.sar_den > 0 && self.sar_num != self.sar_den {
+            ((u64::from(width) * u64::from(self.sar_num) + u64::from(self.sar_den) / 2)
+                / u64::from(self.sar_den))
+            .clamp(1, u64::from(crate::format::MAX_DIMENSION)) as u32
+        } else {
+            width
+        };
+        let size = if self.rotation % 2 == 1 {
+            (height, scaled)
+        } else {
+            (scaled, height)
+        };
+        (size, scaled)
+    }
 }
 
 /// Producer → consumer, the answer to `Hello`: what will be sent.
@@ -108,6 +303,10 @@ pub struct Welcome {
     pub fps_den: u32,
     pub color: ColorInfo,
     pub modifier: u64,
+    pub geometry: Geometry,
+    /// The allocating device's `dev_t` (`makedev(major, minor)`), 0 when not said. Version 2
+    /// producers send 0; kept for a later version (which device to import on).
+    pub device: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -275,6 +474,8 @@ pub enum WireError {
     },
     #[error("Goodbye text is not UTF-8")]
     BadText,
+    #[error("a Welcome of protocol version {theirs}; this build speaks version {VERSION}")]
+    Version { theirs: u32 },
 }
 
 struct Writer(Vec<u8>);
@@ -289,9 +490,6 @@ impl Writer {
     }
     fn u8(&mut self, v: u8) {
         self.0.push(v);
-    }
-    fn u16(&mut self, v: u16) {
-        self.0.extend_from_slice(&v.to_le_bytes());
     }
     fn u32(&mut self, v: u32) {
         self.0.extend_from_slice(&v.to_le_bytes());
@@ -325,9 +523,6 @@ impl<'a> Reader<'a> {
     }
     fn u8(&mut self) -> u8 {
         self.take::<1>()[0]
-    }
-    fn u16(&mut self) -> u16 {
-        u16::from_le_bytes(self.take())
     }
     fn u32(&mut self) -> u32 {
         u32::from_le_bytes(self.take())
@@ -402,8 +597,18 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.u32(m.fps_den);
             w.u8(m.color.matrix);
             w.u8(m.color.range);
-            w.u16(0);
+            w.u8(m.color.primaries);
+            w.u8(m.color.transfer);
             w.u64(m.modifier);
+            w.u8(m.color.chroma_location);
+            w.u8(m.geometry.rotation);
+            w.u8(m.geometry.mirror as u8);
+            w.u8(0);
+            w.u32(m.geometry.sar_num);
+            w.u32(m.geometry.sar_den);
+            w.u32(0);
+            w.u64(m.device);
+            w.zeros(WELCOME_HDR_LEN);
             w.finish()
         }
         Message::AddBuffer(m) => {
@@ -525,6 +730,13 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
             Message::Hello(Hello { version, caps })
         }
         MsgType::Welcome => {
+            // Another version's Welcome may have another length: say which version it is.
+            if buf.len() >= HEADER_LEN + 4 {
+                let theirs = u32::from_le_bytes(buf[8..12].try_into().expect("4 bytes"));
+                if theirs != VERSION {
+                    return Err(WireError::Version { theirs });
+                }
+            }
             expect_len(name, WELCOME_LEN, buf.len())?;
             let version = r.u32();
             let mem = r.u32();
@@ -554,18 +766,40 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
             let fps_den = r.u32();
             r.range("fps_den", fps_den.into(), fps_den != 0)?;
             let matrix = r.u8();
-            r.range("color_matrix", matrix.into(), matrix <= 2)?;
+            r.range("color_matrix", matrix.into(), matrix <= 14)?;
             let range = r.u8();
             r.range("color_range", range.into(), range <= 2)?;
-            let res = r.u16();
+            let primaries = r.u8();
+            r.range("color_primaries", primaries.into(), primaries <= 22)?;
+            let transfer = r.u8();
+            r.range("color_transfer", transfer.into(), transfer <= 18)?;
+            let modifier = r.u64();
+            let chroma_location = r.u8();
+            r.range(
+                "chroma_location",
+                chroma_location.into(),
+                chroma_location <= 6,
+            )?;
+            let rotation = r.u8();
+            r.range("rotation", rotation.into(), rotation <= 3)?;
+            let mirror = r.u8();
+            r.range("mirror", mirror.into(), mirror <= 1)?;
+            let res = r.u8();
             if res != 0 {
                 return Err(WireError::Reserved {
                     msg: name,
-                    field: "reserved",
+                    field: "reserved (59)",
                     value: res.into(),
                 });
             }
-            let modifier = r.u64();
+            let sar_num = r.u32();
+            let sar_den = r.u32();
+            r.range("sar_den", sar_den.into(), (sar_num == 0) == (sar_den == 0))?;
+            r.reserved32("reserved (68)")?;
+            let device = r.u64();
+            for field in HDR_FIELDS {
+                r.reserved32(field)?;
+            }
             Message::Welcome(Welcome {
                 version,
                 memory: memory.unwrap_or(MemoryKind::Memfd),
@@ -576,8 +810,21 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
                 height,
                 fps_num,
                 fps_den,
-                color: ColorInfo { matrix, range },
+                color: ColorInfo {
+                    matrix,
+                    range,
+                    primaries,
+                    transfer,
+                    chroma_location,
+                },
                 modifier,
+                geometry: Geometry {
+                    sar_num,
+                    sar_den,
+                    rotation,
+                    mirror: mirror == 1,
+                },
+                device,
             })
         }
         MsgType::AddBuffer => {

@@ -11,7 +11,8 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use dmabuf_core::alloc::{AllocError, Allocator};
 use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat};
 use dmabuf_core::pool::{Lease, Pool, PoolError};
-use dmabuf_core::proto::wire::ColorInfo;
+use dmabuf_core::proto::wire::{h273, ColorInfo, Geometry};
+use ffmpeg::ffi;
 use ffmpeg::format::Pixel;
 use ffmpeg_next as ffmpeg;
 use std::path::{Path, PathBuf};
@@ -35,6 +36,7 @@ pub struct Decoder {
     pub height: u32,
     pub fps: (u32, u32),
     pub color: ColorInfo,
+    pub geometry: Geometry,
     pub codec: String,
     /// Added to the stream's timestamps after each `--loop` rewind.
     pts_offset_ns: i64,
@@ -129,6 +131,46 @@ fn unreachable_eagain() -> Result<()> {
     bail!("the decoder refused input while no output was pending (EAGAIN)")
 }
 
+/// The rotation and mirroring a stream's display matrix (`AV_PKT_DATA_DISPLAYMATRIX` side data,
+/// the container's `tkhd` matrix or a `rotate` tag) asks for, to the nearest quarter turn. The
+/// matrix is nine 32-bit integers, 16.16 fixed point in the first two columns (libavutil
+/// `display.h`); the angle is the one FFmpeg's CLI rotates by (`-round(av_display_rotation_get)`,
+/// clockwise), computed here from the same entries; a negative determinant is a mirror, taken
+/// out first.
+fn display_matrix(st: &ffmpeg::format::stream::Stream) -> Geometry {
+    let Some(data) = st
+        .side_data()
+        .find(|d| d.kind() == ffmpeg::codec::packet::side_data::Type::DisplayMatrix)
+    else {
+        return Geometry::default();
+    };
+    let bytes = data.data();
+    if bytes.len() < 36 {
+        return Geometry::default();
+    }
+    let m: Vec<f64> = bytes
+        .chunks_exact(4)
+        .take(9)
+        .map(|c| f64::from(i32::from_ne_bytes([c[0], c[1], c[2], c[3]])))
+        .collect();
+    let mirror = m[0] * m[4] - m[1] * m[3] < 0.0;
+    let (m0, m3) = if mirror { (-m[0], -m[3]) } else { (m[0], m[3]) };
+    let scale0 = m0.hypot(m3);
+    let scale1 = m[1].hypot(m[4]);
+    if scale0 == 0.0 || scale1 == 0.0 {
+        return Geometry::default();
+    }
+    // av_display_rotation_get = -atan2(m1/s1, m0/s0) in degrees (counter-clockwise); the CLI
+    // rotates clockwise by its negation.
+    let cw = (m[1] / scale1).atan2(m0 / scale0).to_degrees().round();
+    let quarter = ((cw / 90.0).round() as i64).rem_euclid(4) as u8;
+    Geometry {
+        rotation: quarter,
+        mirror,
+        ..Geometry::default()
+    }
+}
+
 /// The decoder output formats carried as they are: FFmpeg's format, ours, and whether it
 /// implies full range (the JPEG formats).
 const CARRIED: &[(Pixel, PixelFormat, bool)] = &[
@@ -207,26 +249,54 @@ impl Decoder {
         } else {
             (30, 1)
         };
-        use ffmpeg::color::{Range, Space};
-        let matrix = match decoder.color_space() {
-            Space::BT709 => 2,
-            Space::BT470BG | Space::SMPTE170M => 1,
-            _ if height >= 720 => 2,
-            _ => 1,
-        };
-        let range = if full_range || decoder.color_range() == Range::JPEG {
-            2
-        } else {
-            1
-        };
         let color = if pixel.is_yuv() {
-            ColorInfo { matrix, range }
-        } else {
+            // As the stream says (H.273 code points, which FFmpeg's enums are); unspecified
+            // stays unspecified: the consumer documents its guess.
+            let code = |v: i32| u8::try_from(v).unwrap_or(h273::UNSPECIFIED);
+            let matrix = code(ffi::AVColorSpace::from(decoder.color_space()) as i32);
+            let range = match decoder.color_range() {
+                _ if full_range => 2,
+                ffmpeg::color::Range::JPEG => 2,
+                ffmpeg::color::Range::MPEG => 1,
+                _ => 0,
+            };
             ColorInfo {
-                matrix: 0,
-                range: 2,
+                // AVCOL_SPC_RGB (0) on a YUV stream means nothing usable.
+                matrix: if matrix == 0 {
+                    h273::UNSPECIFIED
+                } else {
+                    matrix
+                },
+                range,
+                primaries: code(ffi::AVColorPrimaries::from(decoder.color_primaries()) as i32),
+                transfer: code(ffi::AVColorTransferCharacteristic::from(
+                    decoder.color_transfer_characteristic(),
+                ) as i32),
+                chroma_location: code(ffi::AVChromaLocation::from(decoder.chroma_location()) as i32),
             }
+        } else {
+            ColorInfo::rgb()
         };
+        let sar = decoder.aspect_ratio();
+        let geometry = Geometry {
+            sar_num: sar.numerator().max(0) as u32,
+            sar_den: if sar.numerator() > 0 {
+                sar.denominator().max(0) as u32
+            } else {
+                0
+            },
+            ..display_matrix(&st)
+        };
+        if geometry.rotation != 0 || geometry.mirror || geometry.sar_num != geometry.sar_den {
+            tracing::info!(
+                "{}: sample aspect ratio {}:{}, display rotation {}° clockwise{}",
+                path.display(),
+                geometry.sar_num,
+                geometry.sar_den,
+                90 * u32::from(geometry.rotation),
+                if geometry.mirror { ", mirrored" } else { "" }
+            );
+        }
         Ok(Self {
             path: path.to_path_buf(),
             input,
@@ -243,6 +313,7 @@ impl Decoder {
             height,
             fps,
             color,
+            geometry,
             codec,
             pts_offset_ns: 0,
             last_pts_ns: 0,

@@ -10,7 +10,7 @@ use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::Allocator;
 use dmabuf_core::format::{FrameFormat, FrameLayout};
 use dmabuf_core::pool::{Lease, Pool};
-use dmabuf_core::proto::wire::ColorInfo;
+use dmabuf_core::proto::wire::{ColorInfo, Geometry};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
@@ -69,21 +69,28 @@ impl Source {
     }
 
     pub fn color(&self) -> ColorInfo {
+        use dmabuf_core::proto::wire::h273;
         match self {
-            // Webcams and vivid: BT.601 limited range for YUV.
-            Source::V4l2(_) => ColorInfo {
-                matrix: 1,
-                range: 1,
-            },
+            Source::V4l2(cap) => cap.color(),
+            // The pattern draws BT.709 limited-range Y'CbCr, chroma sited left.
             Source::Pattern { format, .. } if format.pixel.is_yuv() => ColorInfo {
-                matrix: 2,
+                matrix: h273::MATRIX_BT709,
                 range: 1,
+                primaries: h273::PRIMARIES_BT709,
+                transfer: h273::TRANSFER_BT709,
+                chroma_location: 1,
             },
-            Source::Pattern { .. } => ColorInfo {
-                matrix: 0,
-                range: 2,
-            },
+            Source::Pattern { .. } => ColorInfo::rgb(),
             Source::File { dec, .. } => dec.color,
+        }
+    }
+
+    /// Sample aspect ratio and orientation (a file's container says; the others are square and
+    /// upright).
+    pub fn geometry(&self) -> Geometry {
+        match self {
+            Source::File { dec, .. } => dec.geometry,
+            _ => Geometry::default(),
         }
     }
 

@@ -28,6 +28,7 @@ use dmabuf_core::format::{
     frame_checksum, plane_geometry, FrameFormat, FrameLayout, PixelFormat, PlaneLayout,
 };
 use dmabuf_core::pool::{Lease, Pool};
+use dmabuf_core::proto::wire::{h273, ColorInfo};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
@@ -201,6 +202,8 @@ pub struct Capture {
     /// The driver's layout of a captured frame (bytesperline, sizeimage).
     driver_layout: FrameLayout,
     fps: (u32, u32),
+    /// From the driver's `v4l2_pix_format` (colorspace, ycbcr_enc, quantization, xfer_func).
+    color: ColorInfo,
     pool: Pool,
     mode: Mode,
     stall: Duration,
@@ -266,6 +269,107 @@ fn driver_layout(format: FrameFormat, fmt: &Format) -> Result<FrameLayout> {
         planes,
         size: u64::from(pl.sizeimage),
     })
+}
+
+/// The H.273 colorimetry of a V4L2 format, with the kernel's defaults for fields the driver
+/// left at 0 (`V4L2_MAP_YCBCR_ENC_DEFAULT`, `V4L2_MAP_QUANTIZATION_DEFAULT`,
+/// `V4L2_MAP_XFER_FUNC_DEFAULT` in videodev2.h; the colorspace's own default when that is 0
+/// too: SMPTE 170M for YUV, sRGB for RGB). Values per
+/// <https://www.kernel.org/doc/html/latest/userspace-api/media/v4l/colorspaces-defs.html>.
+pub fn colorimetry(
+    colorspace: u32,
+    ycbcr_enc: u32,
+    quantization: u32,
+    xfer: u32,
+    rgb: bool,
+) -> ColorInfo {
+    use v4l2r::bindings as b;
+    let cs = match colorspace {
+        b::v4l2_colorspace_V4L2_COLORSPACE_DEFAULT if rgb => {
+            b::v4l2_colorspace_V4L2_COLORSPACE_SRGB
+        }
+        b::v4l2_colorspace_V4L2_COLORSPACE_DEFAULT => b::v4l2_colorspace_V4L2_COLORSPACE_SMPTE170M,
+        c => c,
+    };
+    let enc = match ycbcr_enc {
+        0 => match cs {
+            b::v4l2_colorspace_V4L2_COLORSPACE_REC709
+            | b::v4l2_colorspace_V4L2_COLORSPACE_DCI_P3 => {
+                b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_709
+            }
+            b::v4l2_colorspace_V4L2_COLORSPACE_BT2020 => {
+                b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_BT2020
+            }
+            b::v4l2_colorspace_V4L2_COLORSPACE_SMPTE240M => {
+                b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_SMPTE240M
+            }
+            _ => b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_601,
+        },
+        e => e,
+    };
+    let full = match quantization {
+        b::v4l2_quantization_V4L2_QUANTIZATION_FULL_RANGE => true,
+        b::v4l2_quantization_V4L2_QUANTIZATION_LIM_RANGE => false,
+        _ => rgb || cs == b::v4l2_colorspace_V4L2_COLORSPACE_JPEG,
+    };
+    let xfer = match xfer {
+        0 => match cs {
+            b::v4l2_colorspace_V4L2_COLORSPACE_OPRGB => b::v4l2_xfer_func_V4L2_XFER_FUNC_OPRGB,
+            b::v4l2_colorspace_V4L2_COLORSPACE_SMPTE240M => {
+                b::v4l2_xfer_func_V4L2_XFER_FUNC_SMPTE240M
+            }
+            b::v4l2_colorspace_V4L2_COLORSPACE_DCI_P3 => b::v4l2_xfer_func_V4L2_XFER_FUNC_DCI_P3,
+            b::v4l2_colorspace_V4L2_COLORSPACE_RAW => b::v4l2_xfer_func_V4L2_XFER_FUNC_NONE,
+            b::v4l2_colorspace_V4L2_COLORSPACE_SRGB | b::v4l2_colorspace_V4L2_COLORSPACE_JPEG => {
+                b::v4l2_xfer_func_V4L2_XFER_FUNC_SRGB
+            }
+            _ => b::v4l2_xfer_func_V4L2_XFER_FUNC_709,
+        },
+        x => x,
+    };
+    let matrix = if rgb {
+        h273::MATRIX_RGB
+    } else {
+        match enc {
+            b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_709
+            | b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_XV709 => h273::MATRIX_BT709,
+            b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_BT2020 => h273::MATRIX_BT2020_NCL,
+            b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_BT2020_CONST_LUM => h273::MATRIX_BT2020_CL,
+            b::v4l2_ycbcr_encoding_V4L2_YCBCR_ENC_SMPTE240M => h273::MATRIX_SMPTE240M,
+            // 601, xvYCC 601, sYCC.
+            _ => h273::MATRIX_SMPTE170M,
+        }
+    };
+    let primaries = match cs {
+        b::v4l2_colorspace_V4L2_COLORSPACE_SMPTE170M => h273::PRIMARIES_SMPTE170M,
+        b::v4l2_colorspace_V4L2_COLORSPACE_REC709
+        | b::v4l2_colorspace_V4L2_COLORSPACE_SRGB
+        | b::v4l2_colorspace_V4L2_COLORSPACE_JPEG => h273::PRIMARIES_BT709,
+        b::v4l2_colorspace_V4L2_COLORSPACE_BT2020 => h273::PRIMARIES_BT2020,
+        b::v4l2_colorspace_V4L2_COLORSPACE_470_SYSTEM_M => 4,
+        b::v4l2_colorspace_V4L2_COLORSPACE_470_SYSTEM_BG => h273::PRIMARIES_BT470BG,
+        b::v4l2_colorspace_V4L2_COLORSPACE_SMPTE240M => 7,
+        b::v4l2_colorspace_V4L2_COLORSPACE_DCI_P3 => 11,
+        // opRGB (Adobe RGB) and raw have no H.273 code point.
+        _ => h273::UNSPECIFIED,
+    };
+    let transfer = match xfer {
+        b::v4l2_xfer_func_V4L2_XFER_FUNC_709 => h273::TRANSFER_BT709,
+        b::v4l2_xfer_func_V4L2_XFER_FUNC_SRGB => h273::TRANSFER_SRGB,
+        b::v4l2_xfer_func_V4L2_XFER_FUNC_SMPTE240M => 7,
+        b::v4l2_xfer_func_V4L2_XFER_FUNC_NONE => 8,
+        b::v4l2_xfer_func_V4L2_XFER_FUNC_SMPTE2084 => h273::TRANSFER_PQ,
+        // opRGB (gamma 2.2) and DCI-P3 (gamma 2.6) have no exact H.273 code point.
+        _ => h273::UNSPECIFIED,
+    };
+    ColorInfo {
+        matrix,
+        range: if full { 2 } else { 1 },
+        primaries,
+        transfer,
+        // V4L2 has no chroma siting field; capture hardware samples MPEG-2 style (left).
+        chroma_location: if rgb { 0 } else { 1 },
+    }
 }
 
 impl Capture {
@@ -399,6 +503,22 @@ impl Capture {
                 )
             })?;
         }
+        let raw: v4l2r::bindings::v4l2_format = ioctl::g_fmt(&dev, Q).context("VIDIOC_G_FMT")?;
+        let (colorspace, enc, quant, xfer) = sys::pix_colorimetry(&raw).unwrap_or_default();
+        let mut color = colorimetry(colorspace, enc, quant, xfer, !pixel.is_yuv());
+        if mjpeg {
+            // JFIF: BT.601 full range, whatever the driver says of the decoded pixels.
+            color.matrix = h273::MATRIX_SMPTE170M;
+            color.range = 2;
+        }
+        tracing::info!(
+            "v4l2 colorimetry: colorspace {colorspace}, ycbcr_enc {enc}, quantization {quant}, \
+             xfer_func {xfer} -> matrix {}, range {}, primaries {}, transfer {}",
+            color.matrix_name(),
+            color.range_name(),
+            color.primaries_name(),
+            color.transfer_name()
+        );
         let parm: v4l2r::bindings::v4l2_streamparm = ioctl::g_parm(&dev, Q).unwrap_or_default();
         let fps = sys::capture_fps(&parm).or(req.fps).unwrap_or((30, 1));
         if let Some(want) = req.fps {
@@ -480,6 +600,7 @@ impl Capture {
             format,
             driver_layout: layout,
             fps,
+            color,
             pool,
             mode,
             stall: req.stall,
@@ -508,6 +629,11 @@ impl Capture {
 
     pub fn format(&self) -> FrameFormat {
         self.format
+    }
+
+    /// The colorimetry the driver reports for the capture format.
+    pub fn color(&self) -> ColorInfo {
+        self.color
     }
 
     pub fn fps(&self) -> (u32, u32) {

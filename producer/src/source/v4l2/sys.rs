@@ -37,3 +37,18 @@ pub fn capture_fps(parm: &v4l2_streamparm) -> Option<(u32, u32)> {
     let tpf = unsafe { parm.parm.capture.timeperframe };
     (tpf.numerator != 0 && tpf.denominator != 0).then_some((tpf.denominator, tpf.numerator))
 }
+
+/// The colorimetry fields of a single-planar capture format (`struct v4l2_pix_format`):
+/// colorspace, ycbcr_enc, quantization, xfer_func, as the driver set them.
+pub fn pix_colorimetry(fmt: &v4l2r::bindings::v4l2_format) -> Option<(u32, u32, u32, u32)> {
+    if fmt.type_ != QueueType::VideoCapture as u32 {
+        return None;
+    }
+    // SAFETY: for a VIDEO_CAPTURE format the kernel fills the `pix` member of the union
+    // (videodev2.h, struct v4l2_format); every bit pattern is a valid `v4l2_pix_format`
+    // (integers). The ycbcr_enc/hsv_enc union holds integers either way.
+    let pix = unsafe { fmt.fmt.pix };
+    // SAFETY: as above: both members of this union are u32.
+    let enc = unsafe { pix.__bindgen_anon_1.ycbcr_enc };
+    Some((pix.colorspace, enc, pix.quantization, pix.xfer_func))
+}
