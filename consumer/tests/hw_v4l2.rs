@@ -488,3 +488,67 @@ fn list_devices_shows_vivid() {
     // Shown in the lane's log for whoever reads it.
     eprintln!("{text}");
 }
+
+/// Set vivid's menu control `name` on `node` to item `value`.
+fn set_vivid_menu(node: &Path, name: &str, value: i32) {
+    let f = File::options().read(true).write(true).open(node).unwrap();
+    let mut id = 0u32;
+    loop {
+        let q: v4l2r::bindings::v4l2_queryctrl =
+            ioctl::queryctrl(&f, CtrlId::new(id).unwrap(), QueryCtrlFlags::NEXT)
+                .unwrap_or_else(|e| panic!("vivid has no {name:?} control: {e}"));
+        let n = String::from_utf8_lossy(&q.name);
+        if n.trim_end_matches('\0') == name {
+            ioctl::s_ctrl(&f, q.id, value).unwrap_or_else(|e| panic!("setting {name}: {e}"));
+            return;
+        }
+        id = q.id;
+    }
+}
+
+/// Issue 11 §4: the colorimetry the V4L2 driver reports reaches the consumer (mapped to H.273
+/// with the kernel's defaults), not a fixed BT.601: vivid's default sRGB, then its "Colorspace"
+/// control set to Rec. 709 and to BT.2020.
+#[test]
+fn vivid_colorimetry_is_carried() {
+    let t = "vivid_colorimetry_is_carried";
+    let Some(node) = vivid(t, 0) else { return };
+    let source = format!("v4l2:{}", node.display());
+    // vivid's "Colorspace" menu: 0 SMPTE 170M, 1 Rec. 709, 2 sRGB (default), 3 opRGB, 4 BT.2020.
+    for (menu, matrix, primaries, transfer) in [
+        (2, "SMPTE 170M (BT.601)", "BT.709", "sRGB"),
+        (1, "BT.709", "BT.709", "BT.709"),
+        (4, "BT.2020 NCL", "BT.2020", "BT.709"),
+    ] {
+        set_vivid_menu(&node, "Colorspace", menu);
+        let sock = socket(&format!("v4l2-colour-{menu}"));
+        let p = Producer::start(
+            &sock,
+            &[
+                "--source",
+                &source,
+                "--v4l2-io",
+                "expbuf",
+                "--size",
+                "640x480",
+                "--format",
+                "NV12",
+                "--stall-timeout",
+                "60",
+            ],
+        );
+        let s = consume(
+            &sock,
+            &format!("colour-{menu}"),
+            &["--frames", "3", "--import", "cpu-map"],
+            Duration::from_secs(120),
+        );
+        drop(p);
+        let c = &s["colorimetry"];
+        assert_eq!(c["matrix_name"], matrix, "menu {menu}: {s}");
+        assert_eq!(c["primaries_name"], primaries, "menu {menu}: {s}");
+        assert_eq!(c["transfer_name"], transfer, "menu {menu}: {s}");
+        assert_eq!(c["range"], "limited", "menu {menu}: {s}");
+    }
+    set_vivid_menu(&node, "Colorspace", 2);
+}

@@ -43,8 +43,14 @@ struct Args {
     socket: PathBuf,
 
     /// Frame source. `pattern`: moving colour bars drawn in the pool's pixel format.
-    /// `file:PATH`: a video file decoded by FFmpeg (H.264, HEVC, VP9, AV1 …) at its own size,
-    /// format and frame rate, paced at that rate; e.g. file:samples/clip-1080p60.mp4.
+    /// `file:PATH`: a local video file (PATH is a path, even with a ':' in it) decoded by FFmpeg
+    /// (H.264, HEVC, VP9, AV1 …) at its own size and format, each frame published at its own
+    /// timestamp (variable frame rate; a timestamp jump of over 2 s or backwards is a logged
+    /// discontinuity played at the nominal rate); damaged packets are skipped and counted, as
+    /// the ffmpeg CLI does; its colorimetry (matrix, range, primaries, transfer, chroma
+    /// location), sample aspect ratio and rotation go to consumers; a mid-stream size change
+    /// renegotiates; e.g. file:samples/clip-1080p60.mp4. Carried as decoded: 8-bit 4:2:0
+    /// (I420), NV12, YUYV, BGR0/BGRA; other pixel formats are refused.
     /// `v4l2:/dev/videoN`: capture from a V4L2 webcam (NV12, YUYV or I420; --size, --format
     /// and --fps choose the capture format, otherwise the device's current one), paced by the
     /// device; see --v4l2-io and --list-devices.
@@ -63,7 +69,8 @@ struct Args {
     #[arg(long)]
     list_devices: bool,
 
-    /// With a file source: start again from the beginning at the end (timestamps keep going).
+    /// With a file source: start again from the beginning at the end (timestamps keep going;
+    /// a still image repeats at its nominal rate).
     #[arg(long = "loop")]
     looping: bool,
 
