@@ -1000,3 +1000,106 @@ fn rotation_and_aspect_ratio_are_carried_and_honoured() {
     let d = mean_abs_diff(&ours, &cli);
     assert!(d < 1.5, "mean difference {d:.2} from FFmpeg's 853x480");
 }
+
+/// Issue 11 §4 (a colour change mid-stream, as at a splice): two MPEG-TS segments of one size,
+/// BT.709 limited range then BT.601 (BT.470BG) full range. The change renegotiates like a
+/// size change, the consumer learns the new colorimetry, and each segment's snapshot is
+/// converted with its own matrix and range (as the FFmpeg CLI converts each segment alone).
+#[test]
+fn a_colorimetry_change_mid_stream_is_announced() {
+    let dir = scratch_dir("colour-splice");
+    let a = dir.join("a.ts");
+    ffmpeg_make_sized(
+        &a,
+        "320x240",
+        &[
+            "-frames:v",
+            "12",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-colorspace",
+            "bt709",
+            "-color_primaries",
+            "bt709",
+            "-color_trc",
+            "bt709",
+            "-f",
+            "mpegts",
+        ],
+    );
+    let b = dir.join("b.ts");
+    ffmpeg_make_sized(
+        &b,
+        "320x240",
+        &[
+            "-frames:v",
+            "12",
+            "-pix_fmt",
+            "yuvj420p",
+            "-c:v",
+            "libx264",
+            "-colorspace",
+            "bt470bg",
+            "-color_range",
+            "pc",
+            "-f",
+            "mpegts",
+        ],
+    );
+    let spliced = dir.join("spliced.ts");
+    std::fs::write(
+        &spliced,
+        [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat(),
+    )
+    .unwrap();
+    let sock = socket("colour-splice");
+    let src = format!("file:{}", spliced.display());
+    let _p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+    let snaps = sock.with_extension("snaps");
+    let s = consume(
+        &sock,
+        "colour-splice",
+        &[
+            "--verify",
+            "--snapshot-every",
+            "12",
+            "--snapshot-dir",
+            snaps.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(s["frames"], 24, "{s}");
+    assert_eq!(s["renegotiations"], 1, "{s}");
+    assert_eq!(s["colorimetry"]["matrix"], 5, "{s}");
+    assert_eq!(s["colorimetry"]["range"], "full", "{s}");
+    let snapshots: Vec<String> = s["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(snapshots.len(), 2, "{s}");
+    for (path, seg, vf) in [
+        (
+            &snapshots[0],
+            &a,
+            "scale=in_color_matrix=bt709:in_range=tv:flags=neighbor+accurate_rnd+full_chroma_int",
+        ),
+        (
+            &snapshots[1],
+            &b,
+            "scale=in_color_matrix=bt601:in_range=pc:flags=neighbor+accurate_rnd+full_chroma_int",
+        ),
+    ] {
+        let d = png::Decoder::new(std::fs::File::open(path).unwrap());
+        let mut r = d.read_info().unwrap();
+        let mut ours = vec![0; r.output_buffer_size()];
+        let info = r.next_frame(&mut ours).unwrap();
+        ours.truncate(info.buffer_size());
+        let want = ffmpeg_rgba(seg, vf);
+        let diff = mean_abs_diff(&ours, &want);
+        assert!(diff < 1.0, "{path}: mean difference {diff:.2} from {vf}");
+    }
+}

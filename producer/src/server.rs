@@ -15,7 +15,8 @@ use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::procstat;
 use dmabuf_core::proto::server::{accepts, full_chunks, Session};
 use dmabuf_core::proto::wire::{
-    Frame, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED, VERSION,
+    ColorInfo, Frame, Geometry, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED,
+    VERSION,
 };
 use dmabuf_core::proto::{Listener, ListenerOptions};
 use dmabuf_core::time::process_cpu_ns;
@@ -155,6 +156,13 @@ struct Server<'t> {
     fan: Fanout,
     /// How pixels reach the consumers, and the CPU meter (see crate::transport).
     transport: &'t mut Transport,
+    /// The colorimetry and geometry the consumers were told (a change renegotiates).
+    announced: Announced,
+}
+
+struct Announced {
+    color: ColorInfo,
+    geometry: Geometry,
 }
 
 /// Allocate the pool, then listen on `socket` (so the socket appears only once the producer can
@@ -192,6 +200,10 @@ pub fn serve(
     let listener = Listener::bind(socket, listen)
         .with_context(|| format!("cannot listen on {}", socket.display()))?;
     let mut server = Server {
+        announced: Announced {
+            color: source.color(),
+            geometry: source.geometry(),
+        },
         fan: Fanout::new(opts.hello_timeout),
         source,
         opts,
@@ -437,7 +449,10 @@ impl Server<'_> {
                         }
                         return Ok(StreamEnd::Completed);
                     };
-                    if self.source.format() != self.pool.format() {
+                    if self.source.format() != self.pool.format()
+                        || self.source.color() != self.announced.color
+                        || self.source.geometry() != self.announced.geometry
+                    {
                         if let Some(end) = self.renegotiate(listener)? {
                             return Ok(end);
                         }
@@ -569,6 +584,7 @@ impl Server<'_> {
     /// meanwhile.
     fn renegotiate(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
         let (old, new) = (self.pool.format(), self.source.format());
+        // (A colorimetry or geometry change alone renegotiates too: same format, new Welcome.)
         while self.fan.max_held() > 0 {
             self.fan.drop_stalled(self.opts.stall_timeout, 1);
             if self.stop.load(Ordering::Relaxed) {
@@ -582,6 +598,10 @@ impl Server<'_> {
             .source
             .make_pool(allocator.as_ref(), self.opts.buffers)?;
         let welcome = self.welcome();
+        self.announced = Announced {
+            color: welcome.color,
+            geometry: welcome.geometry,
+        };
         self.fan.renegotiate(&welcome, &self.pool);
         tracing::info!(
             "renegotiated {old} -> {new}: {} new buffers of {} to {} consumer(s)",

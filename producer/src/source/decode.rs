@@ -53,6 +53,43 @@ pub struct Decoder {
     direct: Result<DirectDecode, String>,
 }
 
+/// The H.273 colorimetry of pictures of `pixel` with FFmpeg's colour fields (which are H.273
+/// code points); unspecified stays unspecified (the consumer documents its guess).
+fn colorimetry(
+    pixel: PixelFormat,
+    full_range: bool,
+    (space, range, primaries, transfer, location): (
+        ffmpeg::color::Space,
+        ffmpeg::color::Range,
+        ffmpeg::color::Primaries,
+        ffmpeg::color::TransferCharacteristic,
+        ffmpeg::chroma::Location,
+    ),
+) -> ColorInfo {
+    if !pixel.is_yuv() {
+        return ColorInfo::rgb();
+    }
+    let code = |v: i32| u8::try_from(v).unwrap_or(h273::UNSPECIFIED);
+    let matrix = code(ffi::AVColorSpace::from(space) as i32);
+    ColorInfo {
+        // AVCOL_SPC_RGB (0) on a YUV stream means nothing usable.
+        matrix: if matrix == 0 {
+            h273::UNSPECIFIED
+        } else {
+            matrix
+        },
+        range: match range {
+            _ if full_range => 2,
+            ffmpeg::color::Range::JPEG => 2,
+            ffmpeg::color::Range::MPEG => 1,
+            _ => 0,
+        },
+        primaries: code(ffi::AVColorPrimaries::from(primaries) as i32),
+        transfer: code(ffi::AVColorTransferCharacteristic::from(transfer) as i32),
+        chroma_location: code(ffi::AVChromaLocation::from(location) as i32),
+    }
+}
+
 /// Open `path` as a local file, whatever it contains: a name such as `clip:1.mp4` would
 /// otherwise be read as the URL of an FFmpeg protocol `clip`.
 fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input> {
@@ -249,34 +286,17 @@ impl Decoder {
         } else {
             (30, 1)
         };
-        let color = if pixel.is_yuv() {
-            // As the stream says (H.273 code points, which FFmpeg's enums are); unspecified
-            // stays unspecified: the consumer documents its guess.
-            let code = |v: i32| u8::try_from(v).unwrap_or(h273::UNSPECIFIED);
-            let matrix = code(ffi::AVColorSpace::from(decoder.color_space()) as i32);
-            let range = match decoder.color_range() {
-                _ if full_range => 2,
-                ffmpeg::color::Range::JPEG => 2,
-                ffmpeg::color::Range::MPEG => 1,
-                _ => 0,
-            };
-            ColorInfo {
-                // AVCOL_SPC_RGB (0) on a YUV stream means nothing usable.
-                matrix: if matrix == 0 {
-                    h273::UNSPECIFIED
-                } else {
-                    matrix
-                },
-                range,
-                primaries: code(ffi::AVColorPrimaries::from(decoder.color_primaries()) as i32),
-                transfer: code(ffi::AVColorTransferCharacteristic::from(
-                    decoder.color_transfer_characteristic(),
-                ) as i32),
-                chroma_location: code(ffi::AVChromaLocation::from(decoder.chroma_location()) as i32),
-            }
-        } else {
-            ColorInfo::rgb()
-        };
+        let color = colorimetry(
+            pixel,
+            full_range,
+            (
+                decoder.color_space(),
+                decoder.color_range(),
+                decoder.color_primaries(),
+                decoder.color_transfer_characteristic(),
+                decoder.chroma_location(),
+            ),
+        );
         let sar = decoder.aspect_ratio();
         let geometry = Geometry {
             sar_num: sar.numerator().max(0) as u32,
@@ -520,6 +540,37 @@ impl Decoder {
                 self.height
             );
             (self.pixel, self.width, self.height) = (pixel, w, h);
+        }
+        // The picture's own colorimetry (a stream may change it, e.g. at a splice, or its
+        // bitstream may say otherwise than the container): a change renegotiates, like a size.
+        let f = &self.frame;
+        let full = our_pixel(f.format()).is_some_and(|p| p.1);
+        let color = colorimetry(
+            self.pixel,
+            full,
+            (
+                f.color_space(),
+                f.color_range(),
+                f.color_primaries(),
+                f.color_transfer_characteristic(),
+                f.chroma_location(),
+            ),
+        );
+        if color != self.color {
+            tracing::info!(
+                "{}: the pictures' colorimetry is matrix {}, {} range, primaries {}, transfer {} \
+                 (was matrix {}, {} range, primaries {}, transfer {})",
+                self.path.display(),
+                color.matrix_name(),
+                color.range_name(),
+                color.primaries_name(),
+                color.transfer_name(),
+                self.color.matrix_name(),
+                self.color.range_name(),
+                self.color.primaries_name(),
+                self.color.transfer_name()
+            );
+            self.color = color;
         }
         let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
         self.last_pts_ns = match self.frame.timestamp().or(self.frame.pts()) {
