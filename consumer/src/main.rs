@@ -97,6 +97,12 @@ struct Args {
     #[arg(long, default_value_t = 10.0)]
     connect_timeout: f64,
 
+    /// Seconds the producer may stay silent once connected (no buffer, no frame, no goodbye)
+    /// before the consumer gives up on it, naming what it was waiting for; with --reconnect it
+    /// then waits for a producer again. 0: wait forever. (The Welcome has its own 5 s limit.)
+    #[arg(long, default_value_t = 30.0, value_name = "SECONDS")]
+    producer_timeout: f64,
+
     /// When the producer goes away (closes, is killed, or says Leaving), wait for a producer to
     /// listen on the socket again and resume: imports are dropped and redone, statistics carry
     /// on (frames, verified, dropped add up; `reconnects` counts the resumptions). Without it,
@@ -238,6 +244,8 @@ fn write_png(path: &std::path::Path, width: u32, height: u32, rgba: &[u8]) -> Re
 }
 
 fn main() {
+    // Each buffer's planes cost a descriptor: take the hard limit.
+    dmabuf_core::procstat::raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -618,13 +626,40 @@ impl Stream<'_> {
         let mut w = self.client.welcome().clone();
         let mut scratch = Vec::new();
         let mut maps: Vec<Option<MappedBuffer>> = (0..w.buffer_count).map(|_| None).collect();
+        let silence =
+            (args.producer_timeout > 0.0).then(|| Duration::from_secs_f64(args.producer_timeout));
+        let mut last_heard = Instant::now();
         loop {
             if self.stop.load(Ordering::Relaxed) {
                 self.client.goodbye(GoodbyeReason::Leaving, "interrupted");
                 return Ok(Outcome::Done);
             }
-            match self.client.next_event(Some(Duration::from_millis(250))) {
-                Err(ProtoError::Timeout { .. }) => continue,
+            let event = self.client.next_event(Some(Duration::from_millis(250)));
+            if !matches!(event, Err(ProtoError::Timeout { .. })) {
+                last_heard = Instant::now();
+            }
+            match event {
+                Err(ProtoError::Timeout { .. }) => {
+                    if let Some(limit) = silence.filter(|l| last_heard.elapsed() >= *l) {
+                        let added = (0..w.buffer_count)
+                            .filter(|&id| self.client.buffer(id).is_some())
+                            .count();
+                        let what = if added < w.buffer_count as usize {
+                            format!("its buffers ({added} of {} added)", w.buffer_count)
+                        } else {
+                            "the next frame".to_string()
+                        };
+                        let msg = format!(
+                            "the producer sent nothing for {:.1} s while this consumer waited \
+                             for {what} (--producer-timeout)",
+                            limit.as_secs_f64()
+                        );
+                        self.client
+                            .goodbye(GoodbyeReason::Leaving, "producer silent");
+                        return Ok(Outcome::ProducerGone(msg));
+                    }
+                    continue;
+                }
                 Ok(Event::BufferAdded(id)) => {
                     let buf = self.client.buffer(id).expect("just added");
                     match self.gpu.as_mut() {
@@ -711,7 +746,12 @@ impl Stream<'_> {
                             }
                         }
                     }
+                    // Use the frame first (checksum, conversion, reading it back); results are
+                    // kept aside and only counted or written once the connection is known to
+                    // have been open all along (below).
                     let mut checked = streamed;
+                    // (computed checksum, the producer's)
+                    let mut sums = None;
                     if args.verify {
                         if f.flags & FRAME_FLAG_CHECKSUM == 0 {
                             stats.report.unverifiable += 1;
@@ -722,18 +762,7 @@ impl Stream<'_> {
                                 (false, None) => map.expect("mapped when added").checksum(buf)?,
                             };
                             checked = true;
-                            if got == f.checksum {
-                                stats.report.verified += 1;
-                            } else {
-                                stats.report.mismatches += 1;
-                                if stats.report.mismatches <= 5 {
-                                    tracing::error!(
-                                        "frame {}: checksum {got:#010x}, producer sent {:#010x}",
-                                        f.seq,
-                                        f.checksum
-                                    );
-                                }
-                            }
+                            sums = Some(got);
                         }
                     }
                     if let Some(g) = self.gpu.as_mut() {
@@ -747,6 +776,7 @@ impl Stream<'_> {
                     if args.test_burn_us > 0 {
                         dmabuf_core::time::burn_cpu_ns(args.test_burn_us.saturating_mul(1000));
                     }
+                    let mut snapshot = None;
                     if let Some(g) = self.gpu.as_mut() {
                         if let Some(v) = self.viewer.as_mut() {
                             if !v.pump() {
@@ -758,19 +788,49 @@ impl Stream<'_> {
                         }
                         if let Some(n) = args.snapshot_every {
                             if stats.report.frames % n == 0 {
-                                let rgba = g.vk.convert(id, buf, w.color, w.geometry)?;
-                                let path =
-                                    args.snapshot_dir.join(format!("frame-{:06}.png", f.seq));
-                                let ((dw, dh), _) = w.geometry.display_size(w.width, w.height);
-                                write_png(&path, dw, dh, &rgba)?;
-                                stats.report.snapshots.push(path.display().to_string());
+                                snapshot = Some(g.vk.convert(id, buf, w.color, w.geometry)?);
                             }
                         }
                     }
-                    if self.dump.is_some() || self.expect.is_some() {
+                    let cpu_read = self.dump.is_some() || self.expect.is_some();
+                    if cpu_read {
                         scratch.clear();
                         map.expect("mapped when added")
                             .append_packed(buf, &mut scratch)?;
+                    }
+                    // The producer reuses a buffer a consumer holds only after dropping it and
+                    // closing its connection: if the connection was still open now, after every
+                    // read above (or ended with the stream), nothing was overwritten meanwhile.
+                    if self.client.frames_reclaimed() {
+                        stats.report.reclaimed += 1;
+                        tracing::warn!(
+                            "frame {}: the producer ended the connection while it was in use \
+                             (its buffer may have been reused): not counted, not written",
+                            f.seq
+                        );
+                        continue;
+                    }
+                    if let Some(got) = sums {
+                        if got == f.checksum {
+                            stats.report.verified += 1;
+                        } else {
+                            stats.report.mismatches += 1;
+                            if stats.report.mismatches <= 5 {
+                                tracing::error!(
+                                    "frame {}: checksum {got:#010x}, producer sent {:#010x}",
+                                    f.seq,
+                                    f.checksum
+                                );
+                            }
+                        }
+                    }
+                    if let Some(rgba) = snapshot {
+                        let path = args.snapshot_dir.join(format!("frame-{:06}.png", f.seq));
+                        let ((dw, dh), _) = w.geometry.display_size(w.width, w.height);
+                        write_png(&path, dw, dh, &rgba)?;
+                        stats.report.snapshots.push(path.display().to_string());
+                    }
+                    if cpu_read {
                         if let Some(out) = self.dump.as_mut() {
                             out.write_all(&scratch).context("writing --dump-raw")?;
                         }
@@ -801,17 +861,23 @@ impl Stream<'_> {
                             // Say why when the producer gave a reason (e.g. a capture device
                             // was unplugged); a plain end of stream needs no words.
                             if !g.message.is_empty() && g.message != "end of stream" {
-                                eprintln!("consumer: end of stream: {}", g.message);
+                                eprintln!(
+                                    "consumer: end of stream: {}",
+                                    dmabuf_core::proto::wire::printable(&g.message)
+                                );
                             }
                             Ok(Outcome::Done)
                         }
                         r @ (GoodbyeReason::Leaving | GoodbyeReason::InternalError) => {
                             Ok(Outcome::ProducerGone(format!(
                                 "producer ended the stream ({r:?}): {}",
-                                g.message
+                                dmabuf_core::proto::wire::printable(&g.message)
                             )))
                         }
-                        r => bail!("producer ended the stream ({r:?}): {}", g.message),
+                        r => bail!(
+                            "producer ended the stream ({r:?}): {}",
+                            dmabuf_core::proto::wire::printable(&g.message)
+                        ),
                     };
                 }
                 Err(ProtoError::Closed) => {

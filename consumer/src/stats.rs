@@ -50,6 +50,9 @@ pub struct Report {
     /// (null without the option).
     pub framemd5_matched: Option<u64>,
     pub framemd5_mismatches: Option<u64>,
+    /// Frames used while the producer was ending the connection (it had dropped this consumer,
+    /// so their buffers may have been reused): discarded, not counted as verified nor written.
+    pub reclaimed: u64,
     /// Frames that came without a checksum while --verify was on.
     pub unverifiable: u64,
     /// Frames whose pixels the producer's CPU copied into the buffer (`Frame` flag bit 1).
@@ -264,7 +267,7 @@ impl Report {
             Some((_, m)) => dmabuf_core::proto::wire::ColorInfo { matrix: m, ..c }
                 .matrix_name()
                 .to_string(),
-            None => "none".to_string(),
+            None => format!("BT.709 (no conversion for {})", c.matrix_name()),
         };
         self.colorimetry = Colorimetry {
             matrix: c.matrix,

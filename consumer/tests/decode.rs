@@ -1103,3 +1103,189 @@ fn a_colorimetry_change_mid_stream_is_announced() {
         assert!(diff < 1.0, "{path}: mean difference {diff:.2} from {vf}");
     }
 }
+
+/// A stream that fails in the source (here: a segment in a pixel format this build does not
+/// carry) ends the producer with exit status 1 once its consumers are told, instead of
+/// lingering to replay the failure to the next one; a video track with no decodable picture
+/// (H.264 with its IDR pictures removed) is refused at start.
+#[test]
+fn a_failing_source_ends_the_producer() {
+    let dir = scratch_dir("fatal");
+    let a = dir.join("a.h264");
+    ffmpeg_make(
+        &a,
+        &[
+            "-frames:v",
+            "10",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-f",
+            "h264",
+        ],
+    );
+    let b = dir.join("b.h264");
+    ffmpeg_make(
+        &b,
+        &[
+            "-frames:v",
+            "10",
+            "-pix_fmt",
+            "yuv422p",
+            "-c:v",
+            "libx264",
+            "-f",
+            "h264",
+        ],
+    );
+    let mixed = dir.join("mixed.h264");
+    std::fs::write(
+        &mixed,
+        [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat(),
+    )
+    .unwrap();
+    let sock = socket("fatal");
+    let src = format!("file:{}", mixed.display());
+    let p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+    let out = run_consumer(&sock, &["--import", "cpu-map"], Duration::from_secs(60));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("does not carry"), "{e}");
+    let (st, err) = p.wait(Duration::from_secs(20));
+    assert_eq!(
+        st.code(),
+        Some(1),
+        "the producer exits with the error: {err}"
+    );
+    assert!(err.contains("does not carry"), "{err}");
+
+    let noidr = dir.join("noidr.h264");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(&a)
+        .args([
+            "-c",
+            "copy",
+            "-bsf:v",
+            "filter_units=remove_types=5",
+            "-f",
+            "h264",
+        ])
+        .arg(&noidr)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let o = Command::new(producer_bin())
+        .arg("--socket")
+        .arg(socket("noidr"))
+        .arg("--source")
+        .arg(format!("file:{}", noidr.display()))
+        .output()
+        .unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "refused at start: {e}");
+    assert!(e.contains("no decodable picture"), "{e}");
+}
+
+/// `--loop` over a file whose timestamps do not start at 0 (every MPEG-TS file starts at
+/// 1.4 s): each pass continues one frame after the last, no jump, no stall at the wrap.
+#[test]
+fn loop_continues_the_timeline_whatever_the_start_time() {
+    let dir = scratch_dir("loop-ts");
+    let ts = dir.join("loop.ts");
+    ffmpeg_make(
+        &ts,
+        &[
+            "-frames:v",
+            "15",
+            "-c:v",
+            "libx264",
+            "-bf",
+            "0",
+            "-f",
+            "mpegts",
+        ],
+    );
+    let sock = socket("loop-ts");
+    let src = format!("file:{}", ts.display());
+    let _p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--loop"]);
+    let s = consume(
+        &sock,
+        "loop-ts",
+        &["--import", "cpu-map", "--frames", "45"],
+        Duration::from_secs(60),
+    );
+    // 45 frames at 30 fps: 1.5 s, three passes, two wraps without a gap.
+    let gap = s["max_gap_ms"].as_f64().unwrap();
+    assert!(gap < 120.0, "a {gap} ms gap at a wrap: {s}");
+    let span = s["last_pts_ns"].as_i64().unwrap() - s["first_pts_ns"].as_i64().unwrap();
+    assert!(
+        (span - 44 * 1_000_000_000 / 30).abs() < 2_000_000,
+        "pts span {span} ns for 44 frame periods: {s}"
+    );
+}
+
+/// A matrix the converter has no coefficients for (YCgCo) is shown with a warning, not a
+/// failed run; a rotation that is not a quarter turn is carried to the nearest, with a warning.
+#[test]
+fn unusual_colour_and_rotation_are_said_not_fatal() {
+    let dir = scratch_dir("unusual");
+    let ycgco = dir.join("ycgco.mp4");
+    ffmpeg_make(
+        &ycgco,
+        &[
+            "-frames:v",
+            "3",
+            "-pix_fmt",
+            "yuv420p",
+            "-c:v",
+            "libx264",
+            "-colorspace",
+            "ycgco",
+        ],
+    );
+    let (s, _, w, h) = first_snapshot("ycgco", &ycgco);
+    assert_eq!((w, h), (160, 120));
+    assert_eq!(s["colorimetry"]["matrix"], 8, "{s}");
+    assert!(
+        s["colorimetry"]["converted_with"]
+            .as_str()
+            .unwrap()
+            .contains("no conversion for YCgCo"),
+        "{s}"
+    );
+    let plain = dir.join("plain.mp4");
+    ffmpeg_make(&plain, &["-frames:v", "3", "-c:v", "libx264"]);
+    let r45 = dir.join("r45.mp4");
+    let st = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-y", "-i"])
+        .arg(&plain)
+        .args(["-c", "copy", "-metadata:s:v", "rotate=45"])
+        .arg(&r45)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let sock = socket("r45");
+    let src = format!("file:{}", r45.display());
+    let p = Producer::start(
+        &sock,
+        &[
+            "--source",
+            &src,
+            "--alloc",
+            "memfd",
+            "--no-pace",
+            "--frames",
+            "3",
+        ],
+    );
+    let _ = consume(
+        &sock,
+        "r45",
+        &["--import", "cpu-map"],
+        Duration::from_secs(60),
+    );
+    let (_, err) = p.wait(Duration::from_secs(20));
+    assert!(err.contains("not a multiple of 90"), "{err}");
+}

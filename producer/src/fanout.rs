@@ -71,6 +71,52 @@ pub struct Fanout {
     pending: Vec<Pending>,
     next: u64,
     hello_timeout: Duration,
+    /// After `accept` ran out of descriptors: do not poll the listener until then.
+    listen_backoff: Option<(Instant, Duration)>,
+    shed: RateLimited,
+}
+
+/// Connections waiting for their `Hello` at once; more are accepted and closed at once (shed).
+pub const MAX_PENDING: usize = 64;
+
+/// A warning logged at most once a second, with how many were not.
+pub struct RateLimited {
+    count: u64,
+    logged: u64,
+    last: Option<Instant>,
+}
+
+impl RateLimited {
+    pub fn new() -> Self {
+        Self {
+            count: 0,
+            logged: 0,
+            last: None,
+        }
+    }
+
+    pub fn warn(&mut self, what: std::fmt::Arguments<'_>) {
+        self.count += 1;
+        if self
+            .last
+            .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
+        {
+            let quiet = self.count - self.logged - 1;
+            if quiet > 0 {
+                tracing::warn!("{what} ({quiet} more like it not logged)");
+            } else {
+                tracing::warn!("{what}");
+            }
+            self.logged = self.count;
+            self.last = Some(Instant::now());
+        }
+    }
+}
+
+impl Default for RateLimited {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl Fanout {
@@ -80,6 +126,8 @@ impl Fanout {
             pending: Vec::new(),
             next: 1,
             hello_timeout,
+            listen_backoff: None,
+            shed: RateLimited::new(),
         }
     }
 
@@ -102,14 +150,23 @@ impl Fanout {
         });
     }
 
-    /// How many buffers of a `pool_len` pool one member may hold: all of them when it is alone,
-    /// else half (rounded up), so that a stalled consumer cannot starve the others.
-    pub fn quota(&self, pool_len: usize) -> usize {
-        if self.members.len() <= 1 {
-            pool_len
+    /// How many buffers of the consumers' share (`share`: `--buffers`) one member may hold: all
+    /// of them when it is alone; with `n` members, `(share - 1) / (n - 1)` (at least 1, at most
+    /// half the share), so that any `n - 1` stalled members together hold at most `share - 1`
+    /// buffers and at least one is always left for the healthy ones. The server admits at most
+    /// `share` members ([`Fanout::max_members`]), so the bound holds for every `k < n` stalled.
+    pub fn quota(&self, share: usize) -> usize {
+        let n = self.members.len();
+        if n <= 1 {
+            share
         } else {
-            pool_len.div_ceil(2)
+            (share.saturating_sub(1) / (n - 1)).clamp(1, share.div_ceil(2).max(1))
         }
+    }
+
+    /// The most members a share of `share` buffers serves with the guarantee above.
+    pub fn max_members(share: usize) -> usize {
+        share.max(1)
     }
 
     /// Whether a member that is not known to lag holds its quota: the server then waits for
@@ -133,7 +190,15 @@ impl Fanout {
             .iter()
             .map(|p| p.deadline.saturating_duration_since(now))
             .fold(timeout, Duration::min);
+        // Out of descriptors a moment ago: leave the listener alone for a while (its backlog
+        // waits; it would be ready again at once).
+        let listen = !matches!(self.listen_backoff, Some((until, _)) if now < until);
+        let timeout = match self.listen_backoff {
+            Some((until, _)) if !listen => timeout.min(until.saturating_duration_since(now)),
+            _ => timeout,
+        };
         let fds: Vec<BorrowedFd<'_>> = std::iter::once(listener.as_fd())
+            .filter(|_| listen)
             .chain(self.pending.iter().map(|p| p.chan.as_fd()))
             .chain(self.members.iter().map(|m| m.sess.channel().as_fd()))
             .collect();
@@ -142,7 +207,12 @@ impl Fanout {
             Err(Errno::EINTR) => vec![false; fds.len()],
             Err(e) => return Err(e).context("poll"),
         };
-        let (listen_ready, rest) = ready.split_first().expect("the listener is polled");
+        let (listen_ready, rest) = if listen {
+            let (l, rest) = ready.split_first().expect("the listener is polled");
+            (*l, rest)
+        } else {
+            (false, &ready[..])
+        };
         let (pending_ready, member_ready) = rest.split_at(self.pending.len());
 
         for i in (0..self.members.len()).rev() {
@@ -170,7 +240,7 @@ impl Fanout {
                 self.pending.push(p);
             }
         }
-        if *listen_ready {
+        if listen_ready {
             self.accept_all(listener)?;
         }
         Ok(arrivals)
@@ -180,6 +250,16 @@ impl Fanout {
         loop {
             match listener.accept(Some(Duration::ZERO)) {
                 Ok(Some(chan)) => {
+                    self.listen_backoff = None;
+                    if self.pending.len() >= MAX_PENDING {
+                        // Too many connections that have not said Hello: shed this one.
+                        self.shed.warn(format_args!(
+                            "{MAX_PENDING} connections are waiting for their Hello; \
+                             closing a new one"
+                        ));
+                        drop(chan);
+                        continue;
+                    }
                     let n = self.next;
                     self.next += 1;
                     let tv = TimeVal::milliseconds(SEND_TIMEOUT.as_millis() as i64);
@@ -196,6 +276,20 @@ impl Fanout {
                 Ok(None) => return Ok(()),
                 Err(e @ ProtoError::PeerRefused { .. }) => {
                     tracing::warn!("refused a connection: {e}")
+                }
+                Err(e @ ProtoError::Exhausted { .. }) => {
+                    // Back off (100 ms, doubling to 2 s) and keep serving the stream.
+                    let wait = self
+                        .listen_backoff
+                        .map_or(Duration::from_millis(100), |(_, w)| {
+                            (w * 2).min(Duration::from_secs(2))
+                        });
+                    self.listen_backoff = Some((Instant::now() + wait, wait));
+                    self.shed.warn(format_args!(
+                        "{e}; not accepting for {} ms; the stream goes on",
+                        wait.as_millis()
+                    ));
+                    return Ok(());
                 }
                 Err(e) => return Err(e).context("accepting a consumer"),
             }

@@ -257,6 +257,8 @@ fn parse_mode(s: &str) -> Result<u32, String> {
 }
 
 fn main() {
+    // Each consumer costs a socket: take the hard limit, as servers do.
+    let fd_limit = dmabuf_core::procstat::raise_fd_limit();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
@@ -265,6 +267,7 @@ fn main() {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_target(false)
         .init();
+    tracing::debug!("open-file limit: {fd_limit}");
     if let Err(e) = run(Args::parse()) {
         eprintln!("producer: error: {e:#}");
         std::process::exit(1);

@@ -58,8 +58,8 @@ pub struct ServeOptions {
 /// and counted. The pts sent to consumers is the source's own, unchanged.
 ///
 /// A frame that is late (the producer was slow, or waited for a consumer) is sent at once;
-/// being late by more than the step limit restarts the timeline too, so a long hold-up does
-/// not end in a burst.
+/// being late by more than one frame period restarts the timeline from it, so a hold-up never
+/// ends in a catch-up burst: a paced stream is late, it does not hurry.
 struct Pacer {
     period_ns: u64,
     /// Wall time and pts of the frame the timeline is measured from.
@@ -67,6 +67,8 @@ struct Pacer {
     /// The last frame's pts and when it was due.
     last: Option<(i64, Instant)>,
     discontinuities: u64,
+    /// Times the producer fell more than a frame behind and restarted the timeline.
+    late: u64,
 }
 
 impl Pacer {
@@ -78,6 +80,7 @@ impl Pacer {
             origin: None,
             last: None,
             discontinuities: 0,
+            late: 0,
         }
     }
 
@@ -102,14 +105,18 @@ impl Pacer {
                     let due = last_due + period;
                     self.origin = Some((due, pts_ns));
                     due
-                } else if now.saturating_duration_since(on_timeline).as_nanos()
-                    > self.max_step() as u128
-                {
-                    // Far behind the timeline: restart it rather than burst.
-                    self.discontinuity(format!(
-                        "{:.3} s behind the stream's timeline",
-                        now.saturating_duration_since(on_timeline).as_secs_f64()
-                    ));
+                } else if now.saturating_duration_since(on_timeline) > period {
+                    // Behind the timeline by more than a frame (the producer was held up):
+                    // restart it from now rather than send the late frames in a burst.
+                    self.late += 1;
+                    if self.late.is_power_of_two() {
+                        tracing::info!(
+                            "{:.1} ms behind the stream's timeline; going on from here without \
+                             catching up ({} time(s) so far)",
+                            now.saturating_duration_since(on_timeline).as_secs_f64() * 1e3,
+                            self.late
+                        );
+                    }
                     self.origin = Some((now, pts_ns));
                     now
                 } else {
@@ -134,6 +141,17 @@ impl Pacer {
                 self.period_ns as f64 / 1e6
             );
         }
+    }
+}
+
+/// Context on an error of the source itself (as opposed to one consumer's or the transport's):
+/// the producer ends with it rather than serving the next consumer into the same failure.
+#[derive(Debug)]
+struct SourceFailed;
+
+impl std::fmt::Display for SourceFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the source failed")
     }
 }
 
@@ -250,6 +268,7 @@ impl Server<'_> {
                 self.admit_all(arrivals);
             }
             self.source.restart()?;
+            let mut fatal: Option<anyhow::Error> = None;
             let (reason, text) = match self.stream(listener) {
                 Ok(StreamEnd::Idle) => {
                     tracing::info!("every consumer left; waiting for the next one");
@@ -267,12 +286,30 @@ impl Server<'_> {
                 }
                 Err(e) => {
                     tracing::warn!("stream ended: {e:#}");
-                    (GoodbyeReason::InternalError, format!("{e:#}"))
+                    let text = if e.downcast_ref::<SourceFailed>().is_some() {
+                        // The source's own words, without our context line.
+                        let t = e
+                            .chain()
+                            .skip(1)
+                            .map(|c| c.to_string())
+                            .collect::<Vec<_>>()
+                            .join(": ");
+                        fatal = Some(e);
+                        t
+                    } else {
+                        format!("{e:#}")
+                    };
+                    (GoodbyeReason::InternalError, text)
                 }
             };
             self.fan.finish_all(reason, &text, Duration::from_secs(2));
             if reason != GoodbyeReason::InternalError {
                 return Ok(());
+            }
+            if let Some(e) = fatal.take() {
+                // The source itself failed (a decode or device error): every consumer would
+                // hit it again; end with it (exit status 1).
+                return Err(e);
             }
         }
     }
@@ -332,8 +369,25 @@ impl Server<'_> {
                         message: msg.clone(),
                     },
                 ));
+                chan.close_gracefully();
                 anyhow::bail!("{msg} (it offered {})", offered.join(", "));
             }
+        }
+        let most = Fanout::max_members(self.share());
+        if self.fan.len() >= most {
+            // More members than the share has buffers would let stalled ones pin every buffer.
+            let msg = format!(
+                "producer is full: --buffers {} serves at most {most} consumers at once",
+                self.share()
+            );
+            let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
+                dmabuf_core::proto::wire::Goodbye {
+                    reason: GoodbyeReason::Unsupported,
+                    message: msg.clone(),
+                },
+            ));
+            chan.close_gracefully();
+            anyhow::bail!("{msg}");
         }
         if self.transport.kind() != TransportKind::ZeroCopy && !self.fan.is_empty() {
             let msg = format!(
@@ -346,6 +400,7 @@ impl Server<'_> {
                     message: msg.clone(),
                 },
             ));
+            chan.close_gracefully();
             anyhow::bail!("{msg}");
         }
         let welcome = self.welcome();
@@ -425,7 +480,8 @@ impl Server<'_> {
                     Ok(fan.is_empty() && arrivals.is_empty())
                 };
                 self.source
-                    .next_frame(self.opts.checksum, &self.stop, &mut pump)?
+                    .next_frame(self.opts.checksum, &self.stop, &mut pump)
+                    .map_err(|e| e.context(SourceFailed))?
             };
             self.admit_all(arrivals);
             let want_sum = self.opts.checksum;
@@ -442,7 +498,11 @@ impl Server<'_> {
                 NextFrame::Stopped => return Ok(StreamEnd::Interrupted),
                 NextFrame::NotMine => {
                     let source = &mut self.source;
-                    let Some(pts_ns) = self.transport.source_step(|| source.advance(seq))? else {
+                    let Some(pts_ns) = self
+                        .transport
+                        .source_step(|| source.advance(seq))
+                        .map_err(|e| e.context(SourceFailed))?
+                    else {
                         tracing::info!("end of the stream after {seq} frames");
                         if let Some(paths) = self.source.path_summary() {
                             tracing::info!("{paths}");

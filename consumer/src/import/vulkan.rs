@@ -159,6 +159,8 @@ struct Imported {
 
 /// The Vulkan device and everything shared by all imports.
 pub struct Vulkan {
+    /// The matrix last warned about as unconvertible (once per change).
+    warned_matrix: Option<u8>,
     entry: ash::Entry,
     instance: ash::Instance,
     pdev: vk::PhysicalDevice,
@@ -430,6 +432,7 @@ impl Vulkan {
                 std::ptr::null_mut(),
             ),
             rgba: None,
+            warned_matrix: None,
             imported: (0..max_buffers).map(|_| None).collect(),
             swap: None,
             sem_fd,
@@ -1524,10 +1527,20 @@ impl Vulkan {
         };
         self.write_out(imp.convert_set, binding, rgba_buf);
         // Kr, Kb of the stream's matrix (unspecified: BT.601 below 720 rows, else BT.709).
+        // A matrix with no Kr/Kb (YCgCo, ICtCp …) is shown as BT.709, said once per stream
+        // (statistics: colorimetry.converted_with).
         let (kr, kb) = match color.luma_coefficients(f.height) {
             Some((k, _)) => k,
             None if f.pixel.is_yuv() => {
-                bail!("no conversion for the {} matrix", color.matrix_name())
+                if self.warned_matrix != Some(color.matrix) {
+                    tracing::warn!(
+                        "no conversion for the {} matrix: snapshots and the window show it as \
+                         BT.709 (wrong colours)",
+                        color.matrix_name()
+                    );
+                    self.warned_matrix = Some(color.matrix);
+                }
+                (0.2126, 0.0722)
             }
             None => (0.0, 0.0),
         };

@@ -162,19 +162,70 @@ impl Channel {
         self.recv_now()
     }
 
+    /// Whether the peer has closed its end: `POLLHUP`, reported even while messages it sent
+    /// before closing are still unread. (Not `POLLRDHUP`: nix cannot name it, and its
+    /// `revents()` gives nothing at all when an unknown bit is set.)
+    pub fn peer_closed(&self) -> bool {
+        let mut fds = [PollFd::new(self.sock.as_fd(), PollFlags::POLLIN)];
+        match poll(&mut fds, PollTimeout::ZERO) {
+            Ok(_) => fds[0]
+                .revents()
+                .is_some_and(|r| r.intersects(PollFlags::POLLHUP | PollFlags::POLLERR)),
+            Err(_) => false,
+        }
+    }
+
+    /// End the connection so that the peer can read everything we sent (a Goodbye above all):
+    /// shut down writing (the peer reads our messages, then end of file), then read and drop
+    /// what the peer had queued for us. Closing a Unix socket with unread messages makes the
+    /// peer's next `recvmsg` fail with `ECONNRESET` before it reads ours.
+    pub fn close_gracefully(mut self) {
+        self.shutdown_and_drain();
+    }
+
+    /// The first half of [`Channel::close_gracefully`], for a channel owned elsewhere: shut
+    /// down writing and drop what the peer had queued; the descriptor closes when the channel
+    /// is dropped.
+    pub fn shutdown_and_drain(&mut self) {
+        let _ = nix::sys::socket::shutdown(
+            std::os::fd::AsRawFd::as_raw_fd(&self.sock),
+            nix::sys::socket::Shutdown::Write,
+        );
+        // Bounded: a peer cannot keep us here by sending more.
+        for _ in 0..1024 {
+            match scm::recv(self.sock.as_fd(), &mut self.buf, true) {
+                Ok(r) if r.len > 0 || !r.fds.is_empty() => {}
+                _ => break,
+            }
+        }
+    }
+
     fn recv_now(&mut self) -> Result<Option<(Message, Vec<OwnedFd>)>, ProtoError> {
-        let r = match scm::recv(self.sock.as_fd(), &mut self.buf, true) {
-            Ok(r) => r,
-            Err(Errno::EAGAIN) => return Ok(None),
-            Err(Errno::ECONNRESET) => return Err(ProtoError::Closed),
-            Err(e) => {
-                return Err(ProtoError::Io {
-                    op: "recvmsg",
-                    source: e,
-                })
+        let mut reset = false;
+        let r = loop {
+            match scm::recv(self.sock.as_fd(), &mut self.buf, true) {
+                Ok(r) => break r,
+                Err(Errno::EAGAIN) if reset => return Err(ProtoError::Closed),
+                Err(Errno::EAGAIN) => return Ok(None),
+                // The peer closed with our messages unread: the error comes first, but what it
+                // sent before closing (a Goodbye) may still be queued. Read on once.
+                Err(Errno::ECONNRESET) if !reset => reset = true,
+                Err(Errno::ECONNRESET) => return Err(ProtoError::Closed),
+                Err(e) => {
+                    return Err(ProtoError::Io {
+                        op: "recvmsg",
+                        source: e,
+                    })
+                }
             }
         };
         if r.ctrunc {
+            // Our own descriptor limit, or a peer sending too many?
+            let open = crate::procstat::fd_count();
+            let limit = crate::procstat::fd_limit();
+            if limit > 0 && open as u64 + scm::MAX_RECV_FDS as u64 >= limit {
+                return Err(ProtoError::FdLimit { open, limit });
+            }
             return Err(ProtoError::TooManyFds {
                 max: scm::MAX_RECV_FDS,
             });
@@ -227,6 +278,9 @@ pub struct Listener {
     sock: OwnedFd,
     path: PathBuf,
     allow: Vec<u32>,
+    /// A descriptor kept in reserve (`/dev/null`): when `accept` fails for want of descriptors,
+    /// it is closed to accept and shed the waiting connection, then reopened.
+    spare: std::sync::Mutex<Option<OwnedFd>>,
 }
 
 impl AsFd for Listener {
@@ -276,6 +330,7 @@ impl Listener {
             sock,
             path: path.to_path_buf(),
             allow,
+            spare: std::sync::Mutex::new(open_spare()),
         })
     }
 
@@ -294,6 +349,14 @@ impl Listener {
                 Ok(fd) => break fd,
                 Err(Errno::EINTR) | Err(Errno::ECONNABORTED) => continue,
                 Err(Errno::EAGAIN) => return Ok(None),
+                Err(e @ (Errno::EMFILE | Errno::ENFILE | Errno::ENOMEM | Errno::ENOBUFS)) => {
+                    // Out of descriptors (or memory): shed the waiting connection with the
+                    // spare descriptor, so it does not stay ready and spin the caller.
+                    let mut spare = self.spare.lock().unwrap_or_else(|p| p.into_inner());
+                    let shed = spare.take().is_some() && scm::accept(self.sock.as_fd()).is_ok();
+                    *spare = open_spare();
+                    return Err(ProtoError::Exhausted { errno: e, shed });
+                }
                 Err(e) => {
                     return Err(ProtoError::Io {
                         op: "accept4",
@@ -312,6 +375,11 @@ impl Listener {
         }
         Ok(Some(chan))
     }
+}
+
+/// The reserve descriptor of a [`Listener`].
+fn open_spare() -> Option<OwnedFd> {
+    std::fs::File::open("/dev/null").ok().map(OwnedFd::from)
 }
 
 impl Drop for Listener {

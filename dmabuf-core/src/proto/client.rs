@@ -5,7 +5,8 @@
 use super::channel::Channel;
 use super::validate::validate_add_buffer;
 use super::wire::{
-    Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, WireError, VERSION,
+    Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, WireError, MAX_SEQ_STEP,
+    VERSION,
 };
 use super::ProtoError;
 use crate::buffer::FrameBuffer;
@@ -37,6 +38,8 @@ pub struct Client {
     /// For each buffer id, the seq of the frame the consumer still holds in it.
     held: Vec<Option<u64>>,
     last_seq: Option<u64>,
+    /// Messages read ahead by [`Client::frames_reclaimed`] (or the error that ended reading).
+    queued: std::collections::VecDeque<Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError>>,
 }
 
 impl Client {
@@ -89,6 +92,7 @@ impl Client {
             buffers: (0..n).map(|_| None).collect(),
             held: vec![None; n],
             last_seq: None,
+            queued: Default::default(),
         })
     }
 
@@ -107,8 +111,44 @@ impl Client {
     /// The next event, waiting at most `timeout` (`None`: forever). A protocol violation is
     /// answered with a `Goodbye` naming it and returned as the error.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Event, ProtoError> {
-        let (msg, fds) = recv_or_fail(&mut self.chan, timeout, "the producer")?;
+        let (msg, fds) = match self.queued.pop_front() {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => return Err(e),
+            None => recv_or_fail(&mut self.chan, timeout, "the producer")?,
+        };
         self.handle(msg, fds).map_err(|e| fail(&self.chan, e))
+    }
+
+    /// Whether the frames this consumer holds may have been overwritten: the producer ended
+    /// the connection and not by ending the stream (a `Goodbye` other than end of stream or
+    /// leaving, or none). The producer reuses a buffer a consumer holds only after dropping
+    /// that consumer and closing its connection (PROTOCOL.md, "Reclaimed buffers"), so a frame
+    /// used before this says `true` was intact. Reads what is queued to find the Goodbye; those
+    /// messages are still returned by [`Client::next_event`], in order.
+    pub fn frames_reclaimed(&mut self) -> bool {
+        if !self.chan.peer_closed() {
+            return false;
+        }
+        // Everything the producer sent before closing is queued: read it all.
+        while !matches!(self.queued.back(), Some(Err(_))) {
+            match recv_or_fail(&mut self.chan, Some(Duration::ZERO), "the producer") {
+                Ok(m) => self.queued.push_back(Ok(m)),
+                Err(ProtoError::Timeout { .. }) => break,
+                Err(e) => self.queued.push_back(Err(e)),
+            }
+        }
+        !self.queued.iter().any(|m| {
+            matches!(
+                m,
+                Ok((
+                    Message::Goodbye(Goodbye {
+                        reason: GoodbyeReason::EndOfStream | GoodbyeReason::Leaving,
+                        ..
+                    }),
+                    _
+                ))
+            )
+        })
     }
 
     fn handle(
@@ -156,6 +196,16 @@ impl Client {
                         "sequence went backwards ({} after {:?})",
                         f.seq, self.last_seq
                     )));
+                }
+                if let Some(s) = self.last_seq {
+                    if f.seq - s > MAX_SEQ_STEP {
+                        return Err(ProtoError::BadFrame(format!(
+                            "sequence jumps by {} (from {s} to {}); at most {MAX_SEQ_STEP} frames \
+                             can be skipped",
+                            f.seq - s,
+                            f.seq
+                        )));
+                    }
                 }
                 self.last_seq = Some(f.seq);
                 self.held[id as usize] = Some(f.seq);
@@ -230,11 +280,15 @@ impl Client {
     }
 
     /// Leave politely.
-    pub fn goodbye(&self, reason: GoodbyeReason, message: &str) {
+    /// Say goodbye and end the connection so that the producer reads the reason: shut down
+    /// writing, then read (and drop) whatever it had queued for us, so that closing does not
+    /// reset the connection under the Goodbye (see [`Channel::close_gracefully`]).
+    pub fn goodbye(&mut self, reason: GoodbyeReason, message: &str) {
         let _ = self.chan.send(&Message::Goodbye(Goodbye {
             reason,
             message: message.to_string(),
         }));
+        self.chan.shutdown_and_drain();
     }
 }
 

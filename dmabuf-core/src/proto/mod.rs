@@ -41,6 +41,11 @@ pub enum ProtoError {
     Oversized { max: usize },
     #[error("too many descriptors in one message (more than {max}); all were closed")]
     TooManyFds { max: usize },
+    #[error(
+        "descriptors sent with a message were discarded (MSG_CTRUNC): this process has {open} \
+         open of its limit of {limit} (RLIMIT_NOFILE); raise the limit (ulimit -n)"
+    )]
+    FdLimit { open: usize, limit: u64 },
     #[error("{msg} carried {count} descriptor(s); it must carry {expected}")]
     FdCount {
         msg: &'static str,
@@ -62,9 +67,14 @@ pub enum ProtoError {
     BadRelease(String),
     #[error("no format in common: {0}")]
     Unsupported(String),
+    #[error(
+        "accept4: {errno} (out of descriptors or memory); {}",
+        if *shed { "that connection was shed" } else { "could not shed the connection" }
+    )]
+    Exhausted { errno: Errno, shed: bool },
     #[error("peer refused uid {uid}: {why}")]
     PeerRefused { uid: u32, why: &'static str },
-    #[error("peer said goodbye ({reason:?}): {message}")]
+    #[error("peer said goodbye ({reason:?}): {}", wire::printable(message))]
     Goodbye {
         reason: wire::GoodbyeReason,
         message: String,

@@ -201,7 +201,11 @@ impl<T> Session<T> {
                 Some((Message::Goodbye(g), _)) => {
                     if g.reason != GoodbyeReason::Leaving && g.reason != GoodbyeReason::EndOfStream
                     {
-                        tracing::warn!("consumer left: {:?}: {}", g.reason, g.message);
+                        tracing::warn!(
+                            "consumer left: {:?}: {}",
+                            g.reason,
+                            super::wire::printable(&g.message)
+                        );
                     }
                     return Ok(Pumped::Left);
                 }
@@ -231,6 +235,11 @@ impl<T> Session<T> {
 
     /// End the stream: say goodbye, then give the consumer up to `grace` to release what it
     /// holds and close. Everything still held is dropped with the session.
+    ///
+    /// The connection is closed (gracefully: [`Channel::close_gracefully`], so the consumer
+    /// reads the Goodbye) *before* the buffers it still holds go back to the pool: a consumer
+    /// that checks its connection after using a frame (PROTOCOL.md, "Reclaimed buffers") can
+    /// tell whether the producer may have written it meanwhile.
     pub fn finish(mut self, reason: GoodbyeReason, message: &str, grace: Duration) {
         let _ = self.chan.send(&Message::Goodbye(Goodbye {
             reason,
@@ -247,6 +256,9 @@ impl<T> Session<T> {
                 _ => break,
             }
         }
+        let Session { chan, held, .. } = self;
+        chan.close_gracefully();
+        drop(held);
     }
 }
 

@@ -443,6 +443,26 @@ impl Message {
     }
 }
 
+/// `text` from a peer, safe to print or log: control characters (ESC sequences, CR, LF, …)
+/// are shown escaped (`\u{1b}`, `\r`, `\n`), so a peer cannot move the cursor, recolour a
+/// terminal or forge a log line.
+pub fn printable(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The largest step in `Frame.seq` a consumer accepts: a producer skips a consumer's frames
+/// only while it holds its quota, for at most its stall timeout; a bigger jump is a broken or
+/// hostile producer (refused as a protocol error), never a count of dropped frames.
+pub const MAX_SEQ_STEP: u64 = 1 << 24;
+
 /// Why bytes are not a valid message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {

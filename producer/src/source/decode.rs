@@ -41,6 +41,9 @@ pub struct Decoder {
     /// Added to the stream's timestamps after each `--loop` rewind.
     pts_offset_ns: i64,
     last_pts_ns: i64,
+    /// The file's first picture's timestamp (ns, as in the file): `--loop` continues the next
+    /// pass one frame after the last, whatever the file's start time.
+    first_raw_ns: Option<i64>,
     threads: usize,
     forced_copy: bool,
     /// Pool buffers for the decoder on top of the consumers' (`--decoder-buffers`); `None`:
@@ -201,6 +204,13 @@ fn display_matrix(st: &ffmpeg::format::stream::Stream) -> Geometry {
     // rotates clockwise by its negation.
     let cw = (m[1] / scale1).atan2(m0 / scale0).to_degrees().round();
     let quarter = ((cw / 90.0).round() as i64).rem_euclid(4) as u8;
+    if (cw - 90.0 * (cw / 90.0).round()).abs() >= 1.0 {
+        tracing::warn!(
+            "the display matrix rotates by {cw}°, not a multiple of 90°: carried as the \
+             nearest quarter turn ({}°)",
+            90 * u32::from(quarter)
+        );
+    }
     Geometry {
         rotation: quarter,
         mirror,
@@ -258,10 +268,10 @@ impl Decoder {
             .codec()
             .map(|c| c.name().to_string())
             .unwrap_or_else(|| "?".into());
+        // A video track that yields no picture at all is said so now, before any consumer
+        // connects (and before blaming an unknown format).
+        probe_first_picture(path, stream)?;
         if decoder.format() == Pixel::None || decoder.width() == 0 || decoder.height() == 0 {
-            // FFmpeg could not learn the format from the container or the first packets: find
-            // out whether any picture decodes at all before blaming the format.
-            probe_first_picture(path, stream)?;
             // A picture decodes, yet the stream parameters do not say its format or size.
             bail!(
                 "{}: the container does not say the video's size or pixel format \
@@ -337,6 +347,7 @@ impl Decoder {
             codec,
             pts_offset_ns: 0,
             last_pts_ns: 0,
+            first_raw_ns: None,
             threads: threads.max(1),
             forced_copy: false,
             decoder_buffers: None,
@@ -575,9 +586,10 @@ impl Decoder {
         let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
         self.last_pts_ns = match self.frame.timestamp().or(self.frame.pts()) {
             Some(ts) => {
-                let ns = ts as i128 * 1_000_000_000 * self.time_base.numerator() as i128
-                    / self.time_base.denominator().max(1) as i128;
-                ns as i64 + self.pts_offset_ns
+                let ns = (ts as i128 * 1_000_000_000 * self.time_base.numerator() as i128
+                    / self.time_base.denominator().max(1) as i128) as i64;
+                self.first_raw_ns.get_or_insert(ns);
+                ns + self.pts_offset_ns
             }
             // No timestamp: one nominal period after the last.
             None => self.last_pts_ns + period,
@@ -596,7 +608,7 @@ impl Decoder {
         self.eof_sent = false;
         let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
         self.pts_offset_ns = if continue_pts {
-            self.last_pts_ns + period
+            self.last_pts_ns + period - self.first_raw_ns.unwrap_or(0)
         } else {
             0
         };

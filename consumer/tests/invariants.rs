@@ -1,0 +1,496 @@
+//! The fan-out's invariants under stalled and hostile peers (issue 13), with the real binaries:
+//! stalled consumers never freeze healthy ones, whatever k of n are stalled; a frame whose
+//! buffer was reclaimed is never counted as valid; descriptor exhaustion sheds connections and
+//! the stream goes on; a silent producer times out naming what was awaited; peer text is
+//! escaped; a wild `seq` is refused; a Goodbye is read even when the peer closes at once.
+
+mod common;
+use common::*;
+use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat, MOD_LINEAR};
+use dmabuf_core::proto::wire::*;
+use dmabuf_core::proto::{Channel, Listener, ListenerOptions};
+use dmabuf_core::testing::fd_count_of;
+use dmabuf_core::{AllocatorKind, MemoryKind};
+use std::os::fd::AsFd;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const T: Duration = Duration::from_secs(5);
+
+/// A consumer in the background writing `--stats-json` to `json`.
+fn spawn_consumer(sock: &Path, json: &Path, extra: &[&str]) -> Child {
+    Command::new(consumer_bin())
+        .arg("--socket")
+        .arg(sock)
+        .args(["--import", "cpu-map", "--verify", "-q", "--stats-json"])
+        .arg(json)
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
+fn signal(child: &Child, sig: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
+}
+
+fn wait_out(child: Child) -> (Option<i32>, String) {
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// k of n consumers SIGSTOPped for longer than the stall timeout, on a `--buffers 4` pool at
+/// 30 fps. The healthy ones keep their rate (largest gap between frames within a couple of
+/// frame periods), get no catch-up burst afterwards, and the stalled ones are dropped: on
+/// SIGCONT they read the Goodbye saying why and count the frames they still held as
+/// reclaimed, never as verified. Returns the healthy consumers' largest gaps (ms).
+fn stall(k: usize, n: usize) -> Vec<f64> {
+    let tag = format!("stall-{k}-of-{n}");
+    let sock = socket(&tag);
+    let p = Producer::start(
+        &sock,
+        &[
+            "--alloc",
+            "memfd",
+            "--size",
+            "320x240",
+            "--fps",
+            "30",
+            "--buffers",
+            "4",
+            "--stall-timeout",
+            "2",
+        ],
+    );
+    let fds0 = fd_count_of(p.pid());
+    let jsons: Vec<_> = (0..n)
+        .map(|i| sock.with_extension(format!("{tag}-{i}.json")))
+        .collect();
+    let kids: Vec<Child> = jsons
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            // (The stalled ones end anyway should they not be dropped, and fail below.)
+            let extra: &[&str] = if i < k {
+                &["--duration", "12"]
+            } else {
+                &["--duration", "6"]
+            };
+            spawn_consumer(&sock, j, extra)
+        })
+        .collect();
+    // Every consumer connected (one socket each) and streaming before any is stopped.
+    assert!(
+        eventually(Duration::from_secs(30), || fd_count_of(p.pid()) >= fds0 + n),
+        "{tag}: not every consumer connected"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    for c in &kids[..k] {
+        signal(c, nix::sys::signal::Signal::SIGSTOP);
+    }
+    // Past the 2 s stall timeout: the stalled ones are dropped meanwhile.
+    std::thread::sleep(Duration::from_millis(3000));
+    for c in &kids[..k] {
+        signal(c, nix::sys::signal::Signal::SIGCONT);
+    }
+    let mut gaps = Vec::new();
+    for (i, c) in kids.into_iter().enumerate() {
+        let (code, err) = wait_out(c);
+        let s = read_json(&jsons[i]);
+        assert_eq!(s["mismatches"], 0, "{tag} #{i}: {s}\n{err}");
+        if i < k {
+            // Dropped while stopped: it ends with the producer's reason, not a reset.
+            assert_eq!(code, Some(1), "{tag} stalled #{i}: {err}");
+            assert!(err.contains("released none"), "{tag} stalled #{i}: {err}");
+            assert!(
+                s["reclaimed"].as_u64().unwrap() >= 1,
+                "{tag} stalled #{i}: the frames it held were reclaimed: {s}"
+            );
+        } else {
+            assert_eq!(code, Some(0), "{tag} healthy #{i}: {err}");
+            let gap = s["max_gap_ms"].as_f64().unwrap();
+            let fps = s["fps"].as_f64().unwrap();
+            let frames = s["frames"].as_u64().unwrap();
+            // 6 s at 30 fps; no burst means no more than that (a few frames of slack for the
+            // start), and a stall means far fewer.
+            assert!(
+                (160..=186).contains(&frames),
+                "{tag} healthy #{i}: {frames} frames: {s}"
+            );
+            assert!(
+                (26.0..34.0).contains(&fps),
+                "{tag} healthy #{i}: {fps} fps: {s}"
+            );
+            assert!(gap < 100.0, "{tag} healthy #{i}: a {gap} ms gap: {s}");
+            assert_eq!(s["dropped"], 0, "{tag} healthy #{i}: {s}");
+            gaps.push(gap);
+        }
+    }
+    // Every dropped consumer's descriptors were closed.
+    let mut p = p;
+    assert!(p.alive());
+    assert!(
+        eventually(Duration::from_secs(5), || fd_count_of(p.pid()) == fds0),
+        "{tag}: producer fds {} != {fds0}",
+        fd_count_of(p.pid())
+    );
+    gaps
+}
+
+#[test]
+fn stalled_consumers_never_freeze_healthy_ones() {
+    // The report's case (two of three stalled), then one, two and three of four.
+    for (k, n) in [(2, 3), (1, 4), (2, 4), (3, 4)] {
+        let gaps = stall(k, n);
+        eprintln!("{k} of {n} stalled: healthy consumers' largest gaps {gaps:?} ms");
+    }
+}
+
+/// More consumers than `--buffers` could pin every buffer: the next one is refused, saying so.
+#[test]
+fn a_full_producer_refuses_with_a_reason() {
+    let sock = socket("full");
+    let _p = Producer::start(
+        &sock,
+        &["--alloc", "memfd", "--size", "64x48", "--buffers", "2"],
+    );
+    let jsons: Vec<_> = (0..2)
+        .map(|i| sock.with_extension(format!("full-{i}.json")))
+        .collect();
+    let kids: Vec<Child> = jsons
+        .iter()
+        .map(|j| spawn_consumer(&sock, j, &["--duration", "3"]))
+        .collect();
+    std::thread::sleep(Duration::from_millis(1000));
+    let out = run_consumer(&sock, &["--import", "cpu-map"], Duration::from_secs(20));
+    let e = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{e}");
+    assert!(e.contains("producer is full"), "{e}");
+    for c in kids {
+        let (code, err) = wait_out(c);
+        assert_eq!(code, Some(0), "{err}");
+    }
+}
+
+/// Connect `n` idle connections (never saying Hello); the ones the producer accepted or shed.
+fn idle_connections(sock: &Path, n: usize) -> Vec<Channel> {
+    (0..n).filter_map(|_| Channel::connect(sock).ok()).collect()
+}
+
+/// Under a 64-descriptor limit, bursts of idle connections are shed (with a rate-limited log
+/// line), the healthy consumer's stream goes on, and the producer serves a new consumer after.
+#[test]
+fn descriptor_exhaustion_sheds_connections_not_the_stream() {
+    let sock = socket("emfile");
+    let mut p = Command::new("prlimit")
+        .arg("--nofile=64:64")
+        .arg(producer_bin())
+        .arg("--socket")
+        .arg(&sock)
+        .args(["--alloc", "memfd", "--size", "160x120", "--fps", "30"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(eventually(Duration::from_secs(20), || sock.exists()));
+    let json = sock.with_extension("healthy.json");
+    let healthy = spawn_consumer(&sock, &json, &["--duration", "5"]);
+    std::thread::sleep(Duration::from_millis(800));
+    let first = idle_connections(&sock, 150);
+    std::thread::sleep(Duration::from_millis(800));
+    let second = idle_connections(&sock, 150);
+    std::thread::sleep(Duration::from_millis(800));
+    drop(first);
+    drop(second);
+    let (code, err) = wait_out(healthy);
+    let s = read_json(&json);
+    assert_eq!(code, Some(0), "{err}");
+    let fps = s["fps"].as_f64().unwrap();
+    assert!((26.0..34.0).contains(&fps), "{fps} fps: {s}");
+    assert!(s["max_gap_ms"].as_f64().unwrap() < 300.0, "{s}");
+    assert_eq!(s["mismatches"], 0, "{s}");
+    // Still serving: the hello timeout (5 s) has closed the idle ones by now.
+    std::thread::sleep(Duration::from_secs(5));
+    let s2 = consume(
+        &sock,
+        "emfile-after",
+        &["--import", "cpu-map", "--frames", "10"],
+        Duration::from_secs(30),
+    );
+    assert_eq!(s2["frames"], 10);
+    assert!(p.try_wait().unwrap().is_none(), "the producer exited");
+    let _ = nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(p.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    );
+    let out = p.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        log.contains("out of descriptors") || log.contains("waiting for their Hello"),
+        "the shedding is logged:\n{log}"
+    );
+    let lines = log
+        .lines()
+        .filter(|l| l.contains("out of descriptors") || l.contains("waiting for their Hello"))
+        .count();
+    assert!(lines <= 20, "rate-limited: {lines} lines\n{log}");
+}
+
+/// A fake producer on `sock`: accepts the consumer, reads its Hello, sends a Welcome for a
+/// 64x48 NV12 memfd stream of `buffers` buffers, then runs `then`.
+fn fake_producer(
+    name: &str,
+    consumer_args: &[&str],
+    buffers: u32,
+    then: impl FnOnce(Channel),
+) -> (Option<i32>, String) {
+    let sock = socket(name);
+    let listener = Listener::bind(&sock, &ListenerOptions::default()).unwrap();
+    let s2 = sock.clone();
+    let args: Vec<String> = consumer_args.iter().map(|s| s.to_string()).collect();
+    let consumer = std::thread::spawn(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        run_consumer(&s2, &a, Duration::from_secs(60))
+    });
+    let mut chan = listener
+        .accept(Some(T))
+        .unwrap()
+        .expect("consumer connects");
+    let _ = chan.recv(Some(T), "Hello").unwrap();
+    chan.send(&Message::Welcome(Welcome {
+        version: VERSION,
+        memory: MemoryKind::Memfd,
+        allocator: AllocatorKind::Memfd,
+        buffer_count: buffers,
+        pixel: PixelFormat::Nv12,
+        width: 64,
+        height: 48,
+        fps_num: 30,
+        fps_den: 1,
+        color: ColorInfo::default(),
+        modifier: MOD_LINEAR,
+        geometry: Geometry::default(),
+        device: 0,
+    }))
+    .unwrap();
+    then(chan);
+    let out = consumer.join().unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Send buffer `id` of the fake stream (a sealed memfd).
+fn add_buffer(chan: &Channel, id: u32) {
+    let l = FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 64, 48)).unwrap();
+    let fd = dmabuf_core::alloc::sealed_memfd(
+        "fake",
+        l.size,
+        nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW,
+    )
+    .unwrap();
+    let planes = l
+        .planes
+        .iter()
+        .map(|p| WirePlane {
+            fd_index: 0,
+            stride: p.stride,
+            offset: p.offset,
+            size: p.size(),
+        })
+        .collect();
+    chan.send_with_fds(
+        &Message::AddBuffer(AddBuffer {
+            buffer_id: id,
+            n_fds: 1,
+            planes,
+        }),
+        &[fd.as_fd()],
+    )
+    .unwrap();
+}
+
+fn frame(id: u32, seq: u64) -> Message {
+    let l = FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 64, 48)).unwrap();
+    Message::Frame(Frame {
+        buffer_id: id,
+        flags: 0,
+        seq,
+        pts_ns: 0,
+        publish_ns: 0,
+        checksum: 0,
+        chunks: l
+            .planes
+            .iter()
+            .map(|p| Chunk {
+                bytes_used: p.size() as u32,
+                flags: 0,
+            })
+            .collect(),
+    })
+}
+
+/// A producer that goes silent — after its Welcome, or mid-stream — is given up on after
+/// `--producer-timeout`, with an error naming what the consumer waited for.
+#[test]
+fn a_silent_producer_times_out() {
+    let t0 = Instant::now();
+    let (code, err) = fake_producer(
+        "silent-welcome",
+        &["--import", "cpu-map", "--producer-timeout", "1"],
+        2,
+        |chan| {
+            std::thread::sleep(Duration::from_secs(3));
+            drop(chan);
+        },
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("sent nothing for 1.0 s"), "{err}");
+    assert!(err.contains("its buffers (0 of 2 added)"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(10));
+    let (code, err) = fake_producer(
+        "silent-midstream",
+        &["--import", "cpu-map", "--producer-timeout", "1.5"],
+        1,
+        |chan| {
+            add_buffer(&chan, 0);
+            chan.send(&frame(0, 0)).unwrap();
+            std::thread::sleep(Duration::from_secs(4));
+        },
+    );
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("waited for the next frame"), "{err}");
+}
+
+/// Peer text reaches the terminal and the logs escaped: no ESC sequence, no forged line.
+#[test]
+fn peer_text_is_escaped() {
+    let evil = "\x1b[31mred\x1b]0;title\x07\r\nproducer: forged line";
+    let (code, err) = fake_producer("evil-goodbye", &["--import", "cpu-map"], 1, |chan| {
+        chan.send(&Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::InternalError,
+            message: evil.into(),
+        }))
+        .unwrap();
+        std::thread::sleep(Duration::from_millis(500));
+    });
+    assert_eq!(code, Some(1), "{err}");
+    assert!(!err.contains('\x1b') && !err.contains('\r'), "{err:?}");
+    assert!(err.contains("\\u{1b}[31mred"), "{err:?}");
+    assert!(
+        !err.lines().any(|l| l.starts_with("producer: forged")),
+        "{err:?}"
+    );
+    // And a consumer's text in the producer's log.
+    let sock = socket("evil-consumer");
+    let p = Producer::start(
+        &sock,
+        &["--alloc", "memfd", "--size", "64x48", "--frames", "1000"],
+    );
+    let mut chan = Channel::connect(&sock).unwrap();
+    chan.send(&Message::Hello(Hello {
+        version: VERSION,
+        caps: vec![Cap {
+            fourcc: PixelFormat::Nv12.fourcc() as u32,
+            memory_mask: MemoryKind::Memfd.bit(),
+            modifier: MOD_LINEAR,
+        }],
+    }))
+    .unwrap();
+    let _ = chan.recv(Some(T), "Welcome").unwrap();
+    chan.send(&Message::Goodbye(Goodbye {
+        reason: GoodbyeReason::ProtocolError,
+        message: evil.into(),
+    }))
+    .unwrap();
+    drop(chan);
+    std::thread::sleep(Duration::from_millis(500));
+    let mut p = p;
+    let _ = p.child.kill();
+    let (_, log) = p.wait(Duration::from_secs(10));
+    assert!(log.contains("consumer left"), "{log}");
+    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+    assert!(
+        !log.lines().any(|l| l.starts_with("producer: forged")),
+        "{log:?}"
+    );
+}
+
+/// A `seq` jump beyond any number of skipped frames is a protocol error, not 2^64 dropped
+/// frames: the report's jump to 2^64-1, and a jump just past the bound.
+#[test]
+fn a_wild_seq_is_refused() {
+    for (name, jump) in [("seq-max", u64::MAX), ("seq-bound", MAX_SEQ_STEP + 1)] {
+        let json = socket(name).with_extension("json");
+        let j = json.to_str().unwrap().to_string();
+        let (code, err) = fake_producer(
+            name,
+            &["--import", "cpu-map", "--stats-json", &j],
+            2,
+            |chan| {
+                add_buffer(&chan, 0);
+                add_buffer(&chan, 1);
+                chan.send(&frame(0, 0)).unwrap();
+                chan.send(&frame(1, jump)).unwrap();
+                // Read the consumer's Release and Goodbye before closing.
+                std::thread::sleep(Duration::from_millis(1500));
+            },
+        );
+        assert_eq!(code, Some(1), "{name}: {err}");
+        assert!(err.contains("sequence jumps"), "{name}: {err}");
+        let s = read_json(&json);
+        assert_eq!(s["dropped"], 0, "{name}: {s}");
+    }
+    // Within the bound it is a count of dropped frames.
+    let json = socket("seq-ok").with_extension("json");
+    let j = json.to_str().unwrap().to_string();
+    let (code, err) = fake_producer(
+        "seq-ok",
+        &["--import", "cpu-map", "--stats-json", &j],
+        2,
+        |chan| {
+            add_buffer(&chan, 0);
+            add_buffer(&chan, 1);
+            chan.send(&frame(0, 0)).unwrap();
+            chan.send(&frame(1, 1000)).unwrap();
+            chan.send(&Message::Goodbye(Goodbye {
+                reason: GoodbyeReason::EndOfStream,
+                message: String::new(),
+            }))
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(1500));
+        },
+    );
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(read_json(&json)["dropped"], 999);
+}
+
+/// A producer that says Goodbye and closes at once, with the consumer's releases unread, does
+/// not lose its reason (the consumer reads on after ECONNRESET).
+#[test]
+fn a_goodbye_before_close_is_not_lost() {
+    let (code, err) = fake_producer("goodbye-close", &["--import", "cpu-map"], 2, |chan| {
+        add_buffer(&chan, 0);
+        add_buffer(&chan, 1);
+        chan.send(&frame(0, 0)).unwrap();
+        chan.send(&frame(1, 1)).unwrap();
+        // The consumer's two Releases arrive; we never read them.
+        std::thread::sleep(Duration::from_millis(800));
+        chan.send(&Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::InternalError,
+            message: "the reason that must arrive".into(),
+        }))
+        .unwrap();
+        // Closed at once, the two Releases unread: the consumer's next read is ECONNRESET.
+        drop(chan);
+    });
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("the reason that must arrive"), "{err}");
+    assert!(!err.contains("without a goodbye"), "{err}");
+}
