@@ -14,7 +14,9 @@ use clap::Parser;
 use dmabuf_core::buffer::MemoryKind;
 use dmabuf_core::format::{PixelFormat, MOD_LINEAR};
 use dmabuf_core::proto::client::{Client, Event};
-use dmabuf_core::proto::wire::{h273, Cap, GoodbyeReason, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED};
+use dmabuf_core::proto::wire::{
+    h273, Cap, GoodbyeReason, CHUNK_FLAG_CORRUPTED, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED,
+};
 use dmabuf_core::proto::{Channel, ProtoError};
 use import::cpu::MappedBuffer;
 use import::vulkan::{ImportPath, Vulkan};
@@ -714,6 +716,9 @@ impl Stream<'_> {
                     let stats = &mut *self.stats;
                     if f.flags & FRAME_FLAG_COPIED != 0 {
                         stats.report.producer_copied += 1;
+                    }
+                    if f.chunks.iter().any(|c| c.flags & CHUNK_FLAG_CORRUPTED != 0) {
+                        stats.report.corrupted += 1;
                     }
                     // socket-copy: the frame's bytes come through the byte stream (into the
                     // staging buffer, uploaded, or into private memory).

@@ -50,6 +50,9 @@ pub struct Report {
     /// (null without the option).
     pub framemd5_matched: Option<u64>,
     pub framemd5_mismatches: Option<u64>,
+    /// Frames the producer marked corrupted (a decoder that concealed errors in them: `Chunk`
+    /// flag bit 0); used as they are.
+    pub corrupted: u64,
     /// Frames used while the producer was ending the connection (it had dropped this consumer,
     /// so their buffers may have been reused): discarded, not counted as verified nor written.
     pub reclaimed: u64,

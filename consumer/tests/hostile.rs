@@ -466,6 +466,31 @@ fn consumer_refuses_a_pipe_posing_as_a_dma_buf() {
     );
 }
 
+/// A regular file whose name looks like a dma-buf's (`/proc/self/fd` shows `/dmabuf:…`) is
+/// not one: the check is the file system's magic (DMA_BUF_MAGIC), not the name.
+#[test]
+fn consumer_refuses_a_file_named_like_a_dma_buf() {
+    let path = std::path::Path::new("/dmabuf:not-really");
+    if std::fs::write(path, vec![0u8; 16384 * 2]).is_err() {
+        // Not root: the same check with a name under /tmp still proves the magic is used.
+        dmabuf_core::testing::skip_or_fail(
+            "consumer_refuses_a_file_named_like_a_dma_buf",
+            "cannot create /dmabuf:not-really (needs root)",
+        );
+        return;
+    }
+    consumer_refuses(
+        "fake-dmabuf",
+        MemoryKind::DmaBuf,
+        |c| {
+            let f = std::fs::File::open(path).unwrap();
+            c.send_with_fds(&add(0, 16384), &[f.as_fd()]).unwrap();
+        },
+        "expected a dma-buf, got /dmabuf:not-really (file system magic",
+    );
+    let _ = std::fs::remove_file(path);
+}
+
 #[test]
 fn consumer_refuses_a_frame_in_an_unknown_buffer() {
     consumer_refuses(

@@ -392,7 +392,15 @@ fn garbage_unknown_types_and_oversized_messages_are_refused() {
 #[test]
 fn bad_frames_are_refused() {
     let _g = serial();
-    let frame = |id, seq| {
+    let chunks: Vec<Chunk> = layout()
+        .planes
+        .iter()
+        .map(|p| Chunk {
+            bytes_used: p.size() as u32,
+            flags: 0,
+        })
+        .collect();
+    let with_chunks = |id, seq, chunks: Vec<Chunk>| {
         encode(&Message::Frame(Frame {
             buffer_id: id,
             flags: 0,
@@ -400,9 +408,10 @@ fn bad_frames_are_refused() {
             pts_ns: 0,
             publish_ns: 0,
             checksum: 0,
-            chunks: vec![Chunk::default(); 2],
+            chunks,
         }))
     };
+    let frame = |id, seq| with_chunks(id, seq, chunks.clone());
     let add = |prod: &Channel, client: &mut Client| {
         let fd = good_memfd();
         prod.send_with_fds(&Message::AddBuffer(add_buffer(0)), &[fd.as_fd()])
@@ -441,6 +450,36 @@ fn bad_frames_are_refused() {
         &[],
         |e| matches!(e, ProtoError::BadFrame(_)),
         "sequence went backwards",
+    );
+    // bytes_used is the plane's stride x rows: 0 and 0xFFFFFFFF are refused.
+    for wrong in [0, u32::MAX] {
+        let mut c = chunks.clone();
+        c[1].bytes_used = wrong;
+        expect_client_error(
+            MemoryKind::Memfd,
+            add,
+            with_chunks(0, 0, c),
+            &[],
+            |e| matches!(e, ProtoError::BadFrame(_)),
+            "bytes_used",
+        );
+    }
+}
+
+/// An AddBuffer with a descriptor no plane uses is refused (not kept open).
+#[test]
+fn an_unused_descriptor_is_refused() {
+    let _g = serial();
+    let (a, b) = (good_memfd(), good_memfd());
+    let mut msg = add_buffer(0);
+    msg.n_fds = 2;
+    expect_client_error(
+        MemoryKind::Memfd,
+        nothing,
+        encode(&Message::AddBuffer(msg)),
+        &[a.as_fd(), b.as_fd()],
+        |e| matches!(e, ProtoError::BadBuffer { id: 0, .. }),
+        "fd 1 of 2 is used by no plane",
     );
 }
 

@@ -472,6 +472,31 @@ fn welcome_bytes_are_where_protocol_md_says() {
     assert_eq!(Geometry::default().display_size(7, 5), ((7, 5), 7));
 }
 
+/// A Hello capability's memory_mask holds bit 1 (memfd, value 2) and/or bit 2 (dma-buf, 4);
+/// 0, bit 0 and any other bit are refused.
+#[test]
+fn memory_mask_reserved_bits_are_refused() {
+    for (mask, ok) in [
+        (2u32, true),
+        (4, true),
+        (6, true),
+        (0, false),
+        (1, false),
+        (8, false),
+        (0xFFFF_FFFF, false),
+    ] {
+        let m = Message::Hello(Hello {
+            version: VERSION,
+            caps: vec![Cap {
+                fourcc: u32::from_le_bytes(*b"NV12"),
+                memory_mask: mask,
+                modifier: 0,
+            }],
+        });
+        assert_eq!(decode(&encode(&m)).is_ok(), ok, "memory_mask {mask:#x}");
+    }
+}
+
 /// A version 1 Welcome (56 bytes) is named as another version, not as a bad length.
 #[test]
 fn an_old_welcome_is_a_version_error() {

@@ -15,8 +15,8 @@ use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::procstat;
 use dmabuf_core::proto::server::{accepts, full_chunks, Session};
 use dmabuf_core::proto::wire::{
-    ColorInfo, Frame, Geometry, GoodbyeReason, Welcome, FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED,
-    VERSION,
+    ColorInfo, Frame, Geometry, GoodbyeReason, Welcome, CHUNK_FLAG_CORRUPTED, FRAME_FLAG_CHECKSUM,
+    FRAME_FLAG_COPIED, VERSION,
 };
 use dmabuf_core::proto::{Listener, ListenerOptions};
 use dmabuf_core::time::process_cpu_ns;
@@ -550,6 +550,12 @@ impl Server<'_> {
             if checksum.is_some() {
                 flags |= FRAME_FLAG_CHECKSUM;
             }
+            let mut chunks = full_chunks(lease.buffer());
+            if self.source.corrupt() {
+                for c in &mut chunks {
+                    c.flags |= CHUNK_FLAG_CORRUPTED;
+                }
+            }
             let frame = Frame {
                 buffer_id: lease.id(),
                 flags,
@@ -557,7 +563,7 @@ impl Server<'_> {
                 pts_ns,
                 publish_ns,
                 checksum: checksum.unwrap_or(0),
-                chunks: full_chunks(lease.buffer()),
+                chunks,
             };
             let mut frame = frame;
             if self.opts.pace {

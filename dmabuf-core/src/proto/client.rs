@@ -191,6 +191,16 @@ impl Client {
                         buf.layout.planes.len()
                     )));
                 }
+                // A chunk covers its whole plane: stride x rows (capped at 2^32-1).
+                for (p, (c, pl)) in f.chunks.iter().zip(&buf.layout.planes).enumerate() {
+                    let want = pl.size().min(u64::from(u32::MAX)) as u32;
+                    if c.bytes_used != want {
+                        return Err(ProtoError::BadFrame(format!(
+                            "chunk {p}: bytes_used {} (the plane is {want} bytes: stride x rows)",
+                            c.bytes_used
+                        )));
+                    }
+                }
                 if self.last_seq.is_some_and(|s| f.seq <= s) {
                     return Err(ProtoError::BadFrame(format!(
                         "sequence went backwards ({} after {:?})",

@@ -39,8 +39,15 @@ pub fn check_fd(fd: BorrowedFd<'_>, memory: MemoryKind) -> Result<u64, String> {
             }
         }
         MemoryKind::DmaBuf => {
-            if !(link.starts_with("/dmabuf:") || link.starts_with("anon_inode:dmabuf")) {
-                return Err(format!("expected a dma-buf, got {link}"));
+            // The file system, not the name (a file can be called "/dmabuf:…"): dma-bufs live
+            // on the dmabuf pseudo file system (DMA_BUF_MAGIC, include/uapi/linux/magic.h).
+            const DMA_BUF_MAGIC: i64 = 0x444d_4142;
+            let fs = nix::sys::statfs::fstatfs(fd).map_err(|e| format!("fstatfs: {e}"))?;
+            if fs.filesystem_type().0 as i64 != DMA_BUF_MAGIC {
+                return Err(format!(
+                    "expected a dma-buf, got {link} (file system magic {:#x})",
+                    fs.filesystem_type().0
+                ));
             }
         }
     }
@@ -125,6 +132,13 @@ pub fn validate_add_buffer(
         end_max = end_max.max(end);
         planes.push(pl);
         plane_fds.push(p.fd_index as usize);
+    }
+    // Every descriptor sent is one a plane uses (more than the planes name is refused).
+    if let Some(unused) = (0..fds.len()).find(|i| !plane_fds.contains(i)) {
+        return Err(bad(format!(
+            "fd {unused} of {} is used by no plane",
+            fds.len()
+        )));
     }
     Ok(FrameBuffer {
         layout: FrameLayout {

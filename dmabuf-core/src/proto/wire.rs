@@ -740,13 +740,22 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
             r.reserved32("flags")?;
             r.reserved32("reserved")?;
             expect_len(name, HELLO_FIXED_LEN + n * CAP_LEN, buf.len())?;
-            let caps = (0..n)
-                .map(|_| Cap {
+            let mut caps = Vec::with_capacity(n);
+            for _ in 0..n {
+                let c = Cap {
                     fourcc: r.u32(),
                     memory_mask: r.u32(),
                     modifier: r.u64(),
-                })
-                .collect();
+                };
+                // Bits 1 (memfd) and 2 (dma-buf); at least one.
+                let known = MemoryKind::Memfd.bit() | MemoryKind::DmaBuf.bit();
+                r.range(
+                    "memory_mask",
+                    c.memory_mask.into(),
+                    c.memory_mask != 0 && c.memory_mask & !known == 0,
+                )?;
+                caps.push(c);
+            }
             Message::Hello(Hello { version, caps })
         }
         MsgType::Welcome => {

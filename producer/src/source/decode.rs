@@ -418,6 +418,11 @@ impl Decoder {
         }
     }
 
+    /// The decoder flagged the current picture corrupt (it concealed errors in it).
+    pub fn corrupt(&self) -> bool {
+        self.frame.is_corrupt()
+    }
+
     /// The pool buffer the current frame was decoded into, ready to publish; `None` when it
     /// must be copied with [`Decoder::write`].
     pub fn lease(&self) -> Option<Arc<Lease>> {

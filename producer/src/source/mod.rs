@@ -134,6 +134,14 @@ impl Source {
         }
     }
 
+    /// The frame made ready by [`Source::advance`] was decoded with errors concealed.
+    pub fn corrupt(&self) -> bool {
+        match self {
+            Source::File { dec, .. } => dec.corrupt(),
+            _ => false,
+        }
+    }
+
     /// For the logs: how frames reached the pool so far.
     pub fn path_summary(&self) -> Option<String> {
         match self {
