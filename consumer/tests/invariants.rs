@@ -32,6 +32,46 @@ fn spawn_consumer(sock: &Path, json: &Path, extra: &[&str]) -> Child {
         .unwrap()
 }
 
+/// A background consumer whose stderr is read as it runs: `first` fires once it has its first
+/// frame (its `--report-every` line at frame 1), `stderr` gives the whole text at the end.
+struct Watched {
+    child: Child,
+    first: std::sync::mpsc::Receiver<()>,
+    stderr: std::thread::JoinHandle<String>,
+}
+
+fn spawn_watched(sock: &Path, json: &Path, extra: &[&str]) -> Watched {
+    let mut args = vec!["--report-every", "3600"];
+    args.extend_from_slice(extra);
+    let mut child = spawn_consumer(sock, json, &args);
+    let err = child.stderr.take().unwrap();
+    let (tx, first) = std::sync::mpsc::channel();
+    let stderr = std::thread::spawn(move || {
+        use std::io::BufRead;
+        let mut all = String::new();
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if line.contains(" frames 1 ") {
+                let _ = tx.send(());
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    Watched {
+        child,
+        first,
+        stderr,
+    }
+}
+
+impl Watched {
+    fn finish(mut self) -> (Option<i32>, String) {
+        let code = self.child.wait().unwrap().code();
+        (code, self.stderr.join().unwrap())
+    }
+}
+
 fn signal(child: &Child, sig: nix::sys::signal::Signal) {
     nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), sig).unwrap();
 }
@@ -211,8 +251,8 @@ fn descriptor_exhaustion_sheds_connections_not_the_stream() {
     let s = read_json(&json);
     assert_eq!(code, Some(0), "{err}");
     let fps = s["fps"].as_f64().unwrap();
-    assert!((26.0..34.0).contains(&fps), "{fps} fps: {s}");
-    assert!(s["max_gap_ms"].as_f64().unwrap() < 300.0, "{s}");
+    assert!((24.0..36.0).contains(&fps), "{fps} fps: {s}");
+    assert!(s["max_gap_ms"].as_f64().unwrap() < 500.0, "{s}");
     assert_eq!(s["mismatches"], 0, "{s}");
     // Still serving: the hello timeout (5 s) has closed the idle ones by now.
     std::thread::sleep(Duration::from_secs(5));
