@@ -111,7 +111,7 @@ fn stall(k: usize, n: usize) -> Vec<f64> {
     let jsons: Vec<_> = (0..n)
         .map(|i| sock.with_extension(format!("{tag}-{i}.json")))
         .collect();
-    let kids: Vec<Child> = jsons
+    let kids: Vec<Watched> = jsons
         .iter()
         .enumerate()
         .map(|(i, j)| {
@@ -121,26 +121,27 @@ fn stall(k: usize, n: usize) -> Vec<f64> {
             } else {
                 &["--duration", "6"]
             };
-            spawn_consumer(&sock, j, extra)
+            spawn_watched(&sock, j, extra)
         })
         .collect();
-    // Every consumer connected (one socket each) and streaming before any is stopped.
-    assert!(
-        eventually(Duration::from_secs(30), || fd_count_of(p.pid()) >= fds0 + n),
-        "{tag}: not every consumer connected"
-    );
-    std::thread::sleep(Duration::from_millis(1000));
+    // Every consumer streaming (its first frame in hand) before any is stopped.
+    for (i, c) in kids.iter().enumerate() {
+        c.first
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| panic!("{tag} #{i}: no first frame"));
+    }
+    std::thread::sleep(Duration::from_millis(500));
     for c in &kids[..k] {
-        signal(c, nix::sys::signal::Signal::SIGSTOP);
+        signal(&c.child, nix::sys::signal::Signal::SIGSTOP);
     }
     // Past the 2 s stall timeout: the stalled ones are dropped meanwhile.
     std::thread::sleep(Duration::from_millis(3000));
     for c in &kids[..k] {
-        signal(c, nix::sys::signal::Signal::SIGCONT);
+        signal(&c.child, nix::sys::signal::Signal::SIGCONT);
     }
     let mut gaps = Vec::new();
     for (i, c) in kids.into_iter().enumerate() {
-        let (code, err) = wait_out(c);
+        let (code, err) = c.finish();
         let s = read_json(&jsons[i]);
         assert_eq!(s["mismatches"], 0, "{tag} #{i}: {s}\n{err}");
         if i < k {
