@@ -208,12 +208,18 @@ fn layout_beyond_the_fd_or_overflowing_is_refused() {
     small_stride.planes[0].stride = W - 1;
     let mut small_size = add_buffer(0);
     small_size.planes[0].size = 10;
+    // The old minimum, (rows - 1) x stride + row bytes, no longer passes: a plane spans
+    // stride x rows, as each Frame's bytes_used says.
+    let mut last_row_short = add_buffer(0);
+    last_row_short.planes[1].size =
+        u64::from(last_row_short.planes[1].stride) * (u64::from(H).div_ceil(2) - 1) + u64::from(W);
     for (m, text) in [
         (beyond, "beyond the end"),
         (overflow, "overflows"),
         (huge_stride, "stride"),
         (small_stride, "stride"),
-        (small_size, "smaller than its rows need"),
+        (small_size, "smaller than stride x rows"),
+        (last_row_short, "smaller than stride x rows"),
     ] {
         expect_client_error(
             MemoryKind::Memfd,

@@ -203,8 +203,9 @@ impl Client {
                 }
                 if self.last_seq.is_some_and(|s| f.seq <= s) {
                     return Err(ProtoError::BadFrame(format!(
-                        "sequence went backwards ({} after {:?})",
-                        f.seq, self.last_seq
+                        "sequence went backwards ({} after {})",
+                        f.seq,
+                        self.last_seq.unwrap_or_default()
                     )));
                 }
                 if let Some(s) = self.last_seq {

@@ -35,8 +35,10 @@ pub enum ProtoError {
     Closed,
     #[error("timed out after {ms} ms waiting for {what}")]
     Timeout { what: &'static str, ms: u64 },
+    // (Not #[from]/#[source]: the text is already in the message; a source would print it
+    // twice in an error chain.)
     #[error("malformed message: {0}")]
-    Wire(#[from] WireError),
+    Wire(WireError),
     #[error("message longer than the largest valid message ({max} bytes)")]
     Oversized { max: usize },
     #[error("too many descriptors in one message (more than {max}); all were closed")]
@@ -79,6 +81,12 @@ pub enum ProtoError {
         reason: wire::GoodbyeReason,
         message: String,
     },
+}
+
+impl From<WireError> for ProtoError {
+    fn from(e: WireError) -> Self {
+        ProtoError::Wire(e)
+    }
 }
 
 impl ProtoError {

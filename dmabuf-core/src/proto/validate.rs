@@ -109,12 +109,11 @@ pub fn validate_add_buffer(
             row_bytes,
             rows,
         };
-        let extent = pl
-            .extent()
-            .ok_or_else(|| bad(format!("plane {i}: size overflows")))?;
+        // A plane spans stride x rows bytes (what each Frame's bytes_used says).
+        let extent = u64::from(p.stride) * u64::from(rows);
         if p.size < extent {
             return Err(bad(format!(
-                "plane {i}: declared size {} is smaller than its rows need ({extent})",
+                "plane {i}: declared size {} is smaller than stride x rows ({extent})",
                 p.size
             )));
         }

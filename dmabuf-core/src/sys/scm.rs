@@ -25,13 +25,14 @@ pub struct Received {
     pub ctrunc: bool,
 }
 
-/// Control buffer for [`MAX_RECV_FDS`] descriptors, aligned for `cmsghdr`.
+/// Control buffer for exactly [`MAX_RECV_FDS`] descriptors (`CMSG_SPACE(8 * 4)` = 48 bytes on
+/// 64-bit Linux), aligned for `cmsghdr`: a ninth sets `MSG_CTRUNC`.
 #[repr(C, align(8))]
-struct CmsgBuf([u8; 64]);
+struct CmsgBuf([u8; 48]);
 const _: () = assert!(
     std::mem::size_of::<nix::libc::cmsghdr>()
         + MAX_RECV_FDS * std::mem::size_of::<nix::libc::c_int>()
-        <= 64
+        == 48
 );
 
 /// Receive one datagram with up to [`MAX_RECV_FDS`] descriptors.
@@ -41,7 +42,7 @@ const _: () = assert!(
 /// `cmsg_len` covers exactly those): they must be owned and closed, or they leak.
 pub fn recv(sock: BorrowedFd<'_>, buf: &mut [u8], nonblocking: bool) -> Result<Received, Errno> {
     use nix::libc;
-    let mut cbuf = CmsgBuf([0; 64]);
+    let mut cbuf = CmsgBuf([0; 48]);
     let mut iov = libc::iovec {
         iov_base: buf.as_mut_ptr().cast(),
         iov_len: buf.len(),
