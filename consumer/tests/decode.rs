@@ -655,6 +655,34 @@ fn timestamp_discontinuities_neither_stall_nor_burst() {
             assert_eq!(logged, 1, "{name}: one jump, logged once:\n{err}");
         }
     }
+    // Duplicated timestamps (every fifth frame repeats its predecessor's: 100 frames over a
+    // 3.2 s timeline) are sent with their twin: no drift, no discontinuity.
+    let dups = dir.join("dups.mkv");
+    ffmpeg_make(
+        &dups,
+        &[
+            "-frames:v",
+            "100",
+            "-vf",
+            "settb=1/1000,setpts='(N-floor(N/5))*40/1000/TB'",
+            "-enc_time_base",
+            "1:1000",
+            "-fps_mode",
+            "passthrough",
+            "-c:v",
+            "libx264",
+            "-preset",
+            "ultrafast",
+        ],
+    );
+    let (s, err) = play_paced("dups", &dups);
+    assert_eq!(s["frames"], 100, "{s}");
+    let wall = s["wall_ns"].as_f64().unwrap() / 1e9;
+    assert!(
+        (3.0..3.7).contains(&wall),
+        "wall {wall} s for a 3.2 s timeline\n{err}"
+    );
+    assert!(!err.contains("timestamp discontinuity"), "{err}");
     // The pts are the stream's own: the forward file ends 100 s later than it starts.
     let (s, _) = play_paced("forward-pts", &forward);
     let span = s["last_pts_ns"].as_i64().unwrap() - s["first_pts_ns"].as_i64().unwrap();
@@ -1288,4 +1316,47 @@ fn unusual_colour_and_rotation_are_said_not_fatal() {
     );
     let (_, err) = p.wait(Duration::from_secs(20));
     assert!(err.contains("not a multiple of 90"), "{err}");
+}
+
+/// `--loop` over a stream whose size changes only in its cropping (320x250, 320x256, 320x242
+/// share a coded size): every pass decodes as the first, frame for frame against the FFmpeg
+/// CLI's framemd5 (a decoder flushed in place carried the last cropping into the next pass).
+#[test]
+fn every_loop_pass_decodes_as_the_first() {
+    let x264: &[&str] = &["-c:v", "libx264", "-preset", "ultrafast"];
+    let file = size_change_stream(
+        "crop-loop",
+        &["320x250", "320x256", "320x242"],
+        x264,
+        "h264",
+    );
+    let reference = framemd5(&file);
+    let sock = socket("crop-loop");
+    let src = format!("file:{}", file.display());
+    let _p = Producer::start(
+        &sock,
+        &[
+            "--source",
+            &src,
+            "--alloc",
+            "memfd",
+            "--no-pace",
+            "--loop",
+            "--frames",
+            "108",
+        ],
+    );
+    let s = consume(
+        &sock,
+        "crop-loop",
+        &[
+            "--import",
+            "cpu-map",
+            "--expect-framemd5",
+            reference.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
+    assert_eq!(s["frames"], 108, "{s}");
+    assert_eq!(s["framemd5_matched"], 108, "{s}");
 }

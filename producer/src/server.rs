@@ -49,6 +49,9 @@ pub struct ServeOptions {
 /// decoder's best-effort timestamp), so that wall time follows the stream's timeline whatever
 /// its frame rate does (variable frame rate included).
 ///
+/// A frame with its predecessor's timestamp (a duplicate) is due with it (no drift); a second
+/// in a row is a broken clock, handled as below.
+///
 /// The rule for timestamps that cannot be followed: a step from one frame's timestamp to the
 /// next that goes backwards, does not advance, or jumps forward by more than
 /// [`Pacer::MAX_STEP_NS`] (2 s, or 4 nominal frame periods if longer) is a *discontinuity*
@@ -69,6 +72,8 @@ struct Pacer {
     discontinuities: u64,
     /// Times the producer fell more than a frame behind and restarted the timeline.
     late: u64,
+    /// Frames in a row whose timestamp equals the previous one's.
+    repeats: u32,
 }
 
 impl Pacer {
@@ -81,6 +86,7 @@ impl Pacer {
             last: None,
             discontinuities: 0,
             late: 0,
+            repeats: 0,
         }
     }
 
@@ -95,7 +101,16 @@ impl Pacer {
             (Some((t0, p0)), Some((last_pts, last_due))) => {
                 let step = pts_ns.saturating_sub(last_pts);
                 let on_timeline = t0 + Duration::from_nanos(pts_ns.saturating_sub(p0) as u64);
-                if step <= 0 || step > self.max_step() {
+                if step == 0 {
+                    self.repeats += 1;
+                } else {
+                    self.repeats = 0;
+                }
+                if step == 0 && self.repeats == 1 {
+                    // One frame with its predecessor's timestamp (a duplicate): due with it,
+                    // so duplicates add no drift. A run of them is a broken clock (below).
+                    last_due
+                } else if step <= 0 || step > self.max_step() {
                     self.discontinuity(format!(
                         "pts jumps by {:.3} s (from {:.3} s to {:.3} s)",
                         step as f64 / 1e9,

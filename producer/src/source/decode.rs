@@ -93,6 +93,32 @@ fn colorimetry(
     }
 }
 
+/// A decoder for `st` with `threads` frame threads, and the decode-in-place callback installed
+/// on it (or why it could not be).
+fn open_decoder(
+    st: &ffmpeg::format::stream::Stream,
+    threads: usize,
+    path: &Path,
+) -> Result<(ffmpeg::decoder::Video, Result<DirectDecode, String>)> {
+    let mut ctx = ffmpeg::codec::context::Context::from_parameters(st.parameters())?;
+    let mut threading = ffmpeg::threading::Config::default();
+    threading.kind = ffmpeg::threading::Type::Frame;
+    threading.count = threads;
+    ctx.set_threading(threading);
+    let direct = match ffmpeg::decoder::find(ctx.id()) {
+        Some(codec) => {
+            let formats: Vec<_> = CARRIED.iter().map(|&(av, ours, _)| (av, ours)).collect();
+            DirectDecode::install(&mut ctx, &codec, &formats)
+        }
+        None => Err("no decoder found".to_string()),
+    };
+    let decoder = ctx
+        .decoder()
+        .video()
+        .with_context(|| format!("no decoder for the video in {}", path.display()))?;
+    Ok((decoder, direct))
+}
+
 /// Open `path` as a local file, whatever it contains: a name such as `clip:1.mp4` would
 /// otherwise be read as the URL of an FFmpeg protocol `clip`.
 fn open_input(path: &Path) -> Result<ffmpeg::format::context::Input> {
@@ -248,22 +274,7 @@ impl Decoder {
         let stream = st.index();
         let time_base = st.time_base();
         let rate = st.avg_frame_rate();
-        let mut ctx = ffmpeg::codec::context::Context::from_parameters(st.parameters())?;
-        let mut threading = ffmpeg::threading::Config::default();
-        threading.kind = ffmpeg::threading::Type::Frame;
-        threading.count = threads;
-        ctx.set_threading(threading);
-        let direct = match ffmpeg::decoder::find(ctx.id()) {
-            Some(codec) => {
-                let formats: Vec<_> = CARRIED.iter().map(|&(av, ours, _)| (av, ours)).collect();
-                DirectDecode::install(&mut ctx, &codec, &formats)
-            }
-            None => Err("no decoder found".to_string()),
-        };
-        let decoder = ctx
-            .decoder()
-            .video()
-            .with_context(|| format!("no decoder for the video in {}", path.display()))?;
+        let (decoder, direct) = open_decoder(&st, threads, path)?;
         let codec = decoder
             .codec()
             .map(|c| c.name().to_string())
@@ -607,9 +618,23 @@ impl Decoder {
     ///
     /// The file is opened again rather than sought: every demuxer can do that (an image file's
     /// cannot seek), and it starts at the first packet exactly.
+    ///
+    /// The decoder is opened afresh too (a flushed decoder keeps state across the pass, e.g. the
+    /// cropping of the last sequence, and decoded later passes differently than the first);
+    /// the pool it decodes into stays attached.
     pub fn rewind(&mut self, continue_pts: bool) -> Result<()> {
-        self.input = open_input(&self.path)?;
-        self.decoder.flush();
+        let input = open_input(&self.path)?;
+        let st = input
+            .stream(self.stream)
+            .ok_or_else(|| anyhow!("{}: the video stream went away", self.path.display()))?;
+        let (decoder, direct) = open_decoder(&st, self.threads, &self.path)?;
+        if let (Ok(old), Ok(new)) = (&self.direct, &direct) {
+            new.adopt(old);
+        }
+        // The old codec context goes before the callback state it points at.
+        self.decoder = decoder;
+        self.direct = direct;
+        self.input = input;
         self.eof_sent = false;
         let period = 1_000_000_000i64 * i64::from(self.fps.1) / i64::from(self.fps.0.max(1));
         self.pts_offset_ns = if continue_pts {

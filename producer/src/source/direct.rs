@@ -294,6 +294,20 @@ impl DirectDecode {
         });
     }
 
+    /// Take over `old`'s pool and spare layouts (a decoder opened afresh on the same stream).
+    pub fn adopt(&self, old: &DirectDecode) {
+        *lock(&self.state.attached) = lock(&old.state.attached).take();
+        *lock(&self.state.pending) = std::mem::take(&mut *lock(&old.state.pending));
+        // The counts go on across passes.
+        for (new, old) in [
+            (&self.state.direct, &old.state.direct),
+            (&self.state.pool_dry, &old.state.pool_dry),
+            (&self.state.unfit, &old.state.unfit),
+        ] {
+            new.fetch_add(old.load(Ordering::Relaxed), Ordering::Relaxed);
+        }
+    }
+
     /// Stop decoding into the pool (pictures already decoded keep their buffers).
     pub fn detach(&self) {
         *lock(&self.state.attached) = None;
