@@ -851,13 +851,18 @@ fn first_snapshot(name: &str, file: &Path) -> (serde_json::Value, Vec<u8>, u32, 
         ],
         Duration::from_secs(120),
     );
-    let path = s["snapshots"][0].as_str().unwrap().to_string();
-    let d = png::Decoder::new(std::fs::File::open(&path).unwrap());
+    let (rgba, w, h) = read_png(s["snapshots"][0].as_str().unwrap());
+    (s, rgba, w, h)
+}
+
+/// A PNG's pixels, width and height.
+fn read_png(path: &str) -> (Vec<u8>, u32, u32) {
+    let d = png::Decoder::new(std::fs::File::open(path).unwrap());
     let mut r = d.read_info().unwrap();
     let mut buf = vec![0; r.output_buffer_size()];
     let info = r.next_frame(&mut buf).unwrap();
     buf.truncate(info.buffer_size());
-    (s, buf, info.width, info.height)
+    (buf, info.width, info.height)
 }
 
 /// The FFmpeg CLI's RGBA of the first frame of `file` through `vf` (its own conversion).
@@ -1121,11 +1126,7 @@ fn a_colorimetry_change_mid_stream_is_announced() {
             "scale=in_color_matrix=bt601:in_range=pc:flags=neighbor+accurate_rnd+full_chroma_int",
         ),
     ] {
-        let d = png::Decoder::new(std::fs::File::open(path).unwrap());
-        let mut r = d.read_info().unwrap();
-        let mut ours = vec![0; r.output_buffer_size()];
-        let info = r.next_frame(&mut ours).unwrap();
-        ours.truncate(info.buffer_size());
+        let (ours, _, _) = read_png(path);
         let want = ffmpeg_rgba(seg, vf);
         let diff = mean_abs_diff(&ours, &want);
         assert!(diff < 1.0, "{path}: mean difference {diff:.2} from {vf}");

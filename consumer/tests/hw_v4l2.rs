@@ -392,19 +392,7 @@ fn impossible_formats_are_named() {
 /// Press vivid's "Disconnect" button control on `node` (it unregisters the instance's nodes:
 /// every later ioctl fails with ENODEV, as when a USB webcam is pulled).
 fn unplug(node: &Path) {
-    let f = File::options().read(true).write(true).open(node).unwrap();
-    let mut id = 0u32;
-    loop {
-        let q: v4l2r::bindings::v4l2_queryctrl =
-            ioctl::queryctrl(&f, CtrlId::new(id).unwrap(), QueryCtrlFlags::NEXT)
-                .expect("vivid has a Disconnect control");
-        let name = String::from_utf8_lossy(&q.name);
-        if name.trim_end_matches('\0') == "Disconnect" {
-            ioctl::s_ctrl(&f, q.id, 1).expect("pressing Disconnect");
-            return;
-        }
-        id = q.id;
-    }
+    set_vivid_control(node, "Disconnect", 1);
 }
 
 #[test]
@@ -489,8 +477,8 @@ fn list_devices_shows_vivid() {
     eprintln!("{text}");
 }
 
-/// Set vivid's menu control `name` on `node` to item `value`.
-fn set_vivid_menu(node: &Path, name: &str, value: i32) {
+/// Set vivid's control `name` on `node` to `value` (a menu item, or 1 to press a button).
+fn set_vivid_control(node: &Path, name: &str, value: i32) {
     let f = File::options().read(true).write(true).open(node).unwrap();
     let mut id = 0u32;
     loop {
@@ -520,7 +508,7 @@ fn vivid_colorimetry_is_carried() {
         (1, "BT.709", "BT.709", "BT.709"),
         (4, "BT.2020 NCL", "BT.2020", "BT.709"),
     ] {
-        set_vivid_menu(&node, "Colorspace", menu);
+        set_vivid_control(&node, "Colorspace", menu);
         let sock = socket(&format!("v4l2-colour-{menu}"));
         let p = Producer::start(
             &sock,
@@ -550,5 +538,5 @@ fn vivid_colorimetry_is_carried() {
         assert_eq!(c["transfer_name"], transfer, "menu {menu}: {s}");
         assert_eq!(c["range"], "limited", "menu {menu}: {s}");
     }
-    set_vivid_menu(&node, "Colorspace", 2);
+    set_vivid_control(&node, "Colorspace", 2);
 }

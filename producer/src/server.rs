@@ -159,6 +159,19 @@ impl Pacer {
     }
 }
 
+/// Refuse a consumer whose Hello was read: Goodbye(unsupported, `msg`), a graceful close, and
+/// the error for the log.
+fn refuse(chan: dmabuf_core::proto::Channel, msg: &str) -> anyhow::Error {
+    let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
+        dmabuf_core::proto::wire::Goodbye {
+            reason: GoodbyeReason::Unsupported,
+            message: msg.to_string(),
+        },
+    ));
+    chan.close_gracefully();
+    anyhow::anyhow!("{msg}")
+}
+
 /// Context on an error of the source itself (as opposed to one consumer's or the transport's):
 /// the producer ends with it rather than serving the next consumer into the same failure.
 #[derive(Debug)]
@@ -378,14 +391,9 @@ impl Server<'_> {
                 } else {
                     format!("consumer cannot take {format} in {memory}")
                 };
-                let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
-                    dmabuf_core::proto::wire::Goodbye {
-                        reason: GoodbyeReason::Unsupported,
-                        message: msg.clone(),
-                    },
-                ));
-                chan.close_gracefully();
-                anyhow::bail!("{msg} (it offered {})", offered.join(", "));
+                return Err(
+                    refuse(chan, &msg).context(format!("it offered {}", offered.join(", ")))
+                );
             }
         }
         let most = Fanout::max_members(self.share());
@@ -395,28 +403,14 @@ impl Server<'_> {
                 "producer is full: --buffers {} serves at most {most} consumers at once",
                 self.share()
             );
-            let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
-                dmabuf_core::proto::wire::Goodbye {
-                    reason: GoodbyeReason::Unsupported,
-                    message: msg.clone(),
-                },
-            ));
-            chan.close_gracefully();
-            anyhow::bail!("{msg}");
+            return Err(refuse(chan, &msg));
         }
         if self.transport.kind() != TransportKind::ZeroCopy && !self.fan.is_empty() {
             let msg = format!(
                 "--transport {} serves one consumer at a time",
                 self.transport.kind().name()
             );
-            let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
-                dmabuf_core::proto::wire::Goodbye {
-                    reason: GoodbyeReason::Unsupported,
-                    message: msg.clone(),
-                },
-            ));
-            chan.close_gracefully();
-            anyhow::bail!("{msg}");
+            return Err(refuse(chan, &msg));
         }
         let welcome = self.welcome();
         let sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
