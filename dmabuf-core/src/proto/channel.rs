@@ -221,10 +221,12 @@ impl Channel {
         };
         if r.ctrunc {
             // Our own descriptor limit, or a peer sending too many?
+            // (Counting needs a descriptor of its own: at the limit, /proc/self/fd cannot even
+            // be opened and the count reads 0.)
             let open = crate::procstat::fd_count();
             let limit = crate::procstat::fd_limit();
-            if limit > 0 && open as u64 + scm::MAX_RECV_FDS as u64 >= limit {
-                return Err(ProtoError::FdLimit { open, limit });
+            if limit > 0 && (open == 0 || open as u64 + scm::MAX_RECV_FDS as u64 >= limit) {
+                return Err(ProtoError::FdLimit { limit });
             }
             return Err(ProtoError::TooManyFds {
                 max: scm::MAX_RECV_FDS,

@@ -44,10 +44,10 @@ pub enum ProtoError {
     #[error("too many descriptors in one message (more than {max}); all were closed")]
     TooManyFds { max: usize },
     #[error(
-        "descriptors sent with a message were discarded (MSG_CTRUNC): this process has {open} \
-         open of its limit of {limit} (RLIMIT_NOFILE); raise the limit (ulimit -n)"
+        "descriptors sent with a message were discarded (MSG_CTRUNC): this process is at or near \
+         its limit of {limit} open descriptors (RLIMIT_NOFILE); raise it (ulimit -n)"
     )]
-    FdLimit { open: usize, limit: u64 },
+    FdLimit { limit: u64 },
     #[error("{msg} carried {count} descriptor(s); it must carry {expected}")]
     FdCount {
         msg: &'static str,
