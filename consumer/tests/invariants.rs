@@ -535,3 +535,35 @@ fn a_goodbye_before_close_is_not_lost() {
     assert!(err.contains("the reason that must arrive"), "{err}");
     assert!(!err.contains("without a goodbye"), "{err}");
 }
+
+/// A consumer that hits its own descriptor limit while receiving buffers says so, instead of
+/// blaming the producer for sending too many.
+#[test]
+fn a_consumer_at_its_descriptor_limit_says_so() {
+    let sock = socket("own-limit");
+    let _p = Producer::start(
+        &sock,
+        &["--alloc", "memfd", "--size", "64x48", "--buffers", "8"],
+    );
+    let mut refused = 0;
+    for limit in [6, 7, 8, 9] {
+        let out = Command::new("prlimit")
+            .arg(format!("--nofile={limit}:{limit}"))
+            .arg(consumer_bin())
+            .arg("--socket")
+            .arg(&sock)
+            .args(["--import", "cpu-map", "--frames", "3", "-q"])
+            .output()
+            .unwrap();
+        let e = String::from_utf8_lossy(&out.stderr);
+        if !out.status.success() {
+            refused += 1;
+            assert!(e.contains("limit of"), "limit {limit}: {e}");
+            assert!(!e.contains("too many descriptors"), "limit {limit}: {e}");
+        }
+    }
+    assert!(
+        refused > 0,
+        "8 buffers under a limit of 6 to 9 descriptors must not fit"
+    );
+}
