@@ -472,6 +472,15 @@ fn welcome_bytes_are_where_protocol_md_says() {
     assert_eq!(Geometry::default().display_size(7, 5), ((7, 5), 7));
 }
 
+/// An unknown fourcc is named by its characters, not as a decimal number.
+#[test]
+fn an_unknown_fourcc_is_named() {
+    let e = decode(&patched(&samples()[2], 24, b"RG16"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("\"RG16\" (0x36314752)"), "{e}");
+}
+
 /// A Hello capability's memory_mask holds bit 1 (memfd, value 2) and/or bit 2 (dma-buf, 4);
 /// 0, bit 0 and any other bit are refused.
 #[test]

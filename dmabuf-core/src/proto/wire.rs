@@ -458,6 +458,20 @@ pub fn printable(text: &str) -> String {
     out
 }
 
+/// A field's value for an error message: a fourcc as its four characters (and hex).
+fn show_value(field: &str, value: u64) -> String {
+    if field == "fourcc" {
+        let b = (value as u32).to_le_bytes();
+        let text: String = b
+            .iter()
+            .map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '?' })
+            .collect();
+        format!("{text:?} ({value:#010x})")
+    } else {
+        value.to_string()
+    }
+}
+
 /// The largest step in `Frame.seq` a consumer accepts: a producer skips a consumer's frames
 /// only while it holds its quota, for at most its stall timeout; a bigger jump is a broken or
 /// hostile producer (refused as a protocol error), never a count of dropped frames.
@@ -480,7 +494,7 @@ pub enum WireError {
         expected: usize,
         actual: usize,
     },
-    #[error("{msg}: {field} = {value} is out of range")]
+    #[error("{msg}: {field} = {} is out of range", show_value(field, *value))]
     OutOfRange {
         msg: &'static str,
         field: &'static str,
