@@ -464,7 +464,13 @@ fn show_value(field: &str, value: u64) -> String {
         let b = (value as u32).to_le_bytes();
         let text: String = b
             .iter()
-            .map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '?' })
+            .map(|&c| {
+                if c.is_ascii_graphic() || c == b' ' {
+                    c as char
+                } else {
+                    '?'
+                }
+            })
             .collect();
         format!("{text:?} ({value:#010x})")
     } else {
