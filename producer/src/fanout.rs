@@ -11,12 +11,13 @@
 //! the buffer returns to the pool only when the last consumer holding it has let go.
 //!
 //! Slow-consumer policy (see `docs/ARCHITECTURE.md`): with more than one member, a member may
-//! hold at most [`Fanout::quota`] buffers (half the pool, rounded up). When a member reaches its
+//! hold at most [`Fanout::quota`] buffers (a share that shrinks with the number of members, so
+//! that stalled members can never pin every buffer). When a member reaches its
 //! quota, the producer waits up to one frame period for it to release (a bounded wait, once
 //! per episode: see [`Fanout::waiting_on_quota`]); if it has not, it is skipped for that frame
 //! and every following one until it comes back below its quota (the frame is not sent to it: it sees a gap in `seq`, which its
 //! statistics count as dropped, and the producer counts it as `skipped`). So a stalled consumer
-//! pins at most half the pool and the others keep their rate. A member that holds its whole
+//! never pins the last free buffer and the others keep their rate. A member that holds its whole
 //! quota and releases none for `--stall-timeout` is dropped (Goodbye `InternalError`, naming
 //! why). A
 //! single member may hold the whole pool (back-pressure, as before: nothing is dropped).
