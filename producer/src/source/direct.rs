@@ -76,6 +76,8 @@ struct Attached {
     spare: SparePool,
     av_format: i32,
     layout: FrameLayout,
+    /// The picture format and aligned size last found to have the pool's layout.
+    fits: Option<(i32, (u32, u32))>,
     /// Where each pool buffer is mapped (addresses, fixed for the pool's life), to recognise a
     /// decoded frame's buffer without locking every slot per frame.
     bases: Vec<usize>,
@@ -290,6 +292,7 @@ impl DirectDecode {
             spare,
             av_format: ffi::AVPixelFormat::from(av_format) as i32,
             layout,
+            fits: None,
             bases,
         });
     }
@@ -403,8 +406,8 @@ unsafe fn fill(
     ctx: *mut ffi::AVCodecContext,
     frame: *mut ffi::AVFrame,
 ) -> Option<std::ffi::c_int> {
-    let attached = lock(&state.attached);
-    let Some(a) = attached.as_ref() else {
+    let mut attached = lock(&state.attached);
+    let Some(a) = attached.as_mut() else {
         state.unfit.fetch_add(1, Ordering::Relaxed);
         return None;
     };
@@ -421,6 +424,11 @@ unsafe fn fill(
     // SAFETY: valid context; the out-parameters point at locals.
     unsafe { ffi::avcodec_align_dimensions2(ctx, &mut w, &mut h, align.as_mut_ptr()) };
     let storage = (w.max(1) as u32, h.max(1) as u32);
+    if a.fits == Some((format, storage)) {
+        // The size the pool was last found to fit: no need to lay it out again.
+        // SAFETY: per this function's contract.
+        return unsafe { pool_buffer(state, a, frame) };
+    }
     let pixel = state
         .formats
         .iter()
@@ -480,6 +488,21 @@ unsafe fn fill(
         unsafe { point_planes(&mut *frame, buf, (*buf).data, &p.layout) };
         return Some(0);
     }
+    a.fits = Some((format, storage));
+    // SAFETY: per this function's contract.
+    unsafe { pool_buffer(state, a, frame) }
+}
+
+/// Point `frame` into a lease of the attached pool (or, the pool dry, a spare buffer with its
+/// layout). The picture's size is known to fit the pool's layout.
+///
+/// # Safety
+/// `frame` is the valid pointer libavcodec passed to `get_buffer2`.
+unsafe fn pool_buffer(
+    state: &State,
+    a: &Attached,
+    frame: *mut ffi::AVFrame,
+) -> Option<std::ffi::c_int> {
     let lease = match a.pool.try_acquire_leaving(state.reserve) {
         Some(lease) => lease,
         None => {
