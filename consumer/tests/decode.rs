@@ -110,18 +110,10 @@ fn the_sample_matches_its_committed_hashes() {
 
 /// Make a short clip with the FFmpeg CLI.
 fn make_clip(name: &str, size: &str, codec_args: &[&str], ext: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dmabuf-decode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let out = dir.join(format!("{name}.{ext}"));
-    let st = Command::new("ffmpeg")
-        .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-        .arg(format!("testsrc2=size={size}:rate=30,format=yuv420p"))
-        .args(["-t", "1"])
-        .args(codec_args)
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(st.success(), "making {name}");
+    let out = scratch_dir("decode").join(format!("{name}.{ext}"));
+    let mut args = vec!["-t", "1", "-pix_fmt", "yuv420p"];
+    args.extend_from_slice(codec_args);
+    ffmpeg_make_sized(&out, size, &args);
     out
 }
 

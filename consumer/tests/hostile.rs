@@ -376,22 +376,8 @@ fn consumer_refuses(name: &str, memory: MemoryKind, bad: impl FnOnce(&Channel), 
         Message::Hello(h) => assert!(h.caps.len() >= 5, "consumer offers every format"),
         m => panic!("{m:?}"),
     }
-    chan.send(&Message::Welcome(Welcome {
-        version: VERSION,
-        memory,
-        allocator: AllocatorKind::Memfd,
-        buffer_count: 2,
-        pixel: PixelFormat::Nv12,
-        width: 64,
-        height: 48,
-        fps_num: 60,
-        fps_den: 1,
-        color: ColorInfo::default(),
-        modifier: MOD_LINEAR,
-        geometry: Geometry::default(),
-        device: 0,
-    }))
-    .unwrap();
+    chan.send(&Message::Welcome(fake_welcome(memory, 2, 60)))
+        .unwrap();
     bad(&chan);
     let out = consumer.join().unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);

@@ -10,7 +10,7 @@ use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat, MOD_LINEAR};
 use dmabuf_core::proto::wire::*;
 use dmabuf_core::proto::{Channel, Listener, ListenerOptions};
 use dmabuf_core::testing::fd_count_of;
-use dmabuf_core::{AllocatorKind, MemoryKind};
+use dmabuf_core::MemoryKind;
 use std::os::fd::AsFd;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -303,21 +303,11 @@ fn fake_producer(
         .unwrap()
         .expect("consumer connects");
     let _ = chan.recv(Some(T), "Hello").unwrap();
-    chan.send(&Message::Welcome(Welcome {
-        version: VERSION,
-        memory: MemoryKind::Memfd,
-        allocator: AllocatorKind::Memfd,
-        buffer_count: buffers,
-        pixel: PixelFormat::Nv12,
-        width: 64,
-        height: 48,
-        fps_num: 30,
-        fps_den: 1,
-        color: ColorInfo::default(),
-        modifier: MOD_LINEAR,
-        geometry: Geometry::default(),
-        device: 0,
-    }))
+    chan.send(&Message::Welcome(fake_welcome(
+        MemoryKind::Memfd,
+        buffers,
+        30,
+    )))
     .unwrap();
     then(chan);
     let out = consumer.join().unwrap();

@@ -204,3 +204,28 @@ pub fn ffmpeg_raw(file: &Path, pix_fmt: &str, frames: Option<u32>) -> Vec<u8> {
     );
     out.stdout
 }
+
+/// The Welcome the tests' fake producers send: NV12 64x48, LINEAR, in sealed memfds (or as
+/// `memory` says), `buffer_count` buffers at `fps` frames per second.
+pub fn fake_welcome(
+    memory: dmabuf_core::MemoryKind,
+    buffer_count: u32,
+    fps: u32,
+) -> dmabuf_core::proto::wire::Welcome {
+    use dmabuf_core::proto::wire::{ColorInfo, Geometry, Welcome, VERSION};
+    Welcome {
+        version: VERSION,
+        memory,
+        allocator: dmabuf_core::AllocatorKind::Memfd,
+        buffer_count,
+        pixel: dmabuf_core::PixelFormat::Nv12,
+        width: 64,
+        height: 48,
+        fps_num: fps,
+        fps_den: 1,
+        color: ColorInfo::default(),
+        modifier: dmabuf_core::format::MOD_LINEAR,
+        geometry: Geometry::default(),
+        device: 0,
+    }
+}
