@@ -418,39 +418,48 @@ fn peer_text_is_escaped() {
         !err.lines().any(|l| l.starts_with("producer: forged")),
         "{err:?}"
     );
-    // And a consumer's text in the producer's log.
-    let sock = socket("evil-consumer");
-    let p = Producer::start(
-        &sock,
-        &["--alloc", "memfd", "--size", "64x48", "--frames", "1000"],
-    );
-    let mut chan = Channel::connect(&sock).unwrap();
-    chan.send(&Message::Hello(Hello {
-        version: VERSION,
-        caps: vec![Cap {
-            fourcc: PixelFormat::Nv12.fourcc() as u32,
-            memory_mask: MemoryKind::Memfd.bit(),
-            modifier: MOD_LINEAR,
-        }],
-    }))
-    .unwrap();
-    let _ = chan.recv(Some(T), "Welcome").unwrap();
-    chan.send(&Message::Goodbye(Goodbye {
-        reason: GoodbyeReason::ProtocolError,
-        message: evil.into(),
-    }))
-    .unwrap();
-    drop(chan);
-    std::thread::sleep(Duration::from_millis(500));
-    let mut p = p;
-    let _ = p.child.kill();
-    let (_, log) = p.wait(Duration::from_secs(10));
-    assert!(log.contains("consumer left"), "{log}");
-    assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
-    assert!(
-        !log.lines().any(|l| l.starts_with("producer: forged")),
-        "{log:?}"
-    );
+    // And a consumer's text in the producer's log: once after the Welcome, once before it
+    // (the Goodbye then arrives while the Welcome and buffers are being sent).
+    for read_welcome in [true, false] {
+        let sock = socket(&format!("evil-consumer-{read_welcome}"));
+        let p = Producer::start(
+            &sock,
+            &["--alloc", "memfd", "--size", "64x48", "--frames", "1000"],
+        );
+        let mut chan = Channel::connect(&sock).unwrap();
+        chan.send(&Message::Hello(Hello {
+            version: VERSION,
+            caps: vec![Cap {
+                fourcc: PixelFormat::Nv12.fourcc() as u32,
+                memory_mask: MemoryKind::Memfd.bit(),
+                modifier: MOD_LINEAR,
+            }],
+        }))
+        .unwrap();
+        if read_welcome {
+            let _ = chan.recv(Some(T), "Welcome").unwrap();
+        }
+        chan.send(&Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::ProtocolError,
+            message: evil.into(),
+        }))
+        .unwrap();
+        drop(chan);
+        std::thread::sleep(Duration::from_millis(500));
+        let mut p = p;
+        let _ = p.child.kill();
+        let (_, log) = p.wait(Duration::from_secs(10));
+        // Whenever the Goodbye came, its reason is logged, escaped.
+        assert!(
+            log.contains("ProtocolError") && log.contains("\\u{1b}[31mred"),
+            "read_welcome {read_welcome}: {log}"
+        );
+        assert!(!log.contains('\x1b') && !log.contains('\r'), "{log:?}");
+        assert!(
+            !log.lines().any(|l| l.starts_with("producer: forged")),
+            "{log:?}"
+        );
+    }
 }
 
 /// A `seq` jump beyond any number of skipped frames is a protocol error, not 2^64 dropped

@@ -25,7 +25,7 @@
 use anyhow::{Context as _, Result};
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::server::{read_hello, Pumped, Session};
-use dmabuf_core::proto::wire::{Frame, Goodbye, GoodbyeReason, Hello, Welcome};
+use dmabuf_core::proto::wire::{printable, Frame, Goodbye, GoodbyeReason, Hello, Welcome};
 use dmabuf_core::proto::{Channel, Listener, Message, ProtoError};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -355,6 +355,12 @@ impl Fanout {
                 Err(ProtoError::Closed) => {
                     let m = self.members.remove(i);
                     tracing::info!("consumer #{} went away", m.n);
+                }
+                Err(ProtoError::Goodbye { reason, message })
+                    if matches!(reason, GoodbyeReason::Leaving | GoodbyeReason::EndOfStream) =>
+                {
+                    let m = self.members.remove(i);
+                    tracing::info!("consumer #{} left: {}", m.n, printable(&message));
                 }
                 Err(e) => {
                     let m = self.members.remove(i);

@@ -413,7 +413,7 @@ impl Server<'_> {
             return Err(refuse(chan, &msg));
         }
         let welcome = self.welcome();
-        let sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
+        let mut sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
         for id in 0..self.pool.len() as u32 {
             let buf = self.pool.buffer(id).expect("id in range");
             sess.add_buffer(id, buf)?;

@@ -81,8 +81,13 @@ impl<T> std::fmt::Debug for Session<T> {
 
 impl<T> Session<T> {
     /// Answer the handshake.
-    pub fn start(chan: Channel, welcome: &Welcome) -> Result<Self, ProtoError> {
-        chan.send(&Message::Welcome(welcome.clone()))?;
+    ///
+    /// A consumer that said goodbye and closed before this (or [`Session::add_buffer`]) could
+    /// send is reported as [`ProtoError::Goodbye`] with its reason, not as a closed socket.
+    pub fn start(mut chan: Channel, welcome: &Welcome) -> Result<Self, ProtoError> {
+        if let Err(e) = chan.send(&Message::Welcome(welcome.clone())) {
+            return Err(parting_words(&mut chan).unwrap_or(e));
+        }
         Ok(Self {
             chan,
             held: HashMap::new(),
@@ -97,7 +102,7 @@ impl<T> Session<T> {
     }
 
     /// Send buffer `id`'s fds and layout (once per buffer per consumer).
-    pub fn add_buffer(&self, id: u32, buf: &FrameBuffer) -> Result<(), ProtoError> {
+    pub fn add_buffer(&mut self, id: u32, buf: &FrameBuffer) -> Result<(), ProtoError> {
         let planes = buf
             .planes()
             .map(|(fd_index, p)| WirePlane {
@@ -113,7 +118,9 @@ impl<T> Session<T> {
             planes,
         });
         let fds: Vec<_> = buf.fds.iter().map(|f| f.as_fd()).collect();
-        self.chan.send_with_fds(&msg, &fds)
+        self.chan
+            .send_with_fds(&msg, &fds)
+            .map_err(|e| parting_words(&mut self.chan).unwrap_or(e))
     }
 
     /// Change the stream's format mid-stream: remove every buffer, then send the new Welcome
@@ -144,7 +151,9 @@ impl<T> Session<T> {
             )));
         }
         let seq = frame.seq;
-        self.chan.send(&Message::Frame(frame))?;
+        self.chan
+            .send(&Message::Frame(frame))
+            .map_err(|e| parting_words(&mut self.chan).unwrap_or(e))?;
         self.held.insert(id, (seq, token));
         self.frames_sent += 1;
         Ok(())
@@ -272,4 +281,18 @@ pub fn full_chunks(buf: &FrameBuffer) -> Vec<Chunk> {
             flags: 0,
         })
         .collect()
+}
+
+/// After a send failed: the Goodbye the peer sent before it closed, if still unread, as
+/// [`ProtoError::Goodbye`].
+fn parting_words(chan: &mut Channel) -> Option<ProtoError> {
+    loop {
+        match chan.try_recv() {
+            Ok(Some((Message::Goodbye(Goodbye { reason, message }), _))) => {
+                return Some(ProtoError::Goodbye { reason, message })
+            }
+            Ok(Some(_)) => continue,
+            _ => return None,
+        }
+    }
 }
