@@ -356,9 +356,10 @@ impl Fanout {
                     let m = self.members.remove(i);
                     tracing::info!("consumer #{} went away", m.n);
                 }
-                Err(ProtoError::Goodbye { reason, message })
-                    if matches!(reason, GoodbyeReason::Leaving | GoodbyeReason::EndOfStream) =>
-                {
+                Err(ProtoError::Goodbye {
+                    reason: GoodbyeReason::Leaving | GoodbyeReason::EndOfStream,
+                    message,
+                }) => {
                     let m = self.members.remove(i);
                     tracing::info!("consumer #{} left: {}", m.n, printable(&message));
                 }
