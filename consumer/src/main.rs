@@ -218,7 +218,7 @@ fn choose_path(
     if let Some(p) = choice.forced() {
         return p;
     }
-    let fourcc = w.pixel.fourcc() as u32;
+    let fourcc = w.pixel.fourcc();
     let offered = |p: ImportPath| {
         vk.caps(&[p]).iter().any(|c| {
             c.fourcc == fourcc && c.modifier == w.modifier && c.memory_mask & w.memory.bit() != 0
@@ -275,7 +275,7 @@ fn caps() -> Vec<Cap> {
     PixelFormat::ALL
         .into_iter()
         .map(|p| Cap {
-            fourcc: p.fourcc() as u32,
+            fourcc: p.fourcc(),
             memory_mask: mask,
             modifier: MOD_LINEAR,
         })

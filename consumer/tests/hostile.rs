@@ -19,7 +19,7 @@ const T: Duration = Duration::from_secs(5);
 
 fn nv12_caps() -> Vec<Cap> {
     vec![Cap {
-        fourcc: PixelFormat::Nv12.fourcc() as u32,
+        fourcc: PixelFormat::Nv12.fourcc(),
         memory_mask: MemoryKind::Memfd.bit() | MemoryKind::DmaBuf.bit(),
         modifier: MOD_LINEAR,
     }]
@@ -150,7 +150,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
                 c.send(&Message::Hello(Hello {
                     version: VERSION,
                     caps: vec![Cap {
-                        fourcc: PixelFormat::Yuyv.fourcc() as u32,
+                        fourcc: PixelFormat::Yuyv.fourcc(),
                         memory_mask: MemoryKind::Memfd.bit(),
                         modifier: MOD_LINEAR,
                     }],

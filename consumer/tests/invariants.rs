@@ -430,7 +430,7 @@ fn peer_text_is_escaped() {
         chan.send(&Message::Hello(Hello {
             version: VERSION,
             caps: vec![Cap {
-                fourcc: PixelFormat::Nv12.fourcc() as u32,
+                fourcc: PixelFormat::Nv12.fourcc(),
                 memory_mask: MemoryKind::Memfd.bit(),
                 modifier: MOD_LINEAR,
             }],

@@ -5,6 +5,7 @@
 
 mod common;
 use common::*;
+use dmabuf_core::format::{ColorModel, FrameFormat, FrameLayout, PixelFormat};
 use std::path::Path;
 use std::time::Duration;
 
@@ -69,15 +70,24 @@ fn gpu_verify(import: &str, format: &str, size: &str) {
     );
 }
 
+/// Every carried format at an odd size (chroma rounding, odd 4:2:2 macropixels, 24-bit rows
+/// that are not a multiple of 4 bytes), and the common ones at 1080p.
+fn sizes_and_formats() -> Vec<(&'static str, &'static str)> {
+    let mut v: Vec<_> = PixelFormat::ALL
+        .iter()
+        .map(|f| (f.name(), "1279x719"))
+        .collect();
+    v.extend(["NV12", "I420", "XRGB8888", "P010"].map(|f| (f, "1920x1080")));
+    v
+}
+
 #[test]
 fn host_pointer_frames_are_verified_by_the_gpu() {
     if !vulkan_or_skip("host_pointer_frames_are_verified_by_the_gpu") {
         return;
     }
-    for f in ["NV12", "I420", "XRGB8888"] {
-        for size in ["1920x1080", "1279x719"] {
-            gpu_verify("host-pointer", f, size);
-        }
+    for (f, size) in sizes_and_formats() {
+        gpu_verify("host-pointer", f, size);
     }
 }
 
@@ -86,18 +96,16 @@ fn copied_frames_are_verified_by_the_gpu() {
     if !vulkan_or_skip("copied_frames_are_verified_by_the_gpu") {
         return;
     }
-    for f in ["NV12", "I420", "XRGB8888"] {
-        for size in ["1920x1080", "1279x719"] {
-            gpu_verify("copy", f, size);
-        }
+    for (f, size) in sizes_and_formats() {
+        gpu_verify("copy", f, size);
     }
 }
 
-/// BT.709 limited range to RGB, the CPU reference for the GPU conversion.
-fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
-    let y = (f32::from(y) - 16.0) / 219.0;
-    let cb = (f32::from(u) - 128.0) / 224.0;
-    let cr = (f32::from(v) - 128.0) / 224.0;
+/// BT.709 limited range to RGB, the CPU reference for the GPU conversion (8-bit scale).
+fn yuv_to_rgb(y: f32, u: f32, v: f32) -> [u8; 3] {
+    let y = (y - 16.0) / 219.0;
+    let cb = (u - 128.0) / 224.0;
+    let cr = (v - 128.0) / 224.0;
     let (kr, kb) = (0.2126, 0.0722);
     let r = y + 2.0 * (1.0 - kr) * cr;
     let b = y + 2.0 * (1.0 - kb) * cb;
@@ -105,29 +113,39 @@ fn yuv_to_rgb(y: u8, u: u8, v: u8) -> [u8; 3] {
     [r, g, b].map(|c| (c.clamp(0.0, 1.0) * 255.0).round() as u8)
 }
 
-/// RGB of every pixel of the first frame of a `--dump-raw` file (tightly packed planes).
+/// RGB of every pixel of the first frame of a `--dump-raw` file (tightly packed planes), read
+/// by the format's description (`PixelFormat::planes` and `sampling`).
 fn reference(format: &str, w: usize, h: usize, raw: &[u8]) -> Vec<[u8; 3]> {
-    let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+    let pixel: PixelFormat = format.parse().unwrap();
+    let layout = FrameLayout::packed(FrameFormat::linear(pixel, w as u32, h as u32)).unwrap();
+    let s = pixel.sampling();
+    let sample = |c: usize, x: usize, y: usize| -> f32 {
+        let comp = s.components[c];
+        let info = pixel.planes()[comp.plane as usize];
+        let pl = layout.planes[comp.plane as usize];
+        let (px, py) = (x / info.hsub as usize, y / info.vsub as usize);
+        let bw = info.block_w as usize;
+        let at = pl.offset as usize
+            + py * pl.stride as usize
+            + (px / bw) * info.block_bytes as usize
+            + comp.offset as usize
+            + (px % bw) * comp.step as usize;
+        if s.sample_bytes == 2 {
+            let word = u16::from_le_bytes([raw[at], raw[at + 1]]) >> s.shift;
+            // 10-bit limited range to the 8-bit scale.
+            f32::from(word) / 4.0
+        } else {
+            f32::from(raw[at])
+        }
+    };
     let mut out = Vec::with_capacity(w * h);
     for y in 0..h {
         for x in 0..w {
-            out.push(match format {
-                "NV12" => {
-                    let uv = w * h + (y / 2) * cw * 2 + (x / 2) * 2;
-                    yuv_to_rgb(raw[y * w + x], raw[uv], raw[uv + 1])
-                }
-                "I420" => {
-                    let c = (y / 2) * cw + x / 2;
-                    yuv_to_rgb(raw[y * w + x], raw[w * h + c], raw[w * h + cw * ch + c])
-                }
-                "YUYV" => {
-                    let a = y * cw * 4 + (x / 2) * 4;
-                    yuv_to_rgb(raw[a + (x & 1) * 2], raw[a + 1], raw[a + 3])
-                }
-                _ => {
-                    let a = (y * w + x) * 4;
-                    [raw[a + 2], raw[a + 1], raw[a]]
-                }
+            let v = [sample(0, x, y), sample(1, x, y), sample(2, x, y)];
+            out.push(match s.model {
+                ColorModel::Yuv => yuv_to_rgb(v[0], v[1], v[2]),
+                ColorModel::Grey => yuv_to_rgb(v[0], 128.0, 128.0),
+                ColorModel::Rgb => v.map(|c| c as u8),
             });
         }
     }
@@ -149,12 +167,9 @@ fn snapshots_match_a_cpu_reference_and_look_right() {
     if !vulkan_or_skip("snapshots_match_a_cpu_reference_and_look_right") {
         return;
     }
-    for (import, format, size) in [
-        ("host-pointer", "NV12", "1279x719"),
-        ("host-pointer", "I420", "640x360"),
-        ("host-pointer", "YUYV", "641x361"),
-        ("copy", "XRGB8888", "1280x720"),
-    ] {
+    let imports = ["host-pointer", "copy"];
+    for (i, format) in PixelFormat::ALL.iter().map(|f| f.name()).enumerate() {
+        let (import, size) = (imports[i % 2], ["641x361", "1280x720"][i % 2]);
         let name = format!("snap-{import}-{format}-{size}");
         let dir = std::env::temp_dir().join(format!("{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
@@ -213,8 +228,13 @@ fn snapshots_match_a_cpu_reference_and_look_right() {
             [0, 0, 191],
             [0, 0, 0],
         ];
+        let grey = format.parse::<PixelFormat>().unwrap().sampling().model == ColorModel::Grey;
         let y = h as usize / 8;
-        for (b, want) in bars.iter().enumerate() {
+        for (b, &[r, g, bl]) in bars.iter().enumerate() {
+            // Greyscale shows each bar's BT.709 luma.
+            let l = (0.2126 * f64::from(r) + 0.7152 * f64::from(g) + 0.0722 * f64::from(bl)).round()
+                as i32;
+            let want = if grey { [l, l, l] } else { [r, g, bl] };
             let x = (2 * b + 1) * w as usize / 16;
             let px = &rgba[(y * w as usize + x) * 4..][..3];
             for c in 0..3 {

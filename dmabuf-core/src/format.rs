@@ -5,7 +5,7 @@
 //! stride alignment of 1 the layout equals what `av_image_fill_linesizes` +
 //! `av_image_fill_plane_sizes` give for the same size (tested against libavutil).
 
-use drm_fourcc::{DrmFourcc, DrmModifier};
+use drm_fourcc::DrmModifier;
 use std::fmt;
 use std::str::FromStr;
 
@@ -19,7 +19,11 @@ pub const MOD_INVALID: u64 = 0x00ff_ffff_ffff_ffff;
 /// overflow and rejects absurd peer input early.
 pub const MAX_DIMENSION: u32 = 16384;
 
-/// The pixel formats the pipeline carries.
+/// The pixel formats the pipeline carries, by DRM fourcc (`drm_fourcc.h`).
+///
+/// Every plane is little-endian; 10-bit samples sit in 16-bit words, MSB-aligned for P010 (the
+/// low 6 bits zero) and LSB-aligned for S010/S210/S410 (the high 6 bits zero), as FFmpeg's
+/// `p010le` and `yuv4xxp10le` write them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PixelFormat {
     /// YUV 4:2:0, three planes Y, U, V (FFmpeg `yuv420p`, DRM `YU12`).
@@ -32,6 +36,30 @@ pub enum PixelFormat {
     Xrgb8888,
     /// 32-bit B, G, R, A bytes in memory (DRM `AR24`, FFmpeg `bgra`).
     Argb8888,
+    /// 10-bit YUV 4:2:0, Y plane + interleaved UV plane, 16-bit MSB-aligned samples (DRM
+    /// `P010`, FFmpeg `p010le`): what hardware decoders write for HDR10.
+    P010,
+    /// 10-bit YUV 4:2:0, three planes, 16-bit LSB-aligned samples (DRM `S010`, FFmpeg
+    /// `yuv420p10le`): what software decoders write for 10-bit H.264/HEVC/VP9/AV1.
+    S010,
+    /// 10-bit YUV 4:2:2, three planes, LSB-aligned (DRM `S210`, FFmpeg `yuv422p10le`).
+    S210,
+    /// 10-bit YUV 4:4:4, three planes, LSB-aligned (DRM `S410`, FFmpeg `yuv444p10le`).
+    S410,
+    /// YUV 4:2:2, three planes (DRM `YU16`, FFmpeg `yuv422p`).
+    Yuv422,
+    /// YUV 4:2:2, Y plane + interleaved UV plane (DRM `NV16`, FFmpeg `nv16`).
+    Nv16,
+    /// YUV 4:4:4, three planes (DRM `YU24`, FFmpeg `yuv444p`).
+    Yuv444,
+    /// YUV 4:4:4, Y plane + interleaved UV plane (DRM `NV24`, FFmpeg `nv24`).
+    Nv24,
+    /// One 8-bit channel: greyscale video (DRM `R8`, FFmpeg `gray`).
+    R8,
+    /// 24-bit R, G, B bytes in memory (DRM `BG24` = BGR888, FFmpeg `rgb24`).
+    Bgr888,
+    /// 24-bit B, G, R bytes in memory (DRM `RG24` = RGB888, FFmpeg `bgr24`).
+    Rgb888,
 }
 
 /// How one plane samples the image.
@@ -56,30 +84,107 @@ const fn plane(hsub: u32, vsub: u32, block_w: u32, block_bytes: u32) -> PlaneInf
     }
 }
 
+/// What the three components of a format are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ColorModel {
+    /// Y', Cb, Cr.
+    Yuv,
+    /// Y' only (Cb and Cr are neutral).
+    Grey,
+    /// R, G, B.
+    Rgb,
+}
+
+/// Where one component (Y', Cb or Cr; R, G or B) of pixel (x, y) lives. With the plane's
+/// [`PlaneInfo`] and layout, its first byte is at
+/// `plane.offset + (y / vsub) * stride + (px / block_w) * block_bytes + offset + (px % block_w) * step`
+/// where `px = x / hsub`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Component {
+    pub plane: u32,
+    /// Byte offset inside the block.
+    pub offset: u32,
+    /// Bytes between the samples of consecutive pixels inside one block (packed 4:2:2's Y).
+    pub step: u32,
+}
+
+/// How a format's samples are read: the components, and the sample word.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sampling {
+    pub model: ColorModel,
+    /// Y', Cb, Cr (or R, G, B); for [`ColorModel::Grey`] the last two repeat Y'.
+    pub components: [Component; 3],
+    /// Bytes per sample word: 1, or 2 (16-bit little-endian words).
+    pub sample_bytes: u32,
+    /// Significant bits per sample: 8 or 10.
+    pub bits: u32,
+    /// Right shift from the word to the value: 6 for MSB-aligned 10-bit (P010), else 0.
+    pub shift: u32,
+}
+
+const fn comp(plane: u32, offset: u32, step: u32) -> Component {
+    Component {
+        plane,
+        offset,
+        step,
+    }
+}
+
+/// The three planes of a planar format.
+const PLANAR: [Component; 3] = [comp(0, 0, 0), comp(1, 0, 0), comp(2, 0, 0)];
+
 impl PixelFormat {
-    pub const ALL: [PixelFormat; 5] = [
+    pub const ALL: [PixelFormat; 16] = [
         PixelFormat::I420,
         PixelFormat::Nv12,
         PixelFormat::Yuyv,
         PixelFormat::Xrgb8888,
         PixelFormat::Argb8888,
+        PixelFormat::P010,
+        PixelFormat::S010,
+        PixelFormat::S210,
+        PixelFormat::S410,
+        PixelFormat::Yuv422,
+        PixelFormat::Nv16,
+        PixelFormat::Yuv444,
+        PixelFormat::Nv24,
+        PixelFormat::R8,
+        PixelFormat::Bgr888,
+        PixelFormat::Rgb888,
     ];
 
-    pub fn fourcc(self) -> DrmFourcc {
+    /// The DRM fourcc: four ASCII characters, the first in the lowest byte.
+    pub fn fourcc(self) -> u32 {
+        u32::from_le_bytes(*self.fourcc_chars())
+    }
+
+    /// The fourcc's four characters, as `drm_fourcc.h` writes them.
+    pub fn fourcc_chars(self) -> &'static [u8; 4] {
         match self {
-            PixelFormat::I420 => DrmFourcc::Yuv420,
-            PixelFormat::Nv12 => DrmFourcc::Nv12,
-            PixelFormat::Yuyv => DrmFourcc::Yuyv,
-            PixelFormat::Xrgb8888 => DrmFourcc::Xrgb8888,
-            PixelFormat::Argb8888 => DrmFourcc::Argb8888,
+            PixelFormat::I420 => b"YU12",
+            PixelFormat::Nv12 => b"NV12",
+            PixelFormat::Yuyv => b"YUYV",
+            PixelFormat::Xrgb8888 => b"XR24",
+            PixelFormat::Argb8888 => b"AR24",
+            PixelFormat::P010 => b"P010",
+            PixelFormat::S010 => b"S010",
+            PixelFormat::S210 => b"S210",
+            PixelFormat::S410 => b"S410",
+            PixelFormat::Yuv422 => b"YU16",
+            PixelFormat::Nv16 => b"NV16",
+            PixelFormat::Yuv444 => b"YU24",
+            PixelFormat::Nv24 => b"NV24",
+            PixelFormat::R8 => b"R8  ",
+            PixelFormat::Bgr888 => b"BG24",
+            PixelFormat::Rgb888 => b"RG24",
         }
     }
 
     pub fn from_fourcc(code: u32) -> Option<Self> {
-        Self::ALL.into_iter().find(|f| f.fourcc() as u32 == code)
+        Self::ALL.into_iter().find(|f| f.fourcc() == code)
     }
 
-    /// The name used on command lines and in statistics.
+    /// The name used on command lines and in statistics (DRM's `DRM_FORMAT_` suffix).
     pub fn name(self) -> &'static str {
         match self {
             PixelFormat::I420 => "I420",
@@ -87,6 +192,17 @@ impl PixelFormat {
             PixelFormat::Yuyv => "YUYV",
             PixelFormat::Xrgb8888 => "XRGB8888",
             PixelFormat::Argb8888 => "ARGB8888",
+            PixelFormat::P010 => "P010",
+            PixelFormat::S010 => "S010",
+            PixelFormat::S210 => "S210",
+            PixelFormat::S410 => "S410",
+            PixelFormat::Yuv422 => "YUV422",
+            PixelFormat::Nv16 => "NV16",
+            PixelFormat::Yuv444 => "YUV444",
+            PixelFormat::Nv24 => "NV24",
+            PixelFormat::R8 => "R8",
+            PixelFormat::Bgr888 => "BGR888",
+            PixelFormat::Rgb888 => "RGB888",
         }
     }
 
@@ -98,6 +214,17 @@ impl PixelFormat {
             PixelFormat::Yuyv => "yuyv422",
             PixelFormat::Xrgb8888 => "bgr0",
             PixelFormat::Argb8888 => "bgra",
+            PixelFormat::P010 => "p010le",
+            PixelFormat::S010 => "yuv420p10le",
+            PixelFormat::S210 => "yuv422p10le",
+            PixelFormat::S410 => "yuv444p10le",
+            PixelFormat::Yuv422 => "yuv422p",
+            PixelFormat::Nv16 => "nv16",
+            PixelFormat::Yuv444 => "yuv444p",
+            PixelFormat::Nv24 => "nv24",
+            PixelFormat::R8 => "gray",
+            PixelFormat::Bgr888 => "rgb24",
+            PixelFormat::Rgb888 => "bgr24",
         }
     }
 
@@ -106,19 +233,91 @@ impl PixelFormat {
         const NV12: [PlaneInfo; 2] = [plane(1, 1, 1, 1), plane(2, 2, 1, 2)];
         const YUYV: [PlaneInfo; 1] = [plane(1, 1, 2, 4)];
         const RGB32: [PlaneInfo; 1] = [plane(1, 1, 1, 4)];
+        const P010: [PlaneInfo; 2] = [plane(1, 1, 1, 2), plane(2, 2, 1, 4)];
+        const S010: [PlaneInfo; 3] = [plane(1, 1, 1, 2), plane(2, 2, 1, 2), plane(2, 2, 1, 2)];
+        const S210: [PlaneInfo; 3] = [plane(1, 1, 1, 2), plane(2, 1, 1, 2), plane(2, 1, 1, 2)];
+        const S410: [PlaneInfo; 3] = [plane(1, 1, 1, 2), plane(1, 1, 1, 2), plane(1, 1, 1, 2)];
+        const YUV422: [PlaneInfo; 3] = [plane(1, 1, 1, 1), plane(2, 1, 1, 1), plane(2, 1, 1, 1)];
+        const NV16: [PlaneInfo; 2] = [plane(1, 1, 1, 1), plane(2, 1, 1, 2)];
+        const YUV444: [PlaneInfo; 3] = [plane(1, 1, 1, 1), plane(1, 1, 1, 1), plane(1, 1, 1, 1)];
+        const NV24: [PlaneInfo; 2] = [plane(1, 1, 1, 1), plane(1, 1, 1, 2)];
+        const R8: [PlaneInfo; 1] = [plane(1, 1, 1, 1)];
+        const RGB24: [PlaneInfo; 1] = [plane(1, 1, 1, 3)];
         match self {
             PixelFormat::I420 => &I420,
             PixelFormat::Nv12 => &NV12,
             PixelFormat::Yuyv => &YUYV,
             PixelFormat::Xrgb8888 | PixelFormat::Argb8888 => &RGB32,
+            PixelFormat::P010 => &P010,
+            PixelFormat::S010 => &S010,
+            PixelFormat::S210 => &S210,
+            PixelFormat::S410 => &S410,
+            PixelFormat::Yuv422 => &YUV422,
+            PixelFormat::Nv16 => &NV16,
+            PixelFormat::Yuv444 => &YUV444,
+            PixelFormat::Nv24 => &NV24,
+            PixelFormat::R8 => &R8,
+            PixelFormat::Bgr888 | PixelFormat::Rgb888 => &RGB24,
         }
     }
 
+    /// Where each component of a pixel lives and how its samples are stored.
+    pub fn sampling(self) -> Sampling {
+        let s = |model, components, sample_bytes, bits, shift| Sampling {
+            model,
+            components,
+            sample_bytes,
+            bits,
+            shift,
+        };
+        // Y plane + interleaved Cb, Cr plane.
+        let semi = [comp(0, 0, 0), comp(1, 0, 0), comp(1, 1, 0)];
+        match self {
+            PixelFormat::I420 | PixelFormat::Yuv422 | PixelFormat::Yuv444 => {
+                s(ColorModel::Yuv, PLANAR, 1, 8, 0)
+            }
+            PixelFormat::Nv12 | PixelFormat::Nv16 | PixelFormat::Nv24 => {
+                s(ColorModel::Yuv, semi, 1, 8, 0)
+            }
+            PixelFormat::Yuyv => s(
+                ColorModel::Yuv,
+                [comp(0, 0, 2), comp(0, 1, 0), comp(0, 3, 0)],
+                1,
+                8,
+                0,
+            ),
+            PixelFormat::P010 => s(
+                ColorModel::Yuv,
+                [comp(0, 0, 0), comp(1, 0, 0), comp(1, 2, 0)],
+                2,
+                10,
+                6,
+            ),
+            PixelFormat::S010 | PixelFormat::S210 | PixelFormat::S410 => {
+                s(ColorModel::Yuv, PLANAR, 2, 10, 0)
+            }
+            PixelFormat::R8 => s(ColorModel::Grey, [comp(0, 0, 0); 3], 1, 8, 0),
+            // Memory order B, G, R(, X/A): R at byte 2.
+            PixelFormat::Xrgb8888 | PixelFormat::Argb8888 | PixelFormat::Rgb888 => s(
+                ColorModel::Rgb,
+                [comp(0, 2, 0), comp(0, 1, 0), comp(0, 0, 0)],
+                1,
+                8,
+                0,
+            ),
+            PixelFormat::Bgr888 => s(
+                ColorModel::Rgb,
+                [comp(0, 0, 0), comp(0, 1, 0), comp(0, 2, 0)],
+                1,
+                8,
+                0,
+            ),
+        }
+    }
+
+    /// Y'CbCr (or greyscale, Y' alone): the stream's matrix and range apply.
     pub fn is_yuv(self) -> bool {
-        matches!(
-            self,
-            PixelFormat::I420 | PixelFormat::Nv12 | PixelFormat::Yuyv
-        )
+        self.sampling().model != ColorModel::Rgb
     }
 }
 
@@ -130,21 +329,34 @@ impl fmt::Display for PixelFormat {
 
 /// Error for an unknown pixel format name.
 #[derive(Debug, thiserror::Error)]
-#[error("unknown pixel format {0:?}: expected one of I420 (YU12, yuv420p), NV12, YUYV (yuyv422), XRGB8888 (XR24), ARGB8888 (AR24)")]
+#[error(
+    "unknown pixel format {0:?}: expected a DRM name, fourcc or FFmpeg name: I420 (YU12, \
+     yuv420p), NV12, YUYV (yuyv422), XRGB8888 (XR24, bgr0), ARGB8888 (AR24, bgra), P010 \
+     (p010le), S010 (yuv420p10le), S210 (yuv422p10le), S410 (yuv444p10le), YUV422 (YU16, \
+     yuv422p), NV16, YUV444 (YU24, yuv444p), NV24, R8 (gray), BGR888 (BG24, rgb24), RGB888 \
+     (RG24, bgr24)"
+)]
 pub struct UnknownFormat(pub String);
 
 impl FromStr for PixelFormat {
     type Err = UnknownFormat;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let up = s.to_ascii_uppercase();
-        Ok(match up.as_str() {
-            "I420" | "YU12" | "YUV420" | "YUV420P" => PixelFormat::I420,
-            "NV12" => PixelFormat::Nv12,
-            "YUYV" | "YUY2" | "YUYV422" => PixelFormat::Yuyv,
-            "XRGB8888" | "XR24" | "BGR0" => PixelFormat::Xrgb8888,
-            "ARGB8888" | "AR24" | "BGRA" => PixelFormat::Argb8888,
-            _ => return Err(UnknownFormat(s.to_string())),
-        })
+        let t = s.trim();
+        PixelFormat::ALL
+            .into_iter()
+            .find(|f| {
+                f.name().eq_ignore_ascii_case(t)
+                    || f.ffmpeg_name().eq_ignore_ascii_case(t)
+                    || std::str::from_utf8(f.fourcc_chars())
+                        .is_ok_and(|c| c.trim_end().eq_ignore_ascii_case(t))
+            })
+            .or(match t.to_ascii_uppercase().as_str() {
+                "YUV420" | "YUV420P" => Some(PixelFormat::I420),
+                "YUY2" => Some(PixelFormat::Yuyv),
+                "GREY" | "GRAY8" | "Y8" => Some(PixelFormat::R8),
+                _ => None,
+            })
+            .ok_or_else(|| UnknownFormat(s.to_string()))
     }
 }
 
@@ -432,7 +644,8 @@ mod tests {
     fn names_round_trip() {
         for f in PixelFormat::ALL {
             assert_eq!(f.name().parse::<PixelFormat>().unwrap(), f);
-            assert_eq!(PixelFormat::from_fourcc(f.fourcc() as u32), Some(f));
+            assert_eq!(PixelFormat::from_fourcc(f.fourcc()), Some(f));
+            assert_eq!(f.ffmpeg_name().parse::<PixelFormat>().unwrap(), f);
         }
         assert!("RGB565".parse::<PixelFormat>().is_err());
         assert_eq!(PixelFormat::from_fourcc(0x1234_5678), None);

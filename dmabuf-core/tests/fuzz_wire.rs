@@ -54,7 +54,7 @@ fn samples() -> Vec<Vec<u8>> {
             version: VERSION,
             caps: (0..5)
                 .map(|i| Cap {
-                    fourcc: PixelFormat::ALL[i].fourcc() as u32,
+                    fourcc: PixelFormat::ALL[i].fourcc(),
                     memory_mask: MemoryKind::Memfd.bit() | MemoryKind::DmaBuf.bit(),
                     modifier: 0,
                 })

@@ -49,7 +49,7 @@ fn welcome(memory: MemoryKind) -> Welcome {
 
 fn caps() -> Vec<Cap> {
     vec![Cap {
-        fourcc: PixelFormat::Nv12.fourcc() as u32,
+        fourcc: PixelFormat::Nv12.fourcc(),
         memory_mask: MemoryKind::Memfd.bit() | MemoryKind::DmaBuf.bit(),
         modifier: MOD_LINEAR,
     }]

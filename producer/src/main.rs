@@ -49,8 +49,10 @@ struct Args {
     /// discontinuity played at the nominal rate); damaged packets are skipped and counted, as
     /// the ffmpeg CLI does; its colorimetry (matrix, range, primaries, transfer, chroma
     /// location), sample aspect ratio and rotation go to consumers; a mid-stream size change
-    /// renegotiates; e.g. file:samples/clip-1080p60.mp4. Carried as decoded: 8-bit 4:2:0
-    /// (I420), NV12, YUYV, BGR0/BGRA; other pixel formats are refused.
+    /// renegotiates; e.g. file:samples/clip-1080p60.mp4. Pictures are carried in the format
+    /// they decode to when a DRM fourcc describes it (see --format), decoded in place; other
+    /// formats (12-bit, RGB48, 4:1:1, palette …) get one counted swscale conversion each to the
+    /// nearest carried format.
     /// `v4l2:/dev/videoN`: capture from a V4L2 webcam (NV12, YUYV or I420; --size, --format
     /// and --fps choose the capture format, otherwise the device's current one), paced by the
     /// device; see --v4l2-io and --list-devices.
@@ -102,10 +104,14 @@ struct Args {
     #[arg(long, value_parser = parse_size)]
     size: Option<(u32, u32)>,
 
-    /// Pattern pixel format: I420, NV12, YUYV, XRGB8888 or ARGB8888 (DRM fourcc names such as
-    /// YU12, XR24 also work) [default: NV12]. V4L2 capture: NV12, YUYV or I420 [default: the
-    /// first of these the device offers]. V4L2 capture also takes MJPEG (MJPG): the device's
-    /// JPEGs decoded by FFmpeg into NV12 pool buffers.
+    /// Pixel format, by DRM name, fourcc or FFmpeg name: I420 (YU12), NV12, YUYV, XRGB8888
+    /// (XR24), ARGB8888 (AR24), P010, S010 (yuv420p10le), S210, S410, YUV422 (YU16), NV16,
+    /// YUV444 (YU24), NV24, R8 (gray), BGR888 (BG24, FFmpeg rgb24), RGB888 (RG24, bgr24).
+    /// Pattern: the format drawn [default: NV12]. File: convert every picture to it (one
+    /// counted swscale conversion per frame unless it decodes so) [default: as decoded].
+    /// V4L2 capture: the capture format [default: the first carried one the device offers];
+    /// V4L2 also takes MJPEG (MJPG): the device's JPEGs decoded by FFmpeg into NV12 pool
+    /// buffers.
     #[arg(long, value_parser = parse_format)]
     format: Option<FormatArg>,
 
@@ -300,8 +306,8 @@ fn source(args: &Args) -> Result<Source> {
         });
     }
     if let Some(path) = args.source.strip_prefix("file:") {
-        if args.size.is_some() || args.format.is_some() || args.fps.is_some() {
-            bail!("--size, --format and --fps apply to the pattern; a file plays at its own size, format and rate");
+        if args.size.is_some() || args.fps.is_some() {
+            bail!("--size and --fps apply to the pattern or a camera; a file plays at its own size and rate");
         }
         let threads = args
             .decode_threads
@@ -309,7 +315,7 @@ fn source(args: &Args) -> Result<Source> {
         if threads == 0 || threads > 64 {
             bail!("--decode-threads must be 1..=64");
         }
-        let mut dec = Decoder::open(std::path::Path::new(path), threads)?;
+        let mut dec = Decoder::open(std::path::Path::new(path), threads, pixel_arg(args)?)?;
         // The comparison transports decode into private memory and copy or send from there.
         if args.decode_path == DecodePath::Copy || args.transport != TransportKind::ZeroCopy {
             dec.force_copy();

@@ -130,13 +130,13 @@ impl Transport {
         let mut copied = self.kind == TransportKind::Memcpy;
         let sum = match self.kind {
             TransportKind::ZeroCopy => lease
-                .with_bytes_mut(|data| {
-                    copied = source.write(seq, data, layout);
-                    checksum
+                .with_bytes_mut(|data| -> Result<Option<u32>> {
+                    copied = source.write(seq, data, layout)?;
+                    Ok(checksum
                         .then(|| frame_checksum(data, &layout.planes))
-                        .flatten()
+                        .flatten())
                 })
-                .context("writing the frame")?,
+                .context("writing the frame")??,
             TransportKind::Memcpy | TransportKind::SocketCopy => {
                 // socket-copy sends the whole buffer (its fd's size, as the consumer's staging
                 // buffer has); memcpy copies the frame's layout.
@@ -151,7 +151,7 @@ impl Transport {
                     _ => layout.size,
                 };
                 self.private.resize(len as usize, 0);
-                source.write(seq, &mut self.private, layout);
+                source.write(seq, &mut self.private, layout)?;
                 checksum
                     .then(|| frame_checksum(&self.private, &layout.planes))
                     .flatten()

@@ -30,7 +30,11 @@ fn bad_arguments_are_named() {
     for (args, code, want) in [
         (vec!["--size", "0x5"], 2, "each side must be 1..=16384"),
         (vec!["--size", "1920"], 2, "is not WIDTHxHEIGHT"),
-        (vec!["--format", "RGB565"], 2, "expected one of I420"),
+        (
+            vec!["--format", "RGB565"],
+            2,
+            "expected a DRM name, fourcc or FFmpeg name: I420",
+        ),
         (vec!["--fps", "0"], 2, "frame rate"),
         (vec!["--alloc", "vram"], 2, "expected auto, memfd, dma-heap"),
         (vec!["--buffers", "1"], 2, "--buffers"),

@@ -21,7 +21,7 @@
 use anyhow::{anyhow, bail, Context as _, Result};
 use ash::vk;
 use dmabuf_core::buffer::MemoryKind;
-use dmabuf_core::format::{plane_geometry, PixelFormat, MOD_LINEAR};
+use dmabuf_core::format::{plane_geometry, ColorModel, PixelFormat, MOD_LINEAR};
 use dmabuf_core::mapping::CpuMapping;
 use dmabuf_core::proto::wire::{Cap, ColorInfo, Geometry};
 use dmabuf_core::FrameBuffer;
@@ -76,43 +76,66 @@ struct PlaneImage {
     width: u32,
     height: u32,
     bytes_per_texel: u32,
-    bgra: bool,
+    /// Bytes per channel: 1 (UNORM8) or 2 (UNORM16).
+    sample_bytes: u32,
 }
 
+/// Each plane as an image of whole texels: the plane's memory block when it is 1, 2 or 4
+/// samples (R8, R8G8, R8G8B8A8; R16, R16G16), else one sample per texel (packed 24-bit RGB as
+/// R8, three texels a pixel). Shaders read channels by byte address, so the channel order of
+/// the format does not matter.
 fn plane_images(pixel: PixelFormat, width: u32, height: u32) -> Vec<PlaneImage> {
-    let fmt = |i: usize, format, bpt, bgra| {
-        let (row_bytes, rows) = plane_geometry(pixel, i, width, height);
-        PlaneImage {
-            format,
-            width: row_bytes / bpt,
-            height: rows,
-            bytes_per_texel: bpt,
-            bgra,
-        }
-    };
-    match pixel {
-        PixelFormat::I420 => (0..3)
-            .map(|i| fmt(i, vk::Format::R8_UNORM, 1, false))
-            .collect(),
-        PixelFormat::Nv12 => vec![
-            fmt(0, vk::Format::R8_UNORM, 1, false),
-            fmt(1, vk::Format::R8G8_UNORM, 2, false),
-        ],
-        PixelFormat::Yuyv => vec![fmt(0, vk::Format::R8G8B8A8_UNORM, 4, false)],
-        PixelFormat::Xrgb8888 | PixelFormat::Argb8888 => {
-            vec![fmt(0, vk::Format::B8G8R8A8_UNORM, 4, true)]
-        }
-    }
+    let sb = pixel.sampling().sample_bytes;
+    pixel
+        .planes()
+        .iter()
+        .enumerate()
+        .map(|(i, info)| {
+            let (row_bytes, rows) = plane_geometry(pixel, i, width, height);
+            let (format, bpt) = match (sb, info.block_bytes) {
+                (1, 2) => (vk::Format::R8G8_UNORM, 2),
+                (1, 4) => (vk::Format::R8G8B8A8_UNORM, 4),
+                (1, _) => (vk::Format::R8_UNORM, 1),
+                (_, 4) => (vk::Format::R16G16_UNORM, 4),
+                _ => (vk::Format::R16_UNORM, 2),
+            };
+            PlaneImage {
+                format,
+                width: row_bytes / bpt,
+                height: rows,
+                bytes_per_texel: bpt,
+                sample_bytes: sb,
+            }
+        })
+        .collect()
 }
 
-fn format_code(p: PixelFormat) -> u32 {
-    match p {
-        PixelFormat::I420 => 1,
-        PixelFormat::Nv12 => 2,
-        PixelFormat::Yuyv => 3,
-        PixelFormat::Xrgb8888 => 4,
-        PixelFormat::Argb8888 => 5,
-    }
+/// The shaders' description of a format (yuv.wgsl): `flags` and the three packed component
+/// descriptors.
+fn format_words(pixel: PixelFormat, full_range: bool, swap_rb: bool) -> [u32; 4] {
+    let s = pixel.sampling();
+    let model = match s.model {
+        ColorModel::Yuv => 0,
+        ColorModel::Grey => 1,
+        ColorModel::Rgb => 2,
+    };
+    let flags = model
+        | u32::from(full_range) << 2
+        | s.sample_bytes << 3
+        | s.shift << 5
+        | s.bits << 9
+        | u32::from(swap_rb) << 13;
+    let d = s.components.map(|c| {
+        let info = pixel.planes()[c.plane as usize];
+        c.plane
+            | (info.hsub / 2) << 2
+            | (info.vsub / 2) << 3
+            | info.block_w << 4
+            | info.block_bytes << 6
+            | c.offset << 10
+            | c.step << 14
+    });
+    [flags, d[0], d[1], d[2]]
 }
 
 fn push_bytes(words: &[u32]) -> Vec<u8> {
@@ -137,6 +160,16 @@ struct Pipeline {
     module: vk::ShaderModule,
 }
 
+/// Copy path: one fd's staging buffer, its mapping and size, the CPU mapping of the fd, and
+/// the device buffer the staging buffer is uploaded to.
+struct Staging {
+    buffer: vk::Buffer,
+    ptr: *mut u8,
+    size: u64,
+    map: CpuMapping,
+    dest: vk::Buffer,
+}
+
 /// One imported buffer and everything made for it.
 struct Imported {
     path: ImportPath,
@@ -144,15 +177,16 @@ struct Imported {
     memories: Vec<vk::DeviceMemory>,
     images: Vec<vk::Image>,
     views: Vec<vk::ImageView>,
-    /// What the checksum dispatches read: one set (buffer) or one per plane (images).
+    /// What the checksum dispatches read: one set per plane.
     checksum_sets: Vec<vk::DescriptorSet>,
     convert_set: vk::DescriptorSet,
-    /// The buffer the shaders read (buffer paths).
-    read_buffer: vk::Buffer,
-    /// Copy path: staging buffer, its mapping, size, and the CPU mapping of the frame.
-    staging: Option<(vk::Buffer, *mut u8, u64, CpuMapping)>,
-    /// Host-pointer path: the mapping Vulkan reads (must outlive the import).
-    _host_map: Option<CpuMapping>,
+    /// The buffers the shaders read (buffer paths): one per fd of the frame.
+    read_buffers: Vec<vk::Buffer>,
+    /// Copy path, per fd: staging buffer, its mapping, size, the CPU mapping of the fd, and
+    /// the device buffer it is uploaded to.
+    staging: Vec<Staging>,
+    /// Host-pointer path: the mappings Vulkan reads (must outlive the import).
+    _host_maps: Vec<CpuMapping>,
     /// Images are still in their initial layout.
     fresh: bool,
 }
@@ -360,14 +394,15 @@ impl Vulkan {
         let img = vk::DescriptorType::SAMPLED_IMAGE;
         let checksum_buffer = make_pipeline(&device, shaders::CHECKSUM_BUFFER, &[buf, buf])?;
         let checksum_image = make_pipeline(&device, shaders::CHECKSUM_IMAGE, &[img, buf])?;
-        let convert_buffer = make_pipeline(&device, shaders::CONVERT_BUFFER, &[buf, buf])?;
+        let convert_buffer =
+            make_pipeline(&device, shaders::CONVERT_BUFFER, &[buf, buf, buf, buf])?;
         let convert_image = make_pipeline(&device, shaders::CONVERT_IMAGE, &[img, img, img, buf])?;
 
         let sets = max_buffers * 4 + 4;
         let sizes = [
             vk::DescriptorPoolSize::default()
                 .ty(buf)
-                .descriptor_count(sets * 2),
+                .descriptor_count(sets * 4),
             vk::DescriptorPoolSize::default()
                 .ty(img)
                 .descriptor_count(sets * 3),
@@ -539,7 +574,7 @@ impl Vulkan {
                 continue;
             }
             for pixel in PixelFormat::ALL {
-                let fourcc = pixel.fourcc() as u32;
+                let fourcc = pixel.fourcc();
                 let mods = if path == ImportPath::DmabufImage {
                     self.image_modifiers(pixel)
                 } else {
@@ -619,17 +654,9 @@ impl Vulkan {
         if !path.memory().contains(&buf.memory) {
             bail!("--import {path} cannot take {} buffers", buf.memory);
         }
-        if path != ImportPath::DmabufImage && buf.fds.len() != 1 {
-            bail!(
-                "--import {path} needs every plane in one fd ({} fds here)",
-                buf.fds.len()
-            );
-        }
         let imp = match path {
-            ImportPath::DmabufBuffer => self.import_dmabuf_buffer(buf)?,
-            ImportPath::HostPointer => self.import_host_pointer(buf)?,
-            ImportPath::Copy => self.import_copy(buf)?,
             ImportPath::DmabufImage => self.import_dmabuf_image(buf)?,
+            _ => self.import_buffers(buf, path)?,
         };
         let slot = self
             .imported
@@ -699,44 +726,118 @@ impl Vulkan {
         }
     }
 
-    fn import_dmabuf_buffer(&mut self, buf: &FrameBuffer) -> Result<Imported> {
-        let size = buf.fd_sizes[0];
-        let vkbuf = self.buffer_for(size, Some(vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT))?;
-        // SAFETY: `vkbuf` is live.
-        let req = unsafe { self.device.get_buffer_memory_requirements(vkbuf) };
-        let mem = match self.import_fd(
-            buf.fds[0].as_fd(),
-            req,
-            vk::MemoryDedicatedAllocateInfo::default().buffer(vkbuf),
-        ) {
-            Ok(m) => m,
-            Err(e) => {
-                // SAFETY: unused buffer.
-                unsafe { self.device.destroy_buffer(vkbuf, None) };
-                return Err(e);
-            }
+    /// Import a frame for a buffer path: each of its fds becomes one storage buffer (a frame
+    /// may carry one fd per plane), and each plane's shaders read the buffer of its fd.
+    fn import_buffers(&mut self, buf: &FrameBuffer, path: ImportPath) -> Result<Imported> {
+        let mut imp = Imported {
+            path,
+            buffers: vec![],
+            memories: vec![],
+            images: vec![],
+            views: vec![],
+            checksum_sets: vec![],
+            convert_set: vk::DescriptorSet::null(),
+            read_buffers: vec![],
+            staging: vec![],
+            _host_maps: vec![],
+            fresh: false,
         };
-        // SAFETY: dedicated memory for this buffer.
-        unsafe { self.device.bind_buffer_memory(vkbuf, mem, 0) }?;
-        self.finish_buffer_import(
-            ImportPath::DmabufBuffer,
-            vkbuf,
-            vec![vkbuf],
-            vec![mem],
-            None,
-            None,
-        )
+        let result = (|| -> Result<()> {
+            for k in 0..buf.fds.len() {
+                match path {
+                    ImportPath::DmabufBuffer => self.import_dmabuf_buffer(buf, k, &mut imp),
+                    ImportPath::HostPointer => self.import_host_pointer(buf, k, &mut imp),
+                    _ => self.import_copy(buf, k, &mut imp),
+                }
+                .with_context(|| format!("fd {k} of {}", buf.fds.len()))?;
+            }
+            let out = [vk::DescriptorBufferInfo::default()
+                .buffer(self.out.0)
+                .range(vk::WHOLE_SIZE)];
+            let convert = self.alloc_set(self.convert_buffer.set_layout)?;
+            imp.convert_set = convert;
+            let fd_of: Vec<usize> = buf.planes().map(|(k, _)| k).collect();
+            for &k in &fd_of {
+                let set = self.alloc_set(self.checksum_buffer.set_layout)?;
+                imp.checksum_sets.push(set);
+                let src = [vk::DescriptorBufferInfo::default()
+                    .buffer(imp.read_buffers[k])
+                    .range(vk::WHOLE_SIZE)];
+                let writes = [
+                    vk::WriteDescriptorSet::default()
+                        .dst_set(set)
+                        .dst_binding(0)
+                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                        .buffer_info(&src),
+                    vk::WriteDescriptorSet::default()
+                        .dst_set(set)
+                        .dst_binding(1)
+                        .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                        .buffer_info(&out),
+                ];
+                // SAFETY: sets and buffers are live.
+                unsafe { self.device.update_descriptor_sets(&writes, &[]) };
+            }
+            // Bindings 0-2 of the conversion: each plane's buffer (plane 0's for unused ones).
+            for b in 0..3u32 {
+                let k = fd_of.get(b as usize).copied().unwrap_or(fd_of[0]);
+                let src = [vk::DescriptorBufferInfo::default()
+                    .buffer(imp.read_buffers[k])
+                    .range(vk::WHOLE_SIZE)];
+                let w = [vk::WriteDescriptorSet::default()
+                    .dst_set(convert)
+                    .dst_binding(b)
+                    .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
+                    .buffer_info(&src)];
+                // SAFETY: live set and buffer.
+                unsafe { self.device.update_descriptor_sets(&w, &[]) };
+            }
+            Ok(())
+        })();
+        if let Err(e) = result {
+            self.destroy(imp);
+            return Err(e);
+        }
+        Ok(imp)
     }
 
-    fn import_host_pointer(&mut self, buf: &FrameBuffer) -> Result<Imported> {
-        let size = buf.fd_sizes[0];
+    fn import_dmabuf_buffer(
+        &mut self,
+        buf: &FrameBuffer,
+        k: usize,
+        imp: &mut Imported,
+    ) -> Result<()> {
+        let size = buf.fd_sizes[k];
+        let vkbuf = self.buffer_for(size, Some(vk::ExternalMemoryHandleTypeFlags::DMA_BUF_EXT))?;
+        imp.buffers.push(vkbuf);
+        // SAFETY: `vkbuf` is live.
+        let req = unsafe { self.device.get_buffer_memory_requirements(vkbuf) };
+        let mem = self.import_fd(
+            buf.fds[k].as_fd(),
+            req,
+            vk::MemoryDedicatedAllocateInfo::default().buffer(vkbuf),
+        )?;
+        imp.memories.push(mem);
+        // SAFETY: dedicated memory for this buffer.
+        unsafe { self.device.bind_buffer_memory(vkbuf, mem, 0) }?;
+        imp.read_buffers.push(vkbuf);
+        Ok(())
+    }
+
+    fn import_host_pointer(
+        &mut self,
+        buf: &FrameBuffer,
+        k: usize,
+        imp: &mut Imported,
+    ) -> Result<()> {
+        let size = buf.fd_sizes[k];
         if size % self.host_align != 0 {
             bail!(
                 "host-pointer import needs a size that is a multiple of {} bytes; the buffer has {size}",
                 self.host_align
             );
         }
-        let map = CpuMapping::new(buf.fds[0].clone(), size, false, buf.memory)?;
+        let map = CpuMapping::new(buf.fds[k].clone(), size, false, buf.memory)?;
         let host_ext = self.host_ext.as_ref().expect("checked by lacks()");
         let ht = vk::ExternalMemoryHandleTypeFlags::HOST_ALLOCATION_EXT;
         let mut hp = vk::MemoryHostPointerPropertiesEXT::default();
@@ -753,6 +854,7 @@ impl Vulkan {
         .result()
         .context("vkGetMemoryHostPointerPropertiesEXT")?;
         let vkbuf = self.buffer_for(size, Some(ht))?;
+        imp.buffers.push(vkbuf);
         // SAFETY: `vkbuf` is live.
         let req = unsafe { self.device.get_buffer_memory_requirements(vkbuf) };
         let mt = self.memory_type(
@@ -766,32 +868,26 @@ impl Vulkan {
             .allocation_size(size)
             .memory_type_index(mt)
             .push_next(&mut import);
-        let mem = match self.allocate(&info) {
-            Ok(m) => m,
-            Err(e) => {
-                // SAFETY: unused buffer.
-                unsafe { self.device.destroy_buffer(vkbuf, None) };
-                bail!("host-pointer import (vkAllocateMemory): {e}");
-            }
-        };
+        let mem = self
+            .allocate(&info)
+            .map_err(|e| anyhow!("host-pointer import (vkAllocateMemory): {e}"))?;
+        imp.memories.push(mem);
         self.counters.imports += 1;
         // SAFETY: memory imported for this buffer's size.
         unsafe { self.device.bind_buffer_memory(vkbuf, mem, 0) }?;
-        self.finish_buffer_import(
-            ImportPath::HostPointer,
-            vkbuf,
-            vec![vkbuf],
-            vec![mem],
-            None,
-            Some(map),
-        )
+        imp.read_buffers.push(vkbuf);
+        imp._host_maps.push(map);
+        Ok(())
     }
 
-    fn import_copy(&mut self, buf: &FrameBuffer) -> Result<Imported> {
-        let size = buf.fd_sizes[0];
-        let map = CpuMapping::new(buf.fds[0].clone(), size, false, buf.memory)?;
+    fn import_copy(&mut self, buf: &FrameBuffer, k: usize, imp: &mut Imported) -> Result<()> {
+        let size = buf.fd_sizes[k];
+        let map = CpuMapping::new(buf.fds[k].clone(), size, false, buf.memory)?;
         let (staging, smem, sptr) = self.host_buffer(size, vk::BufferUsageFlags::TRANSFER_SRC)?;
+        imp.buffers.push(staging);
+        imp.memories.push(smem);
         let dev_buf = self.buffer_for(size, None)?;
+        imp.buffers.push(dev_buf);
         // SAFETY: `dev_buf` is live.
         let req = unsafe { self.device.get_buffer_memory_requirements(dev_buf) };
         let mt = self
@@ -804,16 +900,18 @@ impl Vulkan {
                 .allocation_size(req.size)
                 .memory_type_index(mt),
         )?;
+        imp.memories.push(dmem);
         // SAFETY: fresh memory of the required size.
         unsafe { self.device.bind_buffer_memory(dev_buf, dmem, 0) }?;
-        self.finish_buffer_import(
-            ImportPath::Copy,
-            dev_buf,
-            vec![staging, dev_buf],
-            vec![smem, dmem],
-            Some((staging, sptr, size, map)),
-            None,
-        )
+        imp.read_buffers.push(dev_buf);
+        imp.staging.push(Staging {
+            buffer: staging,
+            ptr: sptr,
+            size,
+            map,
+            dest: dev_buf,
+        });
+        Ok(())
     }
 
     fn alloc_set(&self, layout: vk::DescriptorSetLayout) -> Result<vk::DescriptorSet> {
@@ -829,57 +927,6 @@ impl Vulkan {
         .context("allocating descriptor sets")?[0])
     }
 
-    fn finish_buffer_import(
-        &mut self,
-        path: ImportPath,
-        read: vk::Buffer,
-        buffers: Vec<vk::Buffer>,
-        memories: Vec<vk::DeviceMemory>,
-        staging: Option<(vk::Buffer, *mut u8, u64, CpuMapping)>,
-        host_map: Option<CpuMapping>,
-    ) -> Result<Imported> {
-        let checksum = self.alloc_set(self.checksum_buffer.set_layout)?;
-        let convert = self.alloc_set(self.convert_buffer.set_layout)?;
-        let src = [vk::DescriptorBufferInfo::default()
-            .buffer(read)
-            .range(vk::WHOLE_SIZE)];
-        let out = [vk::DescriptorBufferInfo::default()
-            .buffer(self.out.0)
-            .range(vk::WHOLE_SIZE)];
-        let writes = [
-            vk::WriteDescriptorSet::default()
-                .dst_set(checksum)
-                .dst_binding(0)
-                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                .buffer_info(&src),
-            vk::WriteDescriptorSet::default()
-                .dst_set(checksum)
-                .dst_binding(1)
-                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                .buffer_info(&out),
-            vk::WriteDescriptorSet::default()
-                .dst_set(convert)
-                .dst_binding(0)
-                .descriptor_type(vk::DescriptorType::STORAGE_BUFFER)
-                .buffer_info(&src),
-        ];
-        // SAFETY: sets and buffers are live.
-        unsafe { self.device.update_descriptor_sets(&writes, &[]) };
-        Ok(Imported {
-            path,
-            buffers,
-            memories,
-            images: vec![],
-            views: vec![],
-            checksum_sets: vec![checksum],
-            convert_set: convert,
-            read_buffer: read,
-            staging,
-            _host_map: host_map,
-            fresh: false,
-        })
-    }
-
     fn import_dmabuf_image(&mut self, buf: &FrameBuffer) -> Result<Imported> {
         let f = buf.layout.format;
         let planes = plane_images(f.pixel, f.width, f.height);
@@ -891,9 +938,9 @@ impl Vulkan {
             views: vec![],
             checksum_sets: vec![],
             convert_set: vk::DescriptorSet::null(),
-            read_buffer: vk::Buffer::null(),
-            staging: None,
-            _host_map: None,
+            read_buffers: vec![],
+            staging: vec![],
+            _host_maps: vec![],
             fresh: true,
         };
         let result = (|| -> Result<()> {
@@ -1122,14 +1169,20 @@ impl Vulkan {
         };
         match imp.path {
             ImportPath::DmabufBuffer => {
-                let b = [vk::BufferMemoryBarrier::default()
-                    .src_access_mask(access.0)
-                    .dst_access_mask(access.1)
-                    .src_queue_family_index(src_q)
-                    .dst_queue_family_index(dst_q)
-                    .buffer(imp.read_buffer)
-                    .offset(0)
-                    .size(vk::WHOLE_SIZE)];
+                let b: Vec<_> = imp
+                    .read_buffers
+                    .iter()
+                    .map(|&buffer| {
+                        vk::BufferMemoryBarrier::default()
+                            .src_access_mask(access.0)
+                            .dst_access_mask(access.1)
+                            .src_queue_family_index(src_q)
+                            .dst_queue_family_index(dst_q)
+                            .buffer(buffer)
+                            .offset(0)
+                            .size(vk::WHOLE_SIZE)
+                    })
+                    .collect();
                 // SAFETY: recording into our command buffer; the buffer is live.
                 unsafe {
                     self.device.cmd_pipeline_barrier(
@@ -1284,13 +1337,13 @@ impl Vulkan {
 
     /// Copy path: the CPU copy of the frame into the staging buffer and its upload.
     fn record_copy(&self, imp: &Imported) -> Result<()> {
-        if let Some((_, ptr, size, map)) = &imp.staging {
+        for st in &imp.staging {
             let t0 = dmabuf_core::time::process_cpu_ns();
-            let src = map.read()?;
+            let src = st.map.read()?;
             // SAFETY: `ptr` maps `size` bytes of host-visible memory and nothing else refers to
             // it while the fence is unsignalled.
-            let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *size as usize) };
-            dst.copy_from_slice(&src[..*size as usize]);
+            let dst = unsafe { std::slice::from_raw_parts_mut(st.ptr, st.size as usize) };
+            dst.copy_from_slice(&src[..st.size as usize]);
             drop(src);
             let spent = dmabuf_core::time::process_cpu_ns().saturating_sub(t0);
             self.copy_ns.set(self.copy_ns.get() + spent);
@@ -1301,12 +1354,12 @@ impl Vulkan {
 
     /// Copy path: the GPU copy from the staging buffer into the device buffer.
     fn record_upload(&self, imp: &Imported) {
-        if let Some((staging, _, size, _)) = &imp.staging {
-            let region = [vk::BufferCopy::default().size(*size)];
+        for st in &imp.staging {
+            let region = [vk::BufferCopy::default().size(st.size)];
             // SAFETY: recording into our command buffer; both buffers are live and `size` fits.
             unsafe {
                 self.device
-                    .cmd_copy_buffer(self.cmd, *staging, imp.read_buffer, &region)
+                    .cmd_copy_buffer(self.cmd, st.buffer, st.dest, &region)
             };
             self.memory_barrier(
                 (
@@ -1355,15 +1408,16 @@ impl Vulkan {
         let imp = self.imported[id as usize]
             .as_ref()
             .ok_or_else(|| anyhow!("buffer {id} was not imported"))?;
-        let Some((_, ptr, size, _)) = &imp.staging else {
+        let [st] = &imp.staging[..] else {
             bail!(
-                "upload_with needs the copy import path (buffer {id} is {})",
-                imp.path
+                "upload_with needs the copy import path and one fd (buffer {id} is {}, {} staging buffers)",
+                imp.path,
+                imp.staging.len()
             );
         };
         // SAFETY: `ptr` maps `size` bytes of host-visible memory; the previous submit was
         // waited for, so the GPU does not read it now, and the slice dies before the submit.
-        let dst = unsafe { std::slice::from_raw_parts_mut(*ptr, *size as usize) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(st.ptr, st.size as usize) };
         fill(dst)?;
         self.begin()?;
         self.record_upload(imp);
@@ -1402,16 +1456,15 @@ impl Vulkan {
         let f = buf.layout.format;
         let images = plane_images(f.pixel, f.width, f.height);
         for (i, p) in buf.layout.planes.iter().enumerate() {
-            let (pipe, set, words) = if imp.path == ImportPath::DmabufImage {
+            let (pipe, words) = if imp.path == ImportPath::DmabufImage {
                 let pi = images[i];
                 (
                     &self.checksum_image,
-                    imp.checksum_sets[i],
                     vec![
                         pi.width,
                         pi.height,
                         pi.bytes_per_texel,
-                        pi.bgra as u32,
+                        pi.sample_bytes,
                         i as u32,
                     ],
                 )
@@ -1419,10 +1472,10 @@ impl Vulkan {
                 let offset = u32::try_from(p.offset).context("plane offset beyond 4 GiB")?;
                 (
                     &self.checksum_buffer,
-                    imp.checksum_sets[0],
                     vec![offset, p.stride, p.row_bytes, p.rows, i as u32],
                 )
             };
+            let set = imp.checksum_sets[i];
             self.dispatch(pipe, set, &words, [p.rows.div_ceil(64), 1, 1]);
         }
         self.ownership(imp, false);
@@ -1520,12 +1573,12 @@ impl Vulkan {
         let imp = self.imported[id as usize]
             .as_ref()
             .ok_or_else(|| anyhow!("buffer {id} was not imported"))?;
-        let (pipe, binding) = if imp.path == ImportPath::DmabufImage {
-            (&self.convert_image, 3)
+        let pipe = if imp.path == ImportPath::DmabufImage {
+            &self.convert_image
         } else {
-            (&self.convert_buffer, 1)
+            &self.convert_buffer
         };
-        self.write_out(imp.convert_set, binding, rgba_buf);
+        self.write_out(imp.convert_set, 3, rgba_buf);
         // Kr, Kb of the stream's matrix (unspecified: BT.601 below 720 rows, else BT.709).
         // A matrix with no Kr/Kb (YCgCo, ICtCp …) is shown as BT.709, said once per stream
         // (statistics: colorimetry.converted_with).
@@ -1544,23 +1597,31 @@ impl Vulkan {
             }
             None => (0.0, 0.0),
         };
-        let range = if color.range == 2 { 2 } else { 1 };
+        let [flags, c0, c1, c2] = format_words(f.pixel, color.range == 2, swap_rb);
         let mut words = vec![
-            format_code(f.pixel),
             f.width,
             f.height,
             kr.to_bits(),
             kb.to_bits(),
-            range,
+            flags,
+            c0,
+            c1,
+            c2,
         ];
-        if imp.path != ImportPath::DmabufImage {
+        if imp.path == ImportPath::DmabufImage {
+            let texel_bytes = plane_images(f.pixel, f.width, f.height)
+                .iter()
+                .enumerate()
+                .map(|(i, pi)| pi.bytes_per_texel << (4 * i))
+                .sum();
+            words.push(texel_bytes);
+        } else {
             for i in 0..3 {
                 let p = buf.layout.planes.get(i).unwrap_or(&buf.layout.planes[0]);
                 words.push(u32::try_from(p.offset).context("plane offset beyond 4 GiB")?);
                 words.push(p.stride);
             }
         }
-        words.push(swap_rb as u32);
         words.extend([
             out_w,
             out_h,

@@ -118,9 +118,8 @@ impl Allocator for GbmAllocator {
         }
         let base = FrameLayout::gpu_friendly(format)?;
         let (gbm_format, width, height) = match format.pixel {
-            PixelFormat::Xrgb8888 | PixelFormat::Argb8888 => {
-                (format.pixel.fourcc(), format.width, format.height)
-            }
+            PixelFormat::Xrgb8888 => (drm_fourcc::DrmFourcc::Xrgb8888, format.width, format.height),
+            PixelFormat::Argb8888 => (drm_fourcc::DrmFourcc::Argb8888, format.width, format.height),
             _ => {
                 let w = base.planes[0].stride;
                 let rows = base.size.div_ceil(u64::from(w));

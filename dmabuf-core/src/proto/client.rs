@@ -306,7 +306,7 @@ impl Client {
 /// Receive one message; a malformed one is answered with a Goodbye naming the problem.
 /// Is what the producer chose among what we offered?
 fn check_offered(caps: &[Cap], welcome: &Welcome) -> Result<(), ProtoError> {
-    let fourcc = welcome.pixel.fourcc() as u32;
+    let fourcc = welcome.pixel.fourcc();
     let ok = caps.iter().any(|c| {
         c.fourcc == fourcc
             && c.modifier == welcome.modifier

@@ -45,7 +45,7 @@ pub fn read_hello(chan: &mut Channel, timeout: Duration) -> Result<Hello, ProtoE
 
 /// Does the consumer accept `format` in `memory`?
 pub fn accepts(hello: &Hello, format: &FrameFormat, memory: MemoryKind) -> bool {
-    let fourcc = format.pixel.fourcc() as u32;
+    let fourcc = format.pixel.fourcc();
     hello.caps.iter().any(|c| {
         c.fourcc == fourcc && c.modifier == format.modifier && c.memory_mask & memory.bit() != 0
     })

@@ -630,7 +630,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.u32(m.memory.wire());
             w.u32(m.allocator.wire());
             w.u32(m.buffer_count);
-            w.u32(m.pixel.fourcc() as u32);
+            w.u32(m.pixel.fourcc());
             w.u32(m.width);
             w.u32(m.height);
             w.u32(m.fps_num);

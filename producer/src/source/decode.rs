@@ -51,6 +51,10 @@ pub struct Decoder {
     pub decoder_buffers: Option<usize>,
     /// How pictures reach the pool, for the logs: "direct (…)" or "copy (why)".
     pub decode_path: String,
+    /// Converts pictures whose format is not carried (`None` while they are).
+    converter: Option<Converter>,
+    /// `--format`: the format every picture is carried in.
+    want: Option<Pixel>,
     /// Declared last: the codec context (in `decoder`) must be freed before the callback's
     /// state.
     direct: Result<DirectDecode, String>,
@@ -253,6 +257,19 @@ const CARRIED: &[(Pixel, PixelFormat, bool)] = &[
     (Pixel::YUYV422, PixelFormat::Yuyv, false),
     (Pixel::BGRZ, PixelFormat::Xrgb8888, false),
     (Pixel::BGRA, PixelFormat::Argb8888, false),
+    (Pixel::P010LE, PixelFormat::P010, false),
+    (Pixel::YUV420P10LE, PixelFormat::S010, false),
+    (Pixel::YUV422P10LE, PixelFormat::S210, false),
+    (Pixel::YUV444P10LE, PixelFormat::S410, false),
+    (Pixel::YUV422P, PixelFormat::Yuv422, false),
+    (Pixel::YUVJ422P, PixelFormat::Yuv422, true),
+    (Pixel::NV16, PixelFormat::Nv16, false),
+    (Pixel::YUV444P, PixelFormat::Yuv444, false),
+    (Pixel::YUVJ444P, PixelFormat::Yuv444, true),
+    (Pixel::NV24, PixelFormat::Nv24, false),
+    (Pixel::GRAY8, PixelFormat::R8, false),
+    (Pixel::RGB24, PixelFormat::Bgr888, false),
+    (Pixel::BGR24, PixelFormat::Rgb888, false),
 ];
 
 fn our_pixel(p: Pixel) -> Option<(PixelFormat, bool)> {
@@ -262,8 +279,126 @@ fn our_pixel(p: Pixel) -> Option<(PixelFormat, bool)> {
         .map(|&(_, ours, full)| (ours, full))
 }
 
+/// The carried format a picture of FFmpeg format `p` is carried in: itself, or (one counted
+/// swscale conversion per picture) the nearest carried one: RGB to BGRA/BGR0, greyscale to
+/// R8, Y'CbCr by its chroma subsampling to 4:2:0, 4:2:2 or 4:4:4, 10-bit when deeper than 8
+/// (12- and 16-bit lose their low bits), other subsamplings (4:1:1, 4:1:0, 4:4:0) to 4:2:0.
+/// `None` for what has no picture to convert (hardware surfaces, bitstreams).
+///
+/// With `want` (`--format`), every picture is carried in that format (converted unless it is
+/// decoded so).
+fn carried_as(p: Pixel, want: Option<Pixel>) -> Option<Pixel> {
+    if let Some(w) = want {
+        return Some(w);
+    }
+    if our_pixel(p).is_some() {
+        return Some(p);
+    }
+    let d = super::direct::pixel_descriptor(p)?;
+    let flags = d.flags;
+    if flags & (ffi::AV_PIX_FMT_FLAG_HWACCEL | ffi::AV_PIX_FMT_FLAG_BITSTREAM) as u64 != 0 {
+        return None;
+    }
+    let alpha = flags & ffi::AV_PIX_FMT_FLAG_ALPHA as u64 != 0;
+    let deep = d.comp[0].depth > 8;
+    Some(
+        if flags & ffi::AV_PIX_FMT_FLAG_RGB as u64 != 0
+            || flags & ffi::AV_PIX_FMT_FLAG_PAL as u64 != 0
+        {
+            if alpha {
+                Pixel::BGRA
+            } else {
+                Pixel::BGRZ
+            }
+        } else if d.nb_components <= 2 {
+            Pixel::GRAY8
+        } else {
+            match (d.log2_chroma_w, d.log2_chroma_h, deep) {
+                (1, 0, false) => Pixel::YUV422P,
+                (1, 0, true) => Pixel::YUV422P10LE,
+                (0, 0, false) => Pixel::YUV444P,
+                (0, 0, true) => Pixel::YUV444P10LE,
+                (1, 1, true) => Pixel::YUV420P10LE,
+                _ => Pixel::YUV420P,
+            }
+        },
+    )
+}
+
+/// FFmpeg's name for a carried format.
+fn av_pixel(p: PixelFormat) -> Pixel {
+    CARRIED
+        .iter()
+        .find(|(_, ours, full)| *ours == p && !full)
+        .map(|&(av, _, _)| av)
+        .expect("every carried format has an FFmpeg format")
+}
+
+/// Whether FFmpeg format `p` is full-range by definition (the JPEG formats).
+fn full_range_format(p: Pixel) -> bool {
+    our_pixel(p).is_some_and(|c| c.1) || matches!(p, Pixel::YUVJ411P | Pixel::YUVJ440P)
+}
+
+/// The colorimetry tags of a picture decoded as `from` and carried as `to`: whether the format
+/// itself says full range, its matrix and range. swscale converts between RGB and Y'CbCr with
+/// BT.601 limited range, and compresses the full-range JPEG formats to limited range.
+fn carried_tags(
+    from: Pixel,
+    to: Pixel,
+    space: ffmpeg::color::Space,
+    range: ffmpeg::color::Range,
+) -> (bool, ffmpeg::color::Space, ffmpeg::color::Range) {
+    if from == to {
+        return (full_range_format(from), space, range);
+    }
+    let rgb = |p: Pixel| {
+        super::direct::pixel_descriptor(p).is_some_and(|d| {
+            d.flags & (ffi::AV_PIX_FMT_FLAG_RGB | ffi::AV_PIX_FMT_FLAG_PAL) as u64 != 0
+        })
+    };
+    if rgb(from) != rgb(to) {
+        (
+            false,
+            ffmpeg::color::Space::SMPTE170M,
+            ffmpeg::color::Range::MPEG,
+        )
+    } else if full_range_format(from) {
+        (false, space, ffmpeg::color::Range::MPEG)
+    } else {
+        (false, space, range)
+    }
+}
+
+/// The one conversion of pictures in a format that is not carried (see [`carried_as`]).
+struct Converter {
+    from: (Pixel, u32, u32),
+    to: Pixel,
+    ctx: ffmpeg::software::scaling::Context,
+    out: ffmpeg::frame::Video,
+    /// Pictures converted so far.
+    count: u64,
+}
+
 impl Decoder {
-    pub fn open(path: &Path, threads: usize) -> Result<Self> {
+    /// Open `path`; with `want`, every picture is converted to that format (unless decoded
+    /// so).
+    pub fn open(path: &Path, threads: usize, want: Option<PixelFormat>) -> Result<Self> {
+        let want = want.map(av_pixel);
+        if let Some(w) = want {
+            if !ffmpeg::software::scaling::support::output(w) {
+                let can: Vec<&str> = PixelFormat::ALL
+                    .iter()
+                    .filter(|p| ffmpeg::software::scaling::support::output(av_pixel(**p)))
+                    .map(|p| p.name())
+                    .collect();
+                bail!(
+                    "--format {}: this FFmpeg's swscale cannot write {w:?}; a file can be \
+                     converted to {}",
+                    our_pixel(w).map_or("?", |p| p.0.name()),
+                    can.join(", ")
+                );
+            }
+        }
         ffmpeg::init().context("initialising FFmpeg")?;
         quiet_ffmpeg();
         let input = open_input(path)?;
@@ -290,14 +425,29 @@ impl Decoder {
                 path.display()
             );
         }
-        let (pixel, full_range) = our_pixel(decoder.format()).ok_or_else(|| {
+        let target = carried_as(decoder.format(), want).ok_or_else(|| {
             anyhow!(
-                "{} decodes to {:?}; this build carries I420, NV12, YUYV, BGR0 and BGRA \
-                 (convert it, e.g. ffmpeg -i IN -pix_fmt yuv420p OUT)",
+                "{} decodes to {:?}, which has no picture in memory to carry",
                 path.display(),
                 decoder.format()
             )
         })?;
+        let (pixel, _) = our_pixel(target).expect("carried_as gives a carried format");
+        if target != decoder.format() && want.is_some() {
+            tracing::info!(
+                "{} decodes to {:?}; each picture is converted to {pixel} by swscale (--format; \
+                 one counted CPU conversion per frame)",
+                path.display(),
+                decoder.format()
+            );
+        } else if target != decoder.format() {
+            tracing::warn!(
+                "{} decodes to {:?}, which no DRM format describes: each picture is converted \
+                 to {pixel} by swscale (one counted CPU conversion per frame)",
+                path.display(),
+                decoder.format()
+            );
+        }
         let (width, height) = (decoder.width(), decoder.height());
         if width == 0 || height == 0 {
             bail!("{}: the stream does not say its size", path.display());
@@ -307,12 +457,18 @@ impl Decoder {
         } else {
             (30, 1)
         };
+        let (full_range, space, range) = carried_tags(
+            decoder.format(),
+            target,
+            decoder.color_space(),
+            decoder.color_range(),
+        );
         let color = colorimetry(
             pixel,
             full_range,
             (
-                decoder.color_space(),
-                decoder.color_range(),
+                space,
+                range,
                 decoder.color_primaries(),
                 decoder.color_transfer_characteristic(),
                 decoder.chroma_location(),
@@ -363,6 +519,8 @@ impl Decoder {
             forced_copy: false,
             decoder_buffers: None,
             decode_path: "copy (no pool yet)".into(),
+            converter: None,
+            want,
             direct,
         })
     }
@@ -545,13 +703,17 @@ impl Decoder {
         let (w, h) = (self.frame.width(), self.frame.height());
         if w != self.width
             || h != self.height
-            || our_pixel(self.frame.format()).map(|p| p.0) != Some(self.pixel)
+            || carried_as(self.frame.format(), self.want)
+                .and_then(our_pixel)
+                .map(|p| p.0)
+                != Some(self.pixel)
         {
             // A new size or format mid-stream: the server sees `format()` change and
             // renegotiates with the consumers before publishing this frame.
-            let Some((pixel, _)) = our_pixel(self.frame.format()) else {
+            let Some((pixel, _)) = carried_as(self.frame.format(), self.want).and_then(our_pixel)
+            else {
                 bail!(
-                    "{}: the stream changed to {:?} mid-stream, which this build does not carry",
+                    "{}: the stream changed to {:?} mid-stream, which has no picture in memory",
                     self.path.display(),
                     self.frame.format()
                 );
@@ -571,13 +733,14 @@ impl Decoder {
         // The picture's own colorimetry (a stream may change it, e.g. at a splice, or its
         // bitstream may say otherwise than the container): a change renegotiates, like a size.
         let f = &self.frame;
-        let full = our_pixel(f.format()).is_some_and(|p| p.1);
+        let to = carried_as(f.format(), self.want).unwrap_or(f.format());
+        let (full, space, range) = carried_tags(f.format(), to, f.color_space(), f.color_range());
         let color = colorimetry(
             self.pixel,
             full,
             (
-                f.color_space(),
-                f.color_range(),
+                space,
+                range,
                 f.color_primaries(),
                 f.color_transfer_characteristic(),
                 f.chroma_location(),
@@ -645,16 +808,60 @@ impl Decoder {
         Ok(())
     }
 
-    /// Copy the current frame into `data` laid out as `layout` (the one copy of this path).
-    pub fn write(&self, data: &mut [u8], layout: &FrameLayout) {
+    /// Pictures converted from a format that is not carried (see [`carried_as`]).
+    pub fn converted(&self) -> u64 {
+        self.converter.as_ref().map_or(0, |c| c.count)
+    }
+
+    /// Copy the current frame into `data` laid out as `layout` (the one copy of this path),
+    /// converting it first when its format is not carried.
+    pub fn write(&mut self, data: &mut [u8], layout: &FrameLayout) -> Result<()> {
+        let (fmt, w, h) = (self.frame.format(), self.frame.width(), self.frame.height());
+        let to = carried_as(fmt, self.want);
+        let frame = if to == Some(fmt) {
+            &self.frame
+        } else {
+            let to = to.ok_or_else(|| anyhow!("{fmt:?} cannot be converted"))?;
+            if self
+                .converter
+                .as_ref()
+                .is_none_or(|c| c.from != (fmt, w, h) || c.to != to)
+            {
+                let count = self.converter.as_ref().map_or(0, |c| c.count);
+                let ctx = ffmpeg::software::scaling::Context::get(
+                    fmt,
+                    w,
+                    h,
+                    to,
+                    w,
+                    h,
+                    ffmpeg::software::scaling::Flags::BICUBIC,
+                )
+                .with_context(|| format!("swscale from {fmt:?} to {to:?}"))?;
+                self.converter = Some(Converter {
+                    from: (fmt, w, h),
+                    to,
+                    ctx,
+                    out: ffmpeg::frame::Video::empty(),
+                    count,
+                });
+            }
+            let c = self.converter.as_mut().expect("just made");
+            c.ctx
+                .run(&self.frame, &mut c.out)
+                .with_context(|| format!("swscale from {fmt:?} to {to:?}"))?;
+            c.count += 1;
+            &c.out
+        };
         for (i, pl) in layout.planes.iter().enumerate() {
-            let src = self.frame.data(i);
-            let sstride = self.frame.stride(i);
+            let src = frame.data(i);
+            let sstride = frame.stride(i);
             let n = pl.row_bytes as usize;
             for y in 0..pl.rows as usize {
                 let d = pl.offset as usize + y * pl.stride as usize;
                 data[d..d + n].copy_from_slice(&src[y * sstride..y * sstride + n]);
             }
         }
+        Ok(())
     }
 }

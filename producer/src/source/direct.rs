@@ -603,3 +603,10 @@ unsafe fn point_planes(
     }
     frame.extended_data = frame.data.as_mut_ptr();
 }
+
+/// libavutil's description of pixel format `p` (`av_pix_fmt_desc_get`).
+pub fn pixel_descriptor(p: ffmpeg::format::Pixel) -> Option<&'static ffi::AVPixFmtDescriptor> {
+    // SAFETY: av_pix_fmt_desc_get takes any value and returns NULL or a pointer to a static,
+    // immutable descriptor.
+    unsafe { ffi::av_pix_fmt_desc_get(ffi::AVPixelFormat::from(p)).as_ref() }
+}

@@ -148,8 +148,12 @@ impl Source {
             Source::Pattern { .. } | Source::V4l2(_) => None,
             Source::File { dec, .. } => {
                 let c = dec.counts();
+                let converted = match dec.converted() {
+                    0 => String::new(),
+                    n => format!(", converted by swscale {n}"),
+                };
                 Some(format!(
-                    "decoded in place {}, pool dry {}, not fitting the pool {}",
+                    "decoded in place {}, pool dry {}, not fitting the pool {}{converted}",
                     c.direct, c.pool_dry, c.unfit
                 ))
             }
@@ -221,17 +225,17 @@ impl Source {
     /// Write the frame made ready by [`Source::advance`] into `data`, laid out as `layout`.
     /// True when that was a copy of pixels that already existed (a decoded picture), false
     /// when the source drew them in place.
-    pub fn write(&mut self, seq: u64, data: &mut [u8], layout: &FrameLayout) -> bool {
-        match self {
+    pub fn write(&mut self, seq: u64, data: &mut [u8], layout: &FrameLayout) -> Result<bool> {
+        Ok(match self {
             Source::Pattern { pattern, .. } => {
                 pattern.fill(seq, data, layout);
                 false
             }
             Source::File { dec, .. } => {
-                dec.write(data, layout);
+                dec.write(data, layout)?;
                 true
             }
             Source::V4l2(_) => false,
-        }
+        })
     }
 }

@@ -3,7 +3,7 @@
 //! ramp below. Each frame is built from three template rows per plane (bars, bars with the box,
 //! ramp), so filling a frame costs about one memcpy of it.
 
-use dmabuf_core::format::{plane_geometry, FrameLayout, PixelFormat};
+use dmabuf_core::format::{plane_geometry, ColorModel, FrameLayout, PixelFormat};
 
 /// 75 % colour bars (R, G, B): white, yellow, cyan, green, magenta, red, blue, black.
 const BARS: [[u8; 3]; 8] = [
@@ -30,46 +30,56 @@ pub fn rgb_to_yuv709(rgb: [u8; 3]) -> [u8; 3] {
     ]
 }
 
-/// Encode one row of RGB pixels into each plane's row bytes for `pixel`.
+/// Encode one row of RGB pixels into each plane's row bytes for `pixel`: each component's
+/// samples go where [`PixelFormat::sampling`] says; subsampled chroma is the rounded mean of the
+/// pair (2i, 2i+1), the second clamped for odd widths; 10-bit samples are the 8-bit ones × 4.
 fn encode_row(pixel: PixelFormat, rgb: &[[u8; 3]], out: &mut [Vec<u8>]) {
-    let w = rgb.len();
-    let yuv: Vec<[u8; 3]> = if pixel.is_yuv() {
-        rgb.iter().map(|&c| rgb_to_yuv709(c)).collect()
-    } else {
-        Vec::new()
+    let w = rgb.len() as u32;
+    let sampling = pixel.sampling();
+    let values: Vec<[u8; 3]> = match sampling.model {
+        ColorModel::Rgb => rgb.to_vec(),
+        ColorModel::Yuv | ColorModel::Grey => rgb.iter().map(|&c| rgb_to_yuv709(c)).collect(),
     };
-    // Chroma of the pair (2i, 2i+1), the second clamped for odd widths.
-    let pair = |i: usize, c: usize| {
-        let a = u16::from(yuv[2 * i][c]);
-        let b = u16::from(yuv[(2 * i + 1).min(w - 1)][c]);
-        (a + b).div_ceil(2) as u8
-    };
-    for o in out.iter_mut() {
+    for (p, o) in out.iter_mut().enumerate() {
+        let (row_bytes, _) = plane_geometry(pixel, p, w, 1);
         o.clear();
+        o.resize(row_bytes as usize, 0);
+        if sampling.model == ColorModel::Rgb && pixel.planes()[p].block_bytes == 4 {
+            // The X (or opaque A) byte of 32-bit RGB.
+            for px in o.chunks_exact_mut(4) {
+                px[3] = 255;
+            }
+        }
     }
-    let half = w.div_ceil(2);
-    match pixel {
-        PixelFormat::I420 => {
-            out[0].extend(yuv.iter().map(|p| p[0]));
-            out[1].extend((0..half).map(|i| pair(i, 1)));
-            out[2].extend((0..half).map(|i| pair(i, 2)));
-        }
-        PixelFormat::Nv12 => {
-            out[0].extend(yuv.iter().map(|p| p[0]));
-            out[1].extend((0..half).flat_map(|i| [pair(i, 1), pair(i, 2)]));
-        }
-        PixelFormat::Yuyv => {
-            out[0].extend((0..half).flat_map(|i| {
-                [
-                    yuv[2 * i][0],
-                    pair(i, 1),
-                    yuv[(2 * i + 1).min(w - 1)][0],
-                    pair(i, 2),
-                ]
-            }));
-        }
-        PixelFormat::Xrgb8888 | PixelFormat::Argb8888 => {
-            out[0].extend(rgb.iter().flat_map(|&[r, g, b]| [b, g, r, 255]));
+    let channels = if sampling.model == ColorModel::Grey {
+        1
+    } else {
+        3
+    };
+    for (c, comp) in sampling.components.iter().enumerate().take(channels) {
+        let info = pixel.planes()[comp.plane as usize];
+        // Pixels that share one sample: the plane's subsampling, times the block for a sample
+        // the block's pixels share (packed 4:2:2's chroma).
+        let group = info.hsub * if comp.step == 0 { info.block_w } else { 1 };
+        let row = &mut out[comp.plane as usize];
+        for g in 0..w.div_ceil(group) {
+            let v = if group == 2 {
+                let a = u16::from(values[(2 * g) as usize][c]);
+                let b = u16::from(values[(2 * g + 1).min(w - 1) as usize][c]);
+                (a + b).div_ceil(2) as u8
+            } else {
+                values[g as usize][c]
+            };
+            let px = g * group / info.hsub;
+            let at = ((px / info.block_w) * info.block_bytes
+                + comp.offset
+                + (px % info.block_w) * comp.step) as usize;
+            if sampling.sample_bytes == 2 {
+                let word = (u16::from(v) << 2) << sampling.shift;
+                row[at..at + 2].copy_from_slice(&word.to_le_bytes());
+            } else {
+                row[at] = v;
+            }
         }
     }
 }
