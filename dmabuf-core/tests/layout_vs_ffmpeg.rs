@@ -4,14 +4,19 @@
 use dmabuf_core::format::{FrameFormat, FrameLayout, PixelFormat};
 use ffmpeg_next::ffi;
 
+/// libavutil's format of the name we give for `p` (so the names are checked too).
+#[allow(unsafe_code)]
 fn av_pix_fmt(p: PixelFormat) -> ffi::AVPixelFormat {
-    match p {
-        PixelFormat::I420 => ffi::AVPixelFormat::AV_PIX_FMT_YUV420P,
-        PixelFormat::Nv12 => ffi::AVPixelFormat::AV_PIX_FMT_NV12,
-        PixelFormat::Yuyv => ffi::AVPixelFormat::AV_PIX_FMT_YUYV422,
-        PixelFormat::Xrgb8888 => ffi::AVPixelFormat::AV_PIX_FMT_BGR0,
-        PixelFormat::Argb8888 => ffi::AVPixelFormat::AV_PIX_FMT_BGRA,
-    }
+    let name = std::ffi::CString::new(p.ffmpeg_name()).unwrap();
+    // SAFETY: a NUL-terminated string; av_get_pix_fmt only reads it.
+    let f = unsafe { ffi::av_get_pix_fmt(name.as_ptr()) };
+    assert_ne!(
+        f,
+        ffi::AVPixelFormat::AV_PIX_FMT_NONE,
+        "{p}: FFmpeg has no {:?}",
+        p.ffmpeg_name()
+    );
+    f
 }
 
 /// (linesizes, plane sizes) as libavutil computes them for a tightly packed image.
