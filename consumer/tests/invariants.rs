@@ -566,3 +566,94 @@ fn a_consumer_at_its_descriptor_limit_says_so() {
         "8 buffers under a limit of 6 to 9 descriptors must not fit"
     );
 }
+
+/// A buffer may carry one fd per plane (PROTOCOL.md, AddBuffer): every import path takes it,
+/// the default one included, and verifies every frame (the GPU over each plane's own buffer).
+#[test]
+fn one_fd_per_plane_is_imported_by_every_path() {
+    let l = FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 64, 48)).unwrap();
+    for import in ["auto", "host-pointer", "copy", "cpu-map"] {
+        let name = format!("fd-per-plane-{import}");
+        let json = socket(&name).with_extension("json");
+        let j = json.to_str().unwrap().to_string();
+        let args = [
+            "--import",
+            import,
+            "--verify",
+            "--frames",
+            "6",
+            "--stats-json",
+            &j,
+        ];
+        let (code, err) = fake_producer(&name, &args, 2, |chan| {
+            let mut sums = Vec::new();
+            for id in 0..2u32 {
+                // Each plane in its own memfd, at offset 0, filled with its own bytes.
+                let mut fds = Vec::new();
+                let mut planes = Vec::new();
+                let mut sum = 0u32;
+                for (i, p) in l.planes.iter().enumerate() {
+                    let size = p.size().div_ceil(4096) * 4096;
+                    let fd = dmabuf_core::alloc::sealed_memfd(
+                        "plane",
+                        size,
+                        nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW,
+                    )
+                    .unwrap();
+                    let bytes: Vec<u8> = (0..size)
+                        .map(|b| (b as u32 * 7 + i as u32 * 31 + id * 13) as u8)
+                        .collect();
+                    nix::sys::uio::pwrite(&fd, &bytes, 0).unwrap();
+                    let at0 = dmabuf_core::format::PlaneLayout { offset: 0, ..*p };
+                    sum = sum.wrapping_add(
+                        dmabuf_core::format::plane_checksum(i as u32, &bytes, &at0).unwrap(),
+                    );
+                    planes.push(WirePlane {
+                        fd_index: i as u32,
+                        stride: p.stride,
+                        offset: 0,
+                        size: p.size(),
+                    });
+                    fds.push(fd);
+                }
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                chan.send_with_fds(
+                    &Message::AddBuffer(AddBuffer {
+                        buffer_id: id,
+                        n_fds: 2,
+                        planes,
+                    }),
+                    &borrowed,
+                )
+                .unwrap();
+                sums.push(sum);
+            }
+            let mut chan = chan;
+            for seq in 0..6u64 {
+                let id = (seq % 2) as u32;
+                let Message::Frame(mut f) = frame(id, seq) else {
+                    unreachable!()
+                };
+                f.flags = FRAME_FLAG_CHECKSUM;
+                f.checksum = sums[id as usize];
+                chan.send(&Message::Frame(f)).unwrap();
+                // Wait for its release before reusing the buffer.
+                let (m, _) = chan.recv(Some(T), "Release").unwrap();
+                assert!(matches!(m, Message::Release(_)), "{m:?}");
+            }
+            chan.send(&Message::Goodbye(Goodbye {
+                reason: GoodbyeReason::EndOfStream,
+                message: String::new(),
+            }))
+            .unwrap();
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        assert_eq!(code, Some(0), "{import}: {err}");
+        let s = read_json(&json);
+        assert_eq!(s["verified"], 6, "{import}: {s}\n{err}");
+        assert_eq!(s["mismatches"], 0, "{import}: {s}");
+        if import != "cpu-map" {
+            assert_eq!(s["gpu_verified"], true, "{import}: {s}");
+        }
+    }
+}
