@@ -17,8 +17,9 @@ ok=1
 for m in $MODULES; do
   params=()
   # vivid: two instances with one single-planar video capture node each (/dev/video0, video1):
-  # hw_v4l2 captures from the first and unplugs the second (its Disconnect control).
-  [ "$m" = vivid ] && params=(n_devs=2 node_types=0x1,0x1)
+  # hw_v4l2 captures from the first and unplugs the second (its Disconnect control); a third
+  # with a multi-planar capture node (V4L2_CAP_VIDEO_CAPTURE_MPLANE, NV12M and friends).
+  [ "$m" = vivid ] && params=(n_devs=3 node_types=0x1,0x1,0x1 multiplanar=1,1,2)
   step "modprobe $m ${params[*]}"
   if ! modprobe "$m" "${params[@]}" 2>>"$OUT/status"; then ok=0; echo "FAIL modprobe $m" >>"$OUT/status"; fi
 done

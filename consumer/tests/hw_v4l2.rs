@@ -4,9 +4,10 @@
 //! conversion and a CPU conversion of the raw bytes); and the errors: device busy, a size the
 //! device cannot produce, unplug mid-stream (vivid's "Disconnect" control).
 //!
-//! `ci/vm-guest.sh` loads vivid with two instances of one capture node each: instance 0 serves
+//! `ci/vm-guest.sh` loads vivid with three instances of one capture node each: instance 0 serves
 //! the capture tests, instance 1 is unplugged by `unplug_mid_stream_ends_cleanly` (a vivid
-//! instance stays disconnected until the module is reloaded). On a host without vivid each test
+//! instance stays disconnected until the module is reloaded), instance 2 is multi-planar
+//! (`V4L2_CAP_VIDEO_CAPTURE_MPLANE`: NV12M and the other one-buffer-per-plane formats). On a host without vivid each test
 //! prints `SKIP`; inside the lane (`DMABUF_REQUIRE_HW=1`) that is a failure.
 
 mod common;
@@ -41,6 +42,33 @@ fn vivid_nodes() -> Vec<(String, PathBuf)> {
     }
     out.sort();
     out
+}
+
+/// vivid's multi-planar capture node, or skip (fail in the lane).
+fn vivid_mplane(test: &str) -> Option<PathBuf> {
+    for e in std::fs::read_dir("/dev").into_iter().flatten().flatten() {
+        if !e.file_name().to_string_lossy().starts_with("video") {
+            continue;
+        }
+        let Ok(f) = File::options().read(true).write(true).open(e.path()) else {
+            continue;
+        };
+        let Ok(cap) = ioctl::querycap::<Capability>(&f) else {
+            continue;
+        };
+        if cap.driver == "vivid"
+            && cap
+                .device_caps()
+                .contains(ioctl::Capabilities::VIDEO_CAPTURE_MPLANE)
+        {
+            return Some(e.path());
+        }
+    }
+    skip_or_fail(
+        test,
+        "no vivid multi-planar capture node (the lane loads vivid multiplanar=1,1,2)".into(),
+    );
+    None
 }
 
 /// vivid instance `i`'s capture node, or skip (fail in the lane).
@@ -109,7 +137,16 @@ fn capture(test: &str, node: &Path, io: &str, format: &str, extra: &[&str], allo
             if alloc == "memfd" { "memfd" } else { "dma-buf" },
             "{s}"
         );
-        assert_eq!(s["pixel_format"], format, "{s}");
+        // The multi-buffer V4L2 formats carry the DRM format of the same planes.
+        let carried = match format {
+            "NV12M" => "NV12",
+            "YUV420M" => "I420",
+            "NV16M" => "NV16",
+            "YUV422M" => "YUV422",
+            "YUV444M" => "YUV444",
+            f => f,
+        };
+        assert_eq!(s["pixel_format"], carried, "{s}");
         assert_eq!(
             (s["width"].as_u64(), s["height"].as_u64()),
             (Some(1920), Some(1080)),
@@ -539,4 +576,70 @@ fn vivid_colorimetry_is_carried() {
         assert_eq!(c["range"], "limited", "menu {menu}: {s}");
     }
     set_vivid_control(&node, "Colorspace", 2);
+}
+
+/// Multi-planar capture (SoC cameras, ISPs): formats whose planes are separate buffers (NV12M:
+/// two dma-bufs per frame, sent as one fd per plane) and single-buffer formats on the same
+/// queue, in expbuf, dmabuf (one pool dma-buf per plane) and mmap modes, every frame verified.
+#[test]
+fn vivid_multiplanar_capture_verified() {
+    let t = "vivid_multiplanar_capture_verified";
+    let Some(node) = vivid_mplane(t) else { return };
+    capture(t, &node, "expbuf", "NV12M", &[], "v4l2");
+    capture(t, &node, "expbuf", "YUV420M", &[], "v4l2");
+    capture(t, &node, "expbuf", "NV12", &[], "v4l2");
+    capture(t, &node, "mmap", "NV12M", &["--alloc", "memfd"], "memfd");
+    if have(t, "/dev/dma_heap/system") && have(t, "/dev/udmabuf") {
+        capture(
+            t,
+            &node,
+            "dmabuf",
+            "NV12M",
+            &["--alloc", "dma-heap"],
+            "dma-heap",
+        );
+        capture(
+            t,
+            &node,
+            "dmabuf",
+            "YUV422M",
+            &["--alloc", "udmabuf"],
+            "udmabuf",
+        );
+    }
+}
+
+/// NV12M's two dma-bufs per frame imported into Vulkan (lavapipe) by every dma-buf path: each
+/// plane's fd as its own buffer, or as its own image; every frame's checksum by the GPU.
+#[test]
+fn vivid_multiplanar_vulkan_import_verified() {
+    let t = "vivid_multiplanar_vulkan_import_verified";
+    let Some(node) = vivid_mplane(t) else { return };
+    let sock = socket("v4l2-mplane-vk");
+    let source = format!("v4l2:{}", node.display());
+    let _p = Producer::start(
+        &sock,
+        &[
+            "--source",
+            &source,
+            "--v4l2-io",
+            "expbuf",
+            "--format",
+            "NV12M",
+            "--size",
+            "640x480",
+        ],
+    );
+    for import in ["dmabuf-buffer", "dmabuf-image"] {
+        let s = consume(
+            &sock,
+            import,
+            &["--frames", "8", "--verify", "--import", import],
+            Duration::from_secs(240),
+        );
+        assert_eq!(s["import_path"], import, "{t}: {s}");
+        assert_eq!(s["gpu_verified"], true, "{t}: {s}");
+        assert_eq!(s["verified"], 8, "{t}: {s}");
+        assert_eq!(s["mismatches"], 0, "{t}: {s}");
+    }
 }

@@ -6,7 +6,7 @@
 
 use crate::alloc::{AllocError, Allocator};
 use crate::buffer::{AllocatorKind, FrameBuffer};
-use crate::format::{FrameFormat, FrameLayout};
+use crate::format::{frame_checksum, plane_checksum, FrameFormat, FrameLayout};
 use crate::mapping::{CpuMapping, MapError};
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -29,7 +29,10 @@ pub enum PoolError {
 
 struct Slot {
     buffer: FrameBuffer,
+    /// The mapping of fd 0 (every plane, for buffers with one fd).
     mapping: Mutex<CpuMapping>,
+    /// Read-only mappings of fds 1.. (buffers with one fd per plane).
+    more: Vec<Mutex<CpuMapping>>,
 }
 
 struct Inner {
@@ -137,9 +140,22 @@ impl Pool {
                 buffer.memory,
             )
             .map_err(|source| PoolError::Map { index, source })?;
+            let more = (1..buffer.fds.len())
+                .map(|k| {
+                    CpuMapping::new(
+                        buffer.fds[k].clone(),
+                        buffer.fd_sizes[k],
+                        false,
+                        buffer.memory,
+                    )
+                    .map(Mutex::new)
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|source| PoolError::Map { index, source })?;
             slots.push(Slot {
                 buffer,
                 mapping: Mutex::new(mapping),
+                more,
             });
         }
         Ok(Self {
@@ -225,7 +241,30 @@ impl Lease {
         &self.inner.slots[self.id as usize].buffer
     }
 
-    /// Run `f` over the buffer's bytes inside a CPU read bracket (e.g. to checksum a frame a
+    /// The frame checksum ([`frame_checksum`]) of the buffer's contents, each plane read from
+    /// its own fd inside a CPU read bracket; `None` when the layout does not fit the memory.
+    pub fn checksum(&self) -> Result<Option<u32>, MapError> {
+        let slot = &self.inner.slots[self.id as usize];
+        let b = &slot.buffer;
+        if b.fds.len() == 1 {
+            return self.with_bytes(|d| frame_checksum(d, &b.layout.planes));
+        }
+        let mut total = 0u32;
+        for (i, (k, pl)) in b.planes().enumerate() {
+            let m = match k {
+                0 => lock(&slot.mapping),
+                _ => lock(&slot.more[k - 1]),
+            };
+            let access = m.read()?;
+            match plane_checksum(i as u32, &access, pl) {
+                Some(sum) => total = total.wrapping_add(sum),
+                None => return Ok(None),
+            }
+        }
+        Ok(Some(total))
+    }
+
+    /// Run `f` over the bytes of fd 0 (every plane, for one-fd buffers) inside a CPU read bracket (e.g. to checksum a frame a
     /// device wrote).
     pub fn with_bytes<R>(&self, f: impl FnOnce(&[u8]) -> R) -> Result<R, MapError> {
         let mapping = lock(&self.inner.slots[self.id as usize].mapping);

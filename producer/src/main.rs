@@ -212,10 +212,13 @@ fn parse_size(s: &str) -> Result<(u32, u32), String> {
     Ok((w, h))
 }
 
-/// A pixel format, or MJPEG (V4L2 capture only).
+/// A pixel format, a V4L2 multi-buffer format (its planes in separate buffers), or MJPEG
+/// (both V4L2 capture only).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum FormatArg {
     Pixel(PixelFormat),
+    /// A V4L2 fourcc such as NM12 (NV12M), and the format it carries.
+    V4l2(u32, PixelFormat),
     Mjpeg,
 }
 
@@ -223,14 +226,29 @@ fn parse_format(s: &str) -> Result<FormatArg, String> {
     if s.eq_ignore_ascii_case("MJPEG") || s.eq_ignore_ascii_case("MJPG") {
         return Ok(FormatArg::Mjpeg);
     }
-    s.parse()
-        .map(FormatArg::Pixel)
-        .map_err(|e| format!("{e}; or MJPEG (V4L2 capture)"))
+    for (name, cc) in source::v4l2::MULTI_BUFFER_NAMES {
+        let code = u32::from_le_bytes(*cc);
+        if s.eq_ignore_ascii_case(name) || s.as_bytes().eq_ignore_ascii_case(cc) {
+            let pixel = source::v4l2::FORMATS
+                .iter()
+                .find(|(_, c, _)| *c == cc)
+                .map(|(p, _, _)| *p)
+                .expect("every multi-buffer name is in FORMATS");
+            return Ok(FormatArg::V4l2(code, pixel));
+        }
+    }
+    s.parse().map(FormatArg::Pixel).map_err(|e| {
+        format!("{e}; or, for V4L2 capture, MJPEG or a multi-buffer format (NV12M, YUV420M, NV16M, YUV422M, YUV444M)")
+    })
 }
 
 fn pixel_arg(args: &Args) -> Result<Option<PixelFormat>> {
     match args.format {
         Some(FormatArg::Mjpeg) => bail!("--format MJPEG applies to a v4l2: source"),
+        Some(FormatArg::V4l2(cc, _)) => bail!(
+            "--format {}: formats with one buffer per plane apply to a v4l2: source",
+            String::from_utf8_lossy(&cc.to_le_bytes())
+        ),
         Some(FormatArg::Pixel(p)) => Ok(Some(p)),
         None => Ok(None),
     }
@@ -340,7 +358,11 @@ fn source(args: &Args) -> Result<Source> {
         let req = source::v4l2::Request {
             size: args.size,
             pixel: match args.format {
-                Some(FormatArg::Pixel(p)) => Some(p),
+                Some(FormatArg::Pixel(p) | FormatArg::V4l2(_, p)) => Some(p),
+                _ => None,
+            },
+            fourcc: match args.format {
+                Some(FormatArg::V4l2(cc, _)) => Some(cc),
                 _ => None,
             },
             mjpeg: args.format == Some(FormatArg::Mjpeg),

@@ -2,7 +2,7 @@
 //! (`VIDIOC_QUERYCAP`, `VIDIOC_ENUM_FMT`, `VIDIOC_ENUM_FRAMESIZES`,
 //! `VIDIOC_ENUM_FRAMEINTERVALS`).
 
-use super::{fourcc_name, open_device, Q};
+use super::{fourcc_name, open_device, Q, QM};
 use std::fmt::Write as _;
 use std::fs::File;
 use std::path::PathBuf;
@@ -112,17 +112,17 @@ pub fn list_devices() -> String {
             cap.driver,
             cap.bus_info
         );
-        if !caps.contains(Capabilities::VIDEO_CAPTURE) {
-            let what = if caps.contains(Capabilities::VIDEO_CAPTURE_MPLANE) {
-                "multi-planar capture (not supported by this producer)".to_string()
-            } else {
-                format!("not a video capture node ({caps})")
-            };
-            let _ = writeln!(out, "  {what}");
+        let q = if caps.contains(Capabilities::VIDEO_CAPTURE) {
+            Q
+        } else if caps.contains(Capabilities::VIDEO_CAPTURE_MPLANE) {
+            let _ = writeln!(out, "  multi-planar capture");
+            QM
+        } else {
+            let _ = writeln!(out, "  not a video capture node ({caps})");
             continue;
-        }
+        };
         let fmts: Vec<FmtDesc> = (0..MAX_ENUM)
-            .map_while(|i| ioctl::enum_fmt::<FmtDesc>(&dev, Q, i).ok())
+            .map_while(|i| ioctl::enum_fmt::<FmtDesc>(&dev, q, i).ok())
             .collect();
         if fmts.is_empty() {
             let _ = writeln!(out, "  no formats enumerated");
@@ -131,7 +131,7 @@ pub fn list_devices() -> String {
             let cc: u32 = f.pixelformat.into();
             let usable = if super::FORMATS
                 .iter()
-                .any(|(_, c)| u32::from_le_bytes(**c) == cc)
+                .any(|(_, c, _)| u32::from_le_bytes(**c) == cc)
             {
                 ""
             } else {

@@ -12,8 +12,11 @@
 //! hands to the consumer, and is queued again (`VIDIOC_QBUF`) only once that lease has returned
 //! to the pool, that is after every consumer released the frame.
 //!
-//! Single-planar capture queues only (`V4L2_BUF_TYPE_VIDEO_CAPTURE`), in NV12, YUYV or I420,
-//! or MJPEG: each JPEG decoded by FFmpeg into an NV12 pool buffer (mmap I/O; see mjpeg.rs).
+//! Single-planar (`V4L2_BUF_TYPE_VIDEO_CAPTURE`) and multi-planar
+//! (`V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE`, SoC cameras and ISPs) queues, in the formats of
+//! [`FORMATS`], including those whose planes are separate buffers (NV12M, YUV420M …: one fd per
+//! plane), or MJPEG: each JPEG decoded by FFmpeg into an NV12 pool buffer (mmap I/O; see
+//! mjpeg.rs).
 //! Kernel documentation: <https://docs.kernel.org/userspace-api/media/v4l/io.html>.
 
 pub mod list;
@@ -44,7 +47,10 @@ use v4l2r::ioctl::{
 use v4l2r::memory::{DmaBufHandle, DmaBufSource, MemoryType, MmapHandle};
 use v4l2r::{Format, QueueType};
 
-const Q: QueueType = QueueType::VideoCapture;
+/// The single-planar capture queue (what `--list-devices` enumerates first).
+pub(crate) const Q: QueueType = QueueType::VideoCapture;
+/// The multi-planar capture queue.
+pub(crate) const QM: QueueType = QueueType::VideoCaptureMplane;
 const ENODEV: i32 = nix::errno::Errno::ENODEV as i32;
 const EBUSY: i32 = nix::errno::Errno::EBUSY as i32;
 
@@ -77,6 +83,9 @@ impl Io {
 pub struct Request {
     pub size: Option<(u32, u32)>,
     pub pixel: Option<PixelFormat>,
+    /// A V4L2 fourcc asked for by name (the multi-buffer `M` formats such as NV12M): it
+    /// decides over `pixel`.
+    pub fourcc: Option<u32>,
     /// Capture MJPEG and decode it into NV12.
     pub mjpeg: bool,
     pub fps: Option<(u32, u32)>,
@@ -87,21 +96,59 @@ pub struct Request {
     pub stall: Duration,
 }
 
-/// Formats this source can hand on, in order of preference, with their V4L2 fourccs (the same
-/// four characters as the DRM fourcc for these three).
-const FORMATS: [(PixelFormat, &[u8; 4]); 3] = [
-    (PixelFormat::Nv12, b"NV12"),
-    (PixelFormat::Yuyv, b"YUYV"),
-    (PixelFormat::I420, b"YU12"),
+/// The V4L2 formats this source captures, in order of preference when none is asked for:
+/// the carried format, the V4L2 fourcc (`videodev2.h`), and how many memory planes (buffers)
+/// a frame spans: 1, or one per plane for the `M` formats of multi-planar queues.
+pub(crate) const FORMATS: [(PixelFormat, &[u8; 4], usize); 15] = [
+    (PixelFormat::Nv12, b"NV12", 1),
+    (PixelFormat::Yuyv, b"YUYV", 1),
+    (PixelFormat::I420, b"YU12", 1),
+    (PixelFormat::Nv16, b"NV16", 1),
+    (PixelFormat::Nv24, b"NV24", 1),
+    (PixelFormat::Yuv422, b"422P", 1),
+    (PixelFormat::P010, b"P010", 1),
+    (PixelFormat::R8, b"GREY", 1),
+    // V4L2 names packed RGB by memory order, DRM by word order.
+    (PixelFormat::Bgr888, b"RGB3", 1),
+    (PixelFormat::Rgb888, b"BGR3", 1),
+    (PixelFormat::Nv12, b"NM12", 2),
+    (PixelFormat::I420, b"YM12", 3),
+    (PixelFormat::Nv16, b"NM16", 2),
+    (PixelFormat::Yuv422, b"YM16", 3),
+    (PixelFormat::Yuv444, b"YM24", 3),
+];
+
+/// The V4L2 names of the multi-buffer formats, for `--format` (`NV12M` is `NM12` …).
+pub const MULTI_BUFFER_NAMES: [(&str, &[u8; 4]); 5] = [
+    ("NV12M", b"NM12"),
+    ("YUV420M", b"YM12"),
+    ("NV16M", b"NM16"),
+    ("YUV422M", b"YM16"),
+    ("YUV444M", b"YM24"),
 ];
 
 const MJPG: u32 = u32::from_le_bytes(*b"MJPG");
 
-fn v4l2_fourcc(p: PixelFormat) -> Option<u32> {
+/// The formats this source captures, for messages: "NV12, YUYV, … (V4L2 NV12, YUYV, …)".
+fn capturable_names() -> String {
+    let mut ours: Vec<&str> = Vec::new();
+    for (p, _, _) in FORMATS {
+        if !ours.contains(&p.name()) {
+            ours.push(p.name());
+        }
+    }
+    let v4l2: Vec<String> = FORMATS
+        .iter()
+        .map(|(_, c, _)| fourcc_name(u32::from_le_bytes(**c)))
+        .collect();
+    format!("{} (V4L2 {})", ours.join(", "), v4l2.join(", "))
+}
+
+fn format_entry(cc: u32) -> Option<(PixelFormat, usize)> {
     FORMATS
         .iter()
-        .find(|(f, _)| *f == p)
-        .map(|(_, cc)| u32::from_le_bytes(**cc))
+        .find(|(_, c, _)| u32::from_le_bytes(**c) == cc)
+        .map(|&(p, _, n)| (p, n))
 }
 
 pub(crate) fn fourcc_name(cc: u32) -> String {
@@ -189,18 +236,23 @@ enum Mode {
     /// expbuf / dmabuf: pool buffer `i` is V4L2 buffer `i`; `queued[i]` holds its lease while
     /// the driver owns it.
     ZeroCopy { queued: Vec<Option<Lease>> },
-    /// mmap: the driver's own mapped buffers, copied into pool leases.
-    Mmap { maps: Vec<ioctl::PlaneMapping> },
+    /// mmap: the driver's own mapped buffers (each memory plane of each), copied into pool
+    /// leases.
+    Mmap { maps: Vec<Vec<ioctl::PlaneMapping>> },
 }
 
 /// An open, streaming capture device.
 pub struct Capture {
     path: PathBuf,
     dev: File,
+    /// The capture queue: single- or multi-planar.
+    q: QueueType,
     io: Io,
     format: FrameFormat,
-    /// The driver's layout of a captured frame (bytesperline, sizeimage).
-    driver_layout: FrameLayout,
+    /// The V4L2 fourcc captured.
+    fourcc: u32,
+    /// The driver's layout of a captured frame (bytesperline, sizeimage per memory plane).
+    driver_layout: DriverLayout,
     fps: (u32, u32),
     /// From the driver's `v4l2_pix_format` (colorspace, ycbcr_enc, quantization, xfer_func).
     color: ColorInfo,
@@ -226,7 +278,78 @@ impl std::fmt::Debug for Capture {
     }
 }
 
-fn driver_layout(format: FrameFormat, fmt: &Format) -> Result<FrameLayout> {
+/// The driver's layout of a captured frame: planes (offsets within their memory plane), which
+/// memory plane (buffer) each plane lives in, and each memory plane's size (`sizeimage`).
+#[derive(Debug, Clone)]
+struct DriverLayout {
+    layout: FrameLayout,
+    plane_mem: Vec<usize>,
+    mem_sizes: Vec<u64>,
+}
+
+impl DriverLayout {
+    /// Bytes of memory plane `j` the frame occupies.
+    fn needed(&self, j: usize) -> u64 {
+        self.layout
+            .planes
+            .iter()
+            .zip(&self.plane_mem)
+            .filter(|(_, &m)| m == j)
+            .map(|(p, _)| p.offset + p.size())
+            .max()
+            .unwrap_or(0)
+    }
+}
+
+fn driver_layout(format: FrameFormat, fmt: &Format, n_mem: usize) -> Result<DriverLayout> {
+    let n = format.pixel.planes().len();
+    if n_mem > 1 {
+        // One buffer per plane, each with its own bytesperline and sizeimage.
+        if fmt.plane_fmt.len() != n {
+            bail!(
+                "the driver returned {} memory planes for a {n}-plane format",
+                fmt.plane_fmt.len()
+            );
+        }
+        let mut planes = Vec::new();
+        for (i, pf) in fmt.plane_fmt.iter().enumerate() {
+            let (row_bytes, rows) = plane_geometry(format.pixel, i, format.width, format.height);
+            if pf.bytesperline < row_bytes {
+                bail!(
+                    "driver bytesperline {} of plane {i} is shorter than a row ({row_bytes} bytes)",
+                    pf.bytesperline
+                );
+            }
+            let p = PlaneLayout {
+                offset: 0,
+                stride: pf.bytesperline,
+                row_bytes,
+                rows,
+            };
+            if u64::from(pf.sizeimage) < p.size() {
+                bail!(
+                    "driver sizeimage {} of plane {i} is smaller than the plane ({} bytes)",
+                    pf.sizeimage,
+                    p.size()
+                );
+            }
+            planes.push(p);
+        }
+        let mem_sizes: Vec<u64> = fmt
+            .plane_fmt
+            .iter()
+            .map(|p| u64::from(p.sizeimage))
+            .collect();
+        return Ok(DriverLayout {
+            layout: FrameLayout {
+                format,
+                planes,
+                size: mem_sizes.iter().sum(),
+            },
+            plane_mem: (0..n).collect(),
+            mem_sizes,
+        });
+    }
     let pl = fmt
         .plane_fmt
         .first()
@@ -238,10 +361,10 @@ fn driver_layout(format: FrameFormat, fmt: &Format) -> Result<FrameLayout> {
     }
     let mut planes = Vec::new();
     let mut offset = 0u64;
-    for i in 0..format.pixel.planes().len() {
+    for i in 0..n {
         let (row_bytes, rows) = plane_geometry(format.pixel, i, format.width, format.height);
-        // Single-planar V4L2 formats: chroma planes follow the luma plane with the stride
-        // scaled like the row (NV12: same stride; I420: half).
+        // Single-buffer V4L2 formats: chroma planes follow the luma plane with the stride
+        // scaled like the row (NV12: same stride; I420: half; NV24: double).
         let stride = if i == 0 {
             bpl
         } else {
@@ -264,10 +387,14 @@ fn driver_layout(format: FrameFormat, fmt: &Format) -> Result<FrameLayout> {
             pl.sizeimage
         );
     }
-    Ok(FrameLayout {
-        format,
-        planes,
-        size: u64::from(pl.sizeimage),
+    Ok(DriverLayout {
+        layout: FrameLayout {
+            format,
+            planes,
+            size: u64::from(pl.sizeimage),
+        },
+        plane_mem: vec![0; n],
+        mem_sizes: vec![u64::from(pl.sizeimage)],
     })
 }
 
@@ -377,21 +504,18 @@ impl Capture {
     pub fn open(path: &Path, req: &Request) -> Result<Self> {
         let (mut dev, cap) = open_device(path)?;
         let caps = cap.device_caps();
-        if !caps.contains(Capabilities::VIDEO_CAPTURE) {
-            if caps.contains(Capabilities::VIDEO_CAPTURE_MPLANE) {
-                bail!(
-                    "{} ({}) is a multi-planar capture device; only single-planar capture is supported",
-                    path.display(),
-                    cap.card
-                );
-            }
+        let q = if caps.contains(Capabilities::VIDEO_CAPTURE) {
+            Q
+        } else if caps.contains(Capabilities::VIDEO_CAPTURE_MPLANE) {
+            QM
+        } else {
             bail!(
                 "{} ({}) is not a video capture device (capabilities: {})",
                 path.display(),
                 cap.card,
                 caps
             );
-        }
+        };
         if !caps.contains(Capabilities::STREAMING) {
             bail!(
                 "{} ({}) cannot stream (no V4L2_CAP_STREAMING)",
@@ -400,7 +524,7 @@ impl Capture {
             );
         }
         let offered: Vec<u32> = (0..)
-            .map_while(|i| ioctl::enum_fmt::<ioctl::FmtDesc>(&dev, Q, i).ok())
+            .map_while(|i| ioctl::enum_fmt::<ioctl::FmtDesc>(&dev, q, i).ok())
             .map(|d| u32::from(d.pixelformat))
             .collect();
         let names = || {
@@ -412,10 +536,11 @@ impl Capture {
         };
         let mjpeg = req.mjpeg
             || (req.pixel.is_none()
+                && req.fourcc.is_none()
                 && offered.contains(&MJPG)
                 && !FORMATS
                     .iter()
-                    .any(|(_, cc)| offered.contains(&u32::from_le_bytes(**cc))));
+                    .any(|(_, cc, _)| offered.contains(&u32::from_le_bytes(**cc))));
         if mjpeg && !offered.contains(&MJPG) {
             bail!(
                 "{} cannot produce MJPEG; it offers: {}",
@@ -423,51 +548,67 @@ impl Capture {
                 names()
             );
         }
-        let pixel = match req.pixel {
-            _ if mjpeg => PixelFormat::Nv12,
-            Some(p) => {
-                let cc = v4l2_fourcc(p).with_context(|| {
-                    format!("the V4L2 source captures NV12, YUYV or I420, not {p}")
+        let (pixel, cc, n_mem) = match (req.fourcc, req.pixel) {
+            _ if mjpeg => (PixelFormat::Nv12, MJPG, 1),
+            (Some(cc), _) => {
+                let (p, n) = format_entry(cc).with_context(|| {
+                    format!("the V4L2 source cannot capture {}", fourcc_name(cc))
                 })?;
                 if !offered.contains(&cc) {
                     bail!(
-                        "{} cannot produce {p}; it offers: {}",
+                        "{} cannot produce {}; it offers: {}",
                         path.display(),
+                        fourcc_name(cc),
                         names()
                     );
                 }
-                p
+                (p, cc, n)
             }
-            None => FORMATS
+            (None, Some(p)) => {
+                // The single-buffer layout first, then one buffer per plane.
+                let mut ours = FORMATS.iter().filter(|(f, _, _)| *f == p).peekable();
+                if ours.peek().is_none() {
+                    bail!("the V4L2 source captures {}, not {p}", capturable_names());
+                }
+                let (_, c, n) = ours
+                    .find(|(_, c, _)| offered.contains(&u32::from_le_bytes(**c)))
+                    .with_context(|| {
+                        format!(
+                            "{} cannot produce {p}; it offers: {}",
+                            path.display(),
+                            names()
+                        )
+                    })?;
+                (p, u32::from_le_bytes(**c), *n)
+            }
+            (None, None) => FORMATS
                 .iter()
-                .find(|(_, cc)| offered.contains(&u32::from_le_bytes(**cc)))
-                .map(|(p, _)| *p)
+                .find(|(_, c, _)| offered.contains(&u32::from_le_bytes(**c)))
+                .map(|(p, c, n)| (*p, u32::from_le_bytes(**c), *n))
                 .with_context(|| {
                     format!(
-                        "{} offers none of NV12, YUYV, I420 (it offers: {})",
+                        "{} offers none of the formats this source captures ({}); it offers: {}",
                         path.display(),
+                        capturable_names(),
                         names()
                     )
                 })?,
         };
-        let cc = if mjpeg {
-            MJPG
-        } else {
-            v4l2_fourcc(pixel).expect("in FORMATS")
-        };
         let what = if mjpeg {
             "MJPEG".to_string()
+        } else if n_mem > 1 {
+            format!("{pixel} as {} (one buffer per plane)", fourcc_name(cc))
         } else {
             pixel.to_string()
         };
         let want = match req.size {
             Some(s) => s,
             None => {
-                let cur: Format = ioctl::g_fmt(&dev, Q).context("VIDIOC_G_FMT")?;
+                let cur: Format = ioctl::g_fmt(&dev, q).context("VIDIOC_G_FMT")?;
                 (cur.width, cur.height)
             }
         };
-        let fmt = set_format(&mut dev, path, cc, want, 0)?;
+        let fmt = set_format(&mut dev, q, path, cc, want, &[])?;
         if (fmt.width, fmt.height) != want || u32::from(fmt.pixelformat) != cc {
             bail!(
                 "{} cannot produce {}x{} {what}; the nearest it offers is {}x{} {} (sizes for {what}: {})",
@@ -483,27 +624,32 @@ impl Capture {
         let format = FrameFormat::linear(pixel, fmt.width, fmt.height);
         let mut layout = if mjpeg {
             // Compressed: only the buffer size means anything.
-            FrameLayout {
-                format,
-                planes: Vec::new(),
-                size: u64::from(fmt.plane_fmt.first().map_or(0, |p| p.sizeimage)),
+            let size = u64::from(fmt.plane_fmt.first().map_or(0, |p| p.sizeimage));
+            DriverLayout {
+                layout: FrameLayout {
+                    format,
+                    planes: Vec::new(),
+                    size,
+                },
+                plane_mem: Vec::new(),
+                mem_sizes: vec![size],
             }
         } else {
-            driver_layout(format, &fmt)?
+            driver_layout(format, &fmt, n_mem)?
         };
         if let Some(fps) = req.fps {
-            let _: v4l2r::bindings::v4l2_streamparm = ioctl::s_parm(&dev, sys::capture_parm(fps))
-                .map_err(|e| {
-                anyhow::anyhow!(
-                    "{} cannot set {}/{} fps: {}",
-                    path.display(),
-                    fps.0,
-                    fps.1,
-                    errno_text(e.into_errno())
-                )
-            })?;
+            let _: v4l2r::bindings::v4l2_streamparm =
+                ioctl::s_parm(&dev, sys::capture_parm(q, fps)).map_err(|e| {
+                    anyhow::anyhow!(
+                        "{} cannot set {}/{} fps: {}",
+                        path.display(),
+                        fps.0,
+                        fps.1,
+                        errno_text(e.into_errno())
+                    )
+                })?;
         }
-        let raw: v4l2r::bindings::v4l2_format = ioctl::g_fmt(&dev, Q).context("VIDIOC_G_FMT")?;
+        let raw: v4l2r::bindings::v4l2_format = ioctl::g_fmt(&dev, q).context("VIDIOC_G_FMT")?;
         let (colorspace, enc, quant, xfer) = sys::pix_colorimetry(&raw).unwrap_or_default();
         let mut color = colorimetry(colorspace, enc, quant, xfer, !pixel.is_yuv());
         if mjpeg {
@@ -519,8 +665,8 @@ impl Capture {
             color.primaries_name(),
             color.transfer_name()
         );
-        let parm: v4l2r::bindings::v4l2_streamparm = ioctl::g_parm(&dev, Q).unwrap_or_default();
-        let fps = sys::capture_fps(&parm).or(req.fps).unwrap_or((30, 1));
+        let parm: v4l2r::bindings::v4l2_streamparm = ioctl::g_parm(&dev, q).unwrap_or_default();
+        let fps = sys::capture_fps(q, &parm).or(req.fps).unwrap_or((30, 1));
         if let Some(want) = req.fps {
             if u64::from(want.0) * u64::from(fps.1) != u64::from(fps.0) * u64::from(want.1) {
                 tracing::warn!(
@@ -550,9 +696,9 @@ impl Capture {
         let mut chosen = None;
         for &io in order {
             let r = match io {
-                Io::Expbuf => setup_expbuf(&dev, &layout, req.buffers),
-                Io::Dmabuf => setup_dmabuf(&mut dev, path, cc, &mut layout, req),
-                _ => setup_mmap(&dev, &layout, req),
+                Io::Expbuf => setup_expbuf(&dev, q, &layout, req.buffers),
+                Io::Dmabuf => setup_dmabuf(&mut dev, q, path, cc, &mut layout, req),
+                _ => setup_mmap(&dev, q, &layout, req),
             };
             match r {
                 Ok(x) => {
@@ -563,14 +709,14 @@ impl Capture {
                     // Free whatever the attempt requested before the next one.
                     let _ = ioctl::reqbufs::<()>(
                         &dev,
-                        Q,
+                        q,
                         MemoryType::Mmap,
                         0,
                         MemoryConsistency::empty(),
                     );
                     let _ = ioctl::reqbufs::<()>(
                         &dev,
-                        Q,
+                        q,
                         MemoryType::DmaBuf,
                         0,
                         MemoryConsistency::empty(),
@@ -596,8 +742,10 @@ impl Capture {
         let mut capture = Capture {
             path: path.to_path_buf(),
             dev,
+            q,
             io,
             format,
+            fourcc: cc,
             driver_layout: layout,
             fps,
             color,
@@ -615,7 +763,7 @@ impl Capture {
             dropped_errors: 0,
         };
         capture.queue_all(true)?;
-        ioctl::streamon(&capture.dev, Q).map_err(|e| {
+        ioctl::streamon(&capture.dev, q).map_err(|e| {
             let e = e.into_errno();
             if e == EBUSY {
                 anyhow::anyhow!("V4L2 device {} is busy", path.display())
@@ -651,10 +799,17 @@ impl Capture {
 
     pub fn describe(&self) -> String {
         let (n, d) = self.fps;
-        let strides: Vec<u32> = self.driver_layout.planes.iter().map(|p| p.stride).collect();
+        let strides: Vec<u32> = self
+            .driver_layout
+            .layout
+            .planes
+            .iter()
+            .map(|p| p.stride)
+            .collect();
         format!(
-            "V4L2 {} ({} I/O: {}), {} at {n}/{d} fps, driver strides {strides:?}, sizeimage {}",
+            "V4L2 {} ({}{} I/O: {}), {} ({}) at {n}/{d} fps, driver strides {strides:?}, sizeimage {:?}",
             self.path.display(),
+            if self.q == QM { "multi-planar, " } else { "" },
             self.io.name(),
             match self.io {
                 Io::Expbuf => "the driver's buffers exported as dma-bufs, zero-copy",
@@ -663,7 +818,8 @@ impl Capture {
                 _ => "one copy into the pool",
             },
             self.format,
-            self.driver_layout.size
+            fourcc_name(self.fourcc),
+            self.driver_layout.mem_sizes
         )
     }
 
@@ -674,15 +830,15 @@ impl Capture {
             Mode::ZeroCopy { queued } => {
                 while let Some(lease) = self.pool.try_acquire() {
                     let i = lease.id() as usize;
-                    qbuf(&self.dev, self.io, &lease)
+                    qbuf(&self.dev, self.q, self.io, &lease)
                         .with_context(|| format!("VIDIOC_QBUF {i} on {}", self.path.display()))?;
                     queued[i] = Some(lease);
                 }
             }
             Mode::Mmap { .. } if !start => {}
             Mode::Mmap { maps } => {
-                for i in 0..maps.len() {
-                    qbuf_mmap(&self.dev, i as u32)
+                for (i, planes) in maps.iter().enumerate() {
+                    qbuf_mmap(&self.dev, self.q, i as u32, planes.len())
                         .with_context(|| format!("VIDIOC_QBUF {i} on {}", self.path.display()))?;
                 }
             }
@@ -749,7 +905,7 @@ impl Capture {
                 Err(e) => return Err(e).context("poll on the V4L2 device"),
             };
             if ready {
-                match ioctl::dqbuf::<V4l2Buffer>(&self.dev, Q) {
+                match ioctl::dqbuf::<V4l2Buffer>(&self.dev, self.q) {
                     Ok(buf) => match self.take(buf, want_sum, stop, pump) {
                         Ok(Some(f)) => return Ok(f),
                         Ok(None) => {}
@@ -780,19 +936,21 @@ impl Capture {
         pump: &mut dyn FnMut(Duration) -> Result<bool>,
     ) -> Result<Option<NextFrame>> {
         let i = buf.index() as usize;
-        let used = u64::from(*buf.get_first_plane().bytesused);
+        let used: Vec<u64> = buf.planes_iter().map(|p| u64::from(*p.bytesused)).collect();
         let ts = buf.timestamp();
         let ts_ns = ts.tv_sec * 1_000_000_000 + ts.tv_usec * 1000;
         let first = *self.first_ts_ns.get_or_insert(ts_ns);
         let pts_ns = (ts_ns - first).max(0);
+        // Every memory plane must hold what the frame needs of it.
+        let dl = &self.driver_layout;
         let bad = buf.has_error()
-            || used == 0
+            || used.len() < dl.mem_sizes.len()
             || used
-                < self
-                    .driver_layout
-                    .planes
-                    .last()
-                    .map_or(0, |p| p.offset + p.size());
+                .iter()
+                .enumerate()
+                .any(|(j, &u)| u == 0 || u < dl.needed(j));
+        let n_mem = dl.mem_sizes.len();
+        let q = self.q;
         let path = self.path.display().to_string();
         match &mut self.mode {
             Mode::ZeroCopy { queued } => {
@@ -803,16 +961,13 @@ impl Capture {
                 if bad {
                     self.dropped_errors += 1;
                     tracing::debug!(
-                        "{path}: buffer {i} flagged as corrupt ({used} bytes); requeued"
+                        "{path}: buffer {i} flagged as corrupt ({used:?} bytes); requeued"
                     );
                     drop(lease); // back to the pool; queue_all requeues it
                     return Ok(None);
                 }
-                let layout = &lease.buffer().layout;
                 let checksum = if want_sum {
-                    lease
-                        .with_bytes(|d| frame_checksum(d, &layout.planes))
-                        .context("mapping a captured buffer")?
+                    lease.checksum().context("mapping a captured buffer")?
                 } else {
                     None
                 };
@@ -826,7 +981,7 @@ impl Capture {
             Mode::Mmap { maps } => {
                 if bad {
                     self.dropped_errors += 1;
-                    qbuf_mmap(&self.dev, i as u32)?;
+                    qbuf_mmap(&self.dev, q, i as u32, n_mem)?;
                     return Ok(None);
                 }
                 // A pool buffer to copy into; the consumer may hold them all for a while.
@@ -846,7 +1001,7 @@ impl Capture {
                         );
                     }
                     if pump(Duration::from_millis(50))? {
-                        qbuf_mmap(&self.dev, i as u32)?;
+                        qbuf_mmap(&self.dev, q, i as u32, n_mem)?;
                         return Ok(Some(NextFrame::ConsumerGone));
                     }
                 };
@@ -855,13 +1010,13 @@ impl Capture {
                     .with_context(|| format!("{path} returned unknown buffer {i}"))?;
                 let from = &self.driver_layout;
                 let to = lease.buffer().layout.clone();
-                let jpeg = src.data.get(..used as usize).unwrap_or(&[]);
+                let jpeg = src[0].data.get(..used[0] as usize).unwrap_or(&[]);
                 let decoder = self.mjpeg.as_mut();
                 let checksum = lease
                     .with_bytes_mut(|d| -> Result<Option<u32>> {
                         match decoder {
                             Some(dec) => dec.decode_into(jpeg, d, &to)?,
-                            None => copy_frame(&src.data[..], from, d, &to),
+                            None => copy_frame(src, from, d, &to),
                         }
                         Ok(if want_sum {
                             frame_checksum(d, &to.planes)
@@ -876,12 +1031,12 @@ impl Capture {
                         // A webcam's corrupt JPEG costs one frame, not the stream.
                         self.dropped_errors += 1;
                         tracing::warn!("{path}: buffer {i}: {e:#}; frame dropped");
-                        qbuf_mmap(&self.dev, i as u32)
+                        qbuf_mmap(&self.dev, q, i as u32, n_mem)
                             .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
                         return Ok(None);
                     }
                 };
-                qbuf_mmap(&self.dev, i as u32)
+                qbuf_mmap(&self.dev, q, i as u32, n_mem)
                     .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
                 Ok(Some(NextFrame::Frame(Filled {
                     lease,
@@ -898,7 +1053,7 @@ impl Drop for Capture {
     fn drop(&mut self) {
         if self.streaming {
             // STREAMOFF returns every buffer to us; errors (unplugged) do not matter here.
-            let _ = ioctl::streamoff(&self.dev, Q);
+            let _ = ioctl::streamoff(&self.dev, self.q);
         }
         if self.dropped_errors > 0 {
             tracing::info!(
@@ -910,9 +1065,18 @@ impl Drop for Capture {
     }
 }
 
-/// Copy one frame between two layouts of the same format, row by row.
-fn copy_frame(src: &[u8], from: &FrameLayout, dst: &mut [u8], to: &FrameLayout) {
-    for (a, b) in from.planes.iter().zip(&to.planes) {
+/// Copy one frame from the driver's memory planes (`src`, laid out as `from`) into `dst`
+/// (one buffer, laid out as `to`), row by row.
+fn copy_frame(src: &[ioctl::PlaneMapping], from: &DriverLayout, dst: &mut [u8], to: &FrameLayout) {
+    for ((a, &m), b) in from
+        .layout
+        .planes
+        .iter()
+        .zip(&from.plane_mem)
+        .zip(&to.planes)
+    {
+        let Some(src) = src.get(m) else { continue };
+        let src = &src.data[..];
         let n = a.row_bytes.min(b.row_bytes) as usize;
         for y in 0..a.rows.min(b.rows) as u64 {
             let s = (a.offset + y * u64::from(a.stride)) as usize;
@@ -954,17 +1118,29 @@ impl std::fmt::Display for Busy {
 
 impl std::error::Error for Busy {}
 
-fn set_format(dev: &mut File, path: &Path, cc: u32, size: (u32, u32), bpl: u32) -> Result<Format> {
+/// `VIDIOC_S_FMT`: fourcc `cc` at `size`, asking for `bpls` (bytesperline per memory plane;
+/// empty or 0: the driver's choice).
+fn set_format(
+    dev: &mut File,
+    q: QueueType,
+    path: &Path,
+    cc: u32,
+    size: (u32, u32),
+    bpls: &[u32],
+) -> Result<Format> {
+    let n_mem = format_entry(cc).map_or(1, |(_, n)| n);
     let want = Format {
         width: size.0,
         height: size.1,
         pixelformat: cc.into(),
-        plane_fmt: vec![v4l2r::PlaneLayout {
-            sizeimage: 0,
-            bytesperline: bpl,
-        }],
+        plane_fmt: (0..n_mem)
+            .map(|j| v4l2r::PlaneLayout {
+                sizeimage: 0,
+                bytesperline: bpls.get(j).copied().unwrap_or(0),
+            })
+            .collect(),
     };
-    ioctl::s_fmt::<_, Format>(dev, (Q, &want)).map_err(|e| {
+    ioctl::s_fmt::<_, Format>(dev, (q, &want)).map_err(|e| {
         let e = e.into_errno();
         if e == EBUSY {
             anyhow::Error::new(Busy(format!(
@@ -984,8 +1160,8 @@ fn set_format(dev: &mut File, path: &Path, cc: u32, size: (u32, u32), bpl: u32) 
     })
 }
 
-fn reqbufs(dev: &File, memory: MemoryType, count: usize) -> Result<usize> {
-    let n: usize = ioctl::reqbufs(dev, Q, memory, count as u32, MemoryConsistency::empty())
+fn reqbufs(dev: &File, q: QueueType, memory: MemoryType, count: usize) -> Result<usize> {
+    let n: usize = ioctl::reqbufs(dev, q, memory, count as u32, MemoryConsistency::empty())
         .map_err(|e| {
             let e = e.into_errno();
             if e == EBUSY {
@@ -1002,28 +1178,42 @@ fn reqbufs(dev: &File, memory: MemoryType, count: usize) -> Result<usize> {
     Ok(n)
 }
 
-fn setup_expbuf(dev: &File, layout: &FrameLayout, count: usize) -> Result<(Pool, Mode)> {
-    let n = reqbufs(dev, MemoryType::Mmap, count)?;
+fn setup_expbuf(dev: &File, q: QueueType, dl: &DriverLayout, count: usize) -> Result<(Pool, Mode)> {
+    let n = reqbufs(dev, q, MemoryType::Mmap, count)?;
     let mut bufs = Vec::with_capacity(n);
     for i in 0..n {
-        let fd: OwnedFd = ioctl::expbuf(dev, Q, i, 0, ExpbufFlags::RDWR | ExpbufFlags::CLOEXEC)
-            .map_err(|e| anyhow::anyhow!("VIDIOC_EXPBUF {i}: {}", errno_text(e.into_errno())))?;
-        let size = nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekEnd)
-            .context("lseek on an exported buffer")? as u64;
-        if size < layout.size {
-            bail!(
-                "exported buffer {i} holds {size} bytes, the frame needs {}",
-                layout.size
-            );
+        let mut fds = Vec::new();
+        let mut fd_sizes = Vec::new();
+        // One dma-buf per memory plane (NV12M: two).
+        for (j, &need) in dl.mem_sizes.iter().enumerate() {
+            let fd: OwnedFd = ioctl::expbuf(dev, q, i, j, ExpbufFlags::RDWR | ExpbufFlags::CLOEXEC)
+                .map_err(|e| {
+                    anyhow::anyhow!(
+                        "VIDIOC_EXPBUF {i} plane {j}: {}",
+                        errno_text(e.into_errno())
+                    )
+                })?;
+            let size = nix::unistd::lseek(&fd, 0, nix::unistd::Whence::SeekEnd)
+                .context("lseek on an exported buffer")? as u64;
+            if size < dl.needed(j) {
+                bail!(
+                    "exported buffer {i} plane {j} holds {size} bytes, the frame needs {} (sizeimage {need})",
+                    dl.needed(j)
+                );
+            }
+            fds.push(Arc::new(fd));
+            fd_sizes.push(size);
         }
-        bufs.push(FrameBuffer::single(
-            layout.clone(),
-            fd,
-            size,
-            AllocatorKind::V4l2,
-        ));
+        bufs.push(FrameBuffer {
+            layout: dl.layout.clone(),
+            fds,
+            fd_sizes,
+            plane_fds: dl.plane_mem.clone(),
+            memory: AllocatorKind::V4l2.memory(),
+            allocator: AllocatorKind::V4l2,
+        });
     }
-    let pool = Pool::from_buffers(bufs, AllocatorKind::V4l2, layout.format)
+    let pool = Pool::from_buffers(bufs, AllocatorKind::V4l2, dl.layout.format)
         .context("mapping the exported buffers")?;
     Ok((
         pool,
@@ -1035,46 +1225,89 @@ fn setup_expbuf(dev: &File, layout: &FrameLayout, count: usize) -> Result<(Pool,
 
 fn setup_dmabuf(
     dev: &mut File,
+    q: QueueType,
     path: &Path,
     cc: u32,
-    layout: &mut FrameLayout,
+    dl: &mut DriverLayout,
     req: &Request,
 ) -> Result<(Pool, Mode)> {
-    let format = layout.format;
+    let format = dl.layout.format;
     let (allocator, why) = alloc::select(req.alloc, format)?;
     if allocator.kind().memory() != dmabuf_core::MemoryKind::DmaBuf {
         bail!("no dma-buf allocator here (picked {why})");
     }
-    let pool = Pool::new(allocator.as_ref(), format, req.buffers)
-        .context("allocating the capture pool")?;
-    let ours = pool.buffer(0).expect("not empty").layout.clone();
-    if ours.planes != layout.planes {
-        // Ask the driver for the pool's stride; most webcams cannot, vivid can.
-        let fmt = set_format(
-            dev,
-            path,
-            cc,
-            (format.width, format.height),
-            ours.planes[0].stride,
-        )?;
-        let theirs = driver_layout(format, &fmt)?;
+    let multi = dl.mem_sizes.len() > 1;
+    let pool = if multi {
+        // One dma-buf per plane: each plane allocated as a one-plane (R8) picture of its row
+        // bytes × rows, so that the allocator picks its stride.
+        let mut bufs = Vec::with_capacity(req.buffers);
+        for _ in 0..req.buffers {
+            let mut fds = Vec::new();
+            let mut fd_sizes = Vec::new();
+            let mut planes = Vec::new();
+            for (i, p) in dl.layout.planes.iter().enumerate() {
+                let one = allocator
+                    .allocate(FrameFormat::linear(PixelFormat::R8, p.row_bytes, p.rows))
+                    .with_context(|| format!("allocating plane {i}"))?;
+                planes.push(PlaneLayout {
+                    offset: 0,
+                    stride: one.layout.planes[0].stride,
+                    ..*p
+                });
+                fds.extend(one.fds);
+                fd_sizes.extend(one.fd_sizes);
+            }
+            bufs.push(FrameBuffer {
+                layout: FrameLayout {
+                    format,
+                    planes,
+                    size: fd_sizes.iter().sum(),
+                },
+                fds,
+                fd_sizes,
+                plane_fds: dl.plane_mem.clone(),
+                memory: allocator.kind().memory(),
+                allocator: allocator.kind(),
+            });
+        }
+        Pool::from_buffers(bufs, allocator.kind(), format).context("mapping the capture pool")?
+    } else {
+        Pool::new(allocator.as_ref(), format, req.buffers).context("allocating the capture pool")?
+    };
+    let first = pool.buffer(0).expect("not empty").clone();
+    let ours = &first.layout;
+    if ours.planes != dl.layout.planes {
+        // Ask the driver for the pool's strides; most webcams cannot, vivid can.
+        let bpls: Vec<u32> = if multi {
+            ours.planes.iter().map(|p| p.stride).collect()
+        } else {
+            vec![ours.planes[0].stride]
+        };
+        let fmt = set_format(dev, q, path, cc, (format.width, format.height), &bpls)?;
+        let theirs = driver_layout(format, &fmt, dl.mem_sizes.len())?;
         let fits = theirs
+            .layout
             .planes
             .iter()
             .zip(&ours.planes)
             .all(|(t, o)| t.stride == o.stride && t.offset == o.offset)
-            && theirs.size <= pool.buffer(0).expect("not empty").fd_sizes[0];
+            && (0..theirs.mem_sizes.len()).all(|j| theirs.needed(j) <= first.fd_sizes[j]);
         if !fits {
             bail!(
                 "the driver's layout (strides {:?}) does not match the {} pool's (strides {:?})",
-                theirs.planes.iter().map(|p| p.stride).collect::<Vec<_>>(),
+                theirs
+                    .layout
+                    .planes
+                    .iter()
+                    .map(|p| p.stride)
+                    .collect::<Vec<_>>(),
                 allocator.kind(),
                 ours.planes.iter().map(|p| p.stride).collect::<Vec<_>>()
             );
         }
-        *layout = theirs;
+        *dl = theirs;
     }
-    let n = reqbufs(dev, MemoryType::DmaBuf, pool.len())?;
+    let n = reqbufs(dev, q, MemoryType::DmaBuf, pool.len())?;
     if n < pool.len() {
         bail!("the driver took {n} of {} DMABUF buffers", pool.len());
     }
@@ -1087,50 +1320,69 @@ fn setup_dmabuf(
     ))
 }
 
-fn setup_mmap(dev: &File, layout: &FrameLayout, req: &Request) -> Result<(Pool, Mode)> {
-    let n = reqbufs(dev, MemoryType::Mmap, req.buffers.min(8))?;
+fn setup_mmap(dev: &File, q: QueueType, dl: &DriverLayout, req: &Request) -> Result<(Pool, Mode)> {
+    let n = reqbufs(dev, q, MemoryType::Mmap, req.buffers.min(8))?;
     let mut maps = Vec::with_capacity(n);
     for i in 0..n {
         let qb: QueryBuffer =
-            ioctl::querybuf(dev, Q, i).map_err(|e| anyhow::anyhow!("VIDIOC_QUERYBUF {i}: {e}"))?;
-        let plane = qb.planes.first().context("QUERYBUF: no plane")?;
-        if u64::from(plane.length) < layout.size {
+            ioctl::querybuf(dev, q, i).map_err(|e| anyhow::anyhow!("VIDIOC_QUERYBUF {i}: {e}"))?;
+        if qb.planes.len() < dl.mem_sizes.len() {
             bail!(
-                "driver buffer {i} is {} bytes, the frame needs {}",
-                plane.length,
-                layout.size
+                "QUERYBUF: buffer {i} has {} planes, the format {}",
+                qb.planes.len(),
+                dl.mem_sizes.len()
             );
         }
-        let map = ioctl::mmap(dev, plane.mem_offset, plane.length)
-            .map_err(|e| anyhow::anyhow!("mmap of buffer {i}: {e}"))?;
-        maps.push(map);
+        let mut planes = Vec::new();
+        for (j, plane) in qb.planes.iter().take(dl.mem_sizes.len()).enumerate() {
+            if u64::from(plane.length) < dl.needed(j).max(dl.mem_sizes[j].min(1)) {
+                bail!(
+                    "driver buffer {i} plane {j} is {} bytes, the frame needs {}",
+                    plane.length,
+                    dl.needed(j)
+                );
+            }
+            let map = ioctl::mmap(dev, plane.mem_offset, plane.length)
+                .map_err(|e| anyhow::anyhow!("mmap of buffer {i} plane {j}: {e}"))?;
+            planes.push(map);
+        }
+        maps.push(planes);
     }
-    let (allocator, why) = alloc::select(req.alloc, layout.format)?;
-    let pool =
-        Pool::new(allocator.as_ref(), layout.format, req.buffers).context("allocating the pool")?;
+    let format = dl.layout.format;
+    let (allocator, why) = alloc::select(req.alloc, format)?;
+    let pool = Pool::new(allocator.as_ref(), format, req.buffers).context("allocating the pool")?;
     tracing::info!("v4l2 mmap: copying into {why}");
     Ok((pool, Mode::Mmap { maps }))
 }
 
-fn qbuf(dev: &File, io: Io, lease: &Lease) -> Result<()> {
+fn qbuf(dev: &File, q: QueueType, io: Io, lease: &Lease) -> Result<()> {
     let i = lease.id();
-    let r = if io == Io::Dmabuf {
-        let b = lease.buffer();
-        let handle = DmaBufHandle(PoolFd {
-            fd: b.fds[0].clone(),
-            len: b.fd_sizes[0],
-        });
-        let mut q = QBuffer::<DmaBufHandle<PoolFd>>::new(Q, i);
-        q.planes = vec![QBufPlane::new_from_handle(&handle, 0)];
-        ioctl::qbuf::<_, ()>(dev, q)
-    } else {
-        return qbuf_mmap(dev, i);
-    };
-    r.map_err(|e| IoctlErrno(e.into_errno()).into())
+    let b = lease.buffer();
+    if io != Io::Dmabuf {
+        return qbuf_mmap(dev, q, i, b.fds.len());
+    }
+    // One dma-buf per memory plane.
+    let handles: Vec<DmaBufHandle<PoolFd>> = b
+        .fds
+        .iter()
+        .zip(&b.fd_sizes)
+        .map(|(fd, &len)| {
+            DmaBufHandle(PoolFd {
+                fd: fd.clone(),
+                len,
+            })
+        })
+        .collect();
+    let mut qb = QBuffer::<DmaBufHandle<PoolFd>>::new(q, i);
+    qb.planes = handles
+        .iter()
+        .map(|h| QBufPlane::new_from_handle(h, 0))
+        .collect();
+    ioctl::qbuf::<_, ()>(dev, qb).map_err(|e| IoctlErrno(e.into_errno()).into())
 }
 
-fn qbuf_mmap(dev: &File, i: u32) -> Result<()> {
-    let mut q = QBuffer::<MmapHandle>::new(Q, i);
-    q.planes = vec![QBufPlane::new(0)];
-    ioctl::qbuf::<_, ()>(dev, q).map_err(|e| IoctlErrno(e.into_errno()).into())
+fn qbuf_mmap(dev: &File, q: QueueType, i: u32, n_mem: usize) -> Result<()> {
+    let mut qb = QBuffer::<MmapHandle>::new(q, i);
+    qb.planes = (0..n_mem.max(1)).map(|_| QBufPlane::new(0)).collect();
+    ioctl::qbuf::<_, ()>(dev, qb).map_err(|e| IoctlErrno(e.into_errno()).into())
 }

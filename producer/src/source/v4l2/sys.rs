@@ -8,10 +8,10 @@ use v4l2r::bindings::{
 };
 use v4l2r::QueueType;
 
-/// A `VIDIOC_S_PARM` argument asking a capture queue for `num/den` frames per second.
-pub fn capture_parm(fps: (u32, u32)) -> v4l2_streamparm {
+/// A `VIDIOC_S_PARM` argument asking capture queue `q` for `num/den` frames per second.
+pub fn capture_parm(q: QueueType, fps: (u32, u32)) -> v4l2_streamparm {
     v4l2_streamparm {
-        type_: QueueType::VideoCapture as u32,
+        type_: q as u32,
         parm: v4l2_streamparm__bindgen_ty_1 {
             capture: v4l2_captureparm {
                 // Time per frame is the inverse of the frame rate.
@@ -25,22 +25,37 @@ pub fn capture_parm(fps: (u32, u32)) -> v4l2_streamparm {
     }
 }
 
-/// The frame rate (`num/den` frames per second) a capture queue's `v4l2_streamparm` states;
-/// `None` if the driver left it zero or `parm` is not a capture queue's.
-pub fn capture_fps(parm: &v4l2_streamparm) -> Option<(u32, u32)> {
-    if parm.type_ != QueueType::VideoCapture as u32 {
+/// The frame rate (`num/den` frames per second) capture queue `q`'s `v4l2_streamparm` states;
+/// `None` if the driver left it zero or `parm` is not that queue's.
+pub fn capture_fps(q: QueueType, parm: &v4l2_streamparm) -> Option<(u32, u32)> {
+    if parm.type_ != q as u32 {
         return None;
     }
-    // SAFETY: for a VIDEO_CAPTURE queue the kernel fills the `capture` member of the union
-    // (videodev2.h: "struct v4l2_captureparm capture" for capture types); every bit pattern is
+    // SAFETY: for a VIDEO_CAPTURE(_MPLANE) queue the kernel fills the `capture` member of the
+    // union (videodev2.h: "struct v4l2_captureparm capture" for capture types); every bit pattern is
     // a valid `v4l2_captureparm` (plain integers).
     let tpf = unsafe { parm.parm.capture.timeperframe };
     (tpf.numerator != 0 && tpf.denominator != 0).then_some((tpf.denominator, tpf.numerator))
 }
 
-/// The colorimetry fields of a single-planar capture format (`struct v4l2_pix_format`):
-/// colorspace, ycbcr_enc, quantization, xfer_func, as the driver set them.
+/// The colorimetry fields of a capture format (`struct v4l2_pix_format`, or
+/// `v4l2_pix_format_mplane` for a multi-planar queue): colorspace, ycbcr_enc, quantization,
+/// xfer_func, as the driver set them.
 pub fn pix_colorimetry(fmt: &v4l2r::bindings::v4l2_format) -> Option<(u32, u32, u32, u32)> {
+    if fmt.type_ == QueueType::VideoCaptureMplane as u32 {
+        // SAFETY: for a VIDEO_CAPTURE_MPLANE format the kernel fills the `pix_mp` member of
+        // the union (videodev2.h, struct v4l2_format); every bit pattern is a valid
+        // `v4l2_pix_format_mplane` (integers and arrays of integers).
+        let mp = unsafe { fmt.fmt.pix_mp };
+        // SAFETY: as above: both members of this union are u8.
+        let enc = unsafe { mp.__bindgen_anon_1.ycbcr_enc };
+        return Some((
+            mp.colorspace,
+            u32::from(enc),
+            u32::from(mp.quantization),
+            u32::from(mp.xfer_func),
+        ));
+    }
     if fmt.type_ != QueueType::VideoCapture as u32 {
         return None;
     }
