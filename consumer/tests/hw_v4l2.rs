@@ -66,7 +66,7 @@ fn vivid_mplane(test: &str) -> Option<PathBuf> {
     }
     skip_or_fail(
         test,
-        "no vivid multi-planar capture node (the lane loads vivid multiplanar=1,1,2)".into(),
+        "no vivid multi-planar capture node (the lane loads vivid multiplanar=1,1,2)",
     );
     None
 }
