@@ -59,11 +59,16 @@ fn transport(name: &str, transport: &str, import: &str, format: &str, size: &str
 #[test]
 fn memcpy_frames_are_verified() {
     transport("tr-memcpy", "memcpy", "copy", "NV12", "1279x719");
+    // The comparison paths carry every format: 10-bit, 4:2:2, grey, 24-bit RGB.
+    transport("tr-memcpy-p010", "memcpy", "copy", "P010", "641x361");
+    transport("tr-memcpy-s210", "memcpy", "cpu-map", "S210", "641x361");
 }
 
 #[test]
 fn socket_copy_frames_are_verified_on_the_gpu_path() {
     transport("tr-sock-gpu", "socket-copy", "copy", "I420", "1279x719");
+    transport("tr-sock-gpu-r8", "socket-copy", "copy", "R8", "641x361");
+    transport("tr-sock-gpu-bg24", "socket-copy", "copy", "BGR888", "641x361");
 }
 
 #[test]

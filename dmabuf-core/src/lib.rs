@@ -8,6 +8,7 @@ pub mod mapping;
 pub mod pool;
 pub mod procstat;
 pub mod proto;
+pub mod receiver;
 pub mod sys;
 #[doc(hidden)]
 pub mod testing;
