@@ -547,7 +547,8 @@ fn run(args: &Args) -> Result<i32> {
         stats.report.vk_imports = Some(g.vk.counters.imports);
         stats.report.implicit_sync_waits = Some(g.vk.counters.implicit_sync_waits);
     }
-    stats.report.gpu_verified = gpu.is_some() && args.verify;
+    // True only when the GPU recomputed at least one checksum.
+    stats.report.gpu_verified = gpu.is_some() && args.verify && stats.report.verified > 0;
     if let Some(e) = &expect {
         stats.report.framemd5_matched = Some(e.matched);
         stats.report.framemd5_mismatches = Some(e.mismatched);
@@ -666,8 +667,30 @@ impl Stream<'_> {
                     let buf = self.client.buffer(id).expect("just added");
                     match self.gpu.as_mut() {
                         Some(g) => {
-                            g.vk.import(id, buf, g.path)
-                                .with_context(|| format!("importing buffer {id} ({})", g.path))?
+                            let mut r = g.vk.import(id, buf, g.path);
+                            if let Err(e) = &r {
+                                if args.import == ImportChoice::Auto && g.path != ImportPath::Copy {
+                                    // A buffer this path cannot take (a memfd whose size is not
+                                    // a multiple of the host-pointer alignment …): the copy
+                                    // path, the last resort, from here on.
+                                    tracing::warn!(
+                                        "buffer {id}: {} import failed ({e:#}); copying instead",
+                                        g.path
+                                    );
+                                    g.path = ImportPath::Copy;
+                                    self.stats.report.import_path = g.path.name().into();
+                                    r = g.vk.import(id, buf, g.path);
+                                }
+                            }
+                            if let Err(e) = r {
+                                // Say why before leaving (Goodbye text is cut at 112 bytes:
+                                // the root cause first).
+                                let why = format!("buffer {id}: {}", e.root_cause());
+                                self.client.goodbye(GoodbyeReason::Unsupported, &why);
+                                return Err(
+                                    e.context(format!("importing buffer {id} ({})", g.path))
+                                );
+                            }
                         }
                         None => maps[id as usize] = Some(MappedBuffer::new(buf)?),
                     }

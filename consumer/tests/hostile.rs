@@ -494,7 +494,7 @@ fn consumer_refuses_a_frame_in_an_unknown_buffer() {
             }))
             .unwrap();
         },
-        "buffer 1 was never added",
+        "buffer 1 is not added (never added, or removed)",
     );
 }
 
@@ -727,7 +727,7 @@ fn consumer_refuses_every_hostile_producer() {
                 }))
                 .unwrap();
             }),
-            "buffer 1 was never added",
+            "buffer 1 is not added (never added, or removed)",
         ),
     ];
     for (name, memory, bad, want) in cases {

@@ -567,11 +567,102 @@ fn a_consumer_at_its_descriptor_limit_says_so() {
     );
 }
 
+/// Send buffer `id` (NV12 64x48) with its planes in one memfd or one memfd per plane, each
+/// memfd `page_round`ed to whole pages or exactly as long as its planes; fill it and return the
+/// frame checksum of its contents.
+fn send_buffer(chan: &Channel, id: u32, per_plane: bool, page_round: bool) -> u32 {
+    let l = FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 64, 48)).unwrap();
+    let groups: Vec<Vec<usize>> = if per_plane {
+        (0..l.planes.len()).map(|i| vec![i]).collect()
+    } else {
+        vec![(0..l.planes.len()).collect()]
+    };
+    let mut fds = Vec::new();
+    let mut planes = vec![None; l.planes.len()];
+    let mut sum = 0u32;
+    for (k, group) in groups.iter().enumerate() {
+        // Planes of this fd back to back from offset 0.
+        let mut at = Vec::new();
+        let mut end = 0u64;
+        for &i in group {
+            at.push((i, end));
+            end += l.planes[i].size();
+        }
+        let size = if page_round {
+            end.div_ceil(4096) * 4096
+        } else {
+            end
+        };
+        let fd = dmabuf_core::alloc::sealed_memfd(
+            "plane",
+            size,
+            nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW,
+        )
+        .unwrap();
+        let bytes: Vec<u8> = (0..size)
+            .map(|b| (b as u32 * 7 + k as u32 * 31 + id * 13) as u8)
+            .collect();
+        nix::sys::uio::pwrite(&fd, &bytes, 0).unwrap();
+        for (i, off) in at {
+            let p = dmabuf_core::format::PlaneLayout {
+                offset: off,
+                ..l.planes[i]
+            };
+            sum = sum
+                .wrapping_add(dmabuf_core::format::plane_checksum(i as u32, &bytes, &p).unwrap());
+            planes[i] = Some(WirePlane {
+                fd_index: k as u32,
+                stride: p.stride,
+                offset: off,
+                size: p.size(),
+            });
+        }
+        fds.push(fd);
+    }
+    let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+    chan.send_with_fds(
+        &Message::AddBuffer(AddBuffer {
+            buffer_id: id,
+            n_fds: fds.len() as u32,
+            planes: planes.into_iter().map(Option::unwrap).collect(),
+        }),
+        &borrowed,
+    )
+    .unwrap();
+    sum
+}
+
+/// Send `frames` checksummed frames round-robin over buffers with checksums `sums`, each
+/// after the previous one's release, then end the stream.
+fn stream_and_end(chan: Channel, sums: &[u32], frames: u64) {
+    let mut chan = chan;
+    for seq in 0..frames {
+        let id = (seq % sums.len() as u64) as u32;
+        let Message::Frame(mut f) = frame(id, seq) else {
+            unreachable!()
+        };
+        f.flags = FRAME_FLAG_CHECKSUM;
+        f.checksum = sums[id as usize];
+        if chan.send(&Message::Frame(f)).is_err() {
+            return;
+        }
+        // Wait for its release before reusing the buffer.
+        match chan.recv(Some(T), "Release") {
+            Ok((Message::Release(_), _)) => {}
+            other => panic!("expected a Release, got {other:?}"),
+        }
+    }
+    let _ = chan.send(&Message::Goodbye(Goodbye {
+        reason: GoodbyeReason::EndOfStream,
+        message: String::new(),
+    }));
+    std::thread::sleep(Duration::from_millis(300));
+}
+
 /// A buffer may carry one fd per plane (PROTOCOL.md, AddBuffer): every import path takes it,
 /// the default one included, and verifies every frame (the GPU over each plane's own buffer).
 #[test]
 fn one_fd_per_plane_is_imported_by_every_path() {
-    let l = FrameLayout::gpu_friendly(FrameFormat::linear(PixelFormat::Nv12, 64, 48)).unwrap();
     for import in ["auto", "host-pointer", "copy", "cpu-map"] {
         let name = format!("fd-per-plane-{import}");
         let json = socket(&name).with_extension("json");
@@ -586,67 +677,10 @@ fn one_fd_per_plane_is_imported_by_every_path() {
             &j,
         ];
         let (code, err) = fake_producer(&name, &args, 2, |chan| {
-            let mut sums = Vec::new();
-            for id in 0..2u32 {
-                // Each plane in its own memfd, at offset 0, filled with its own bytes.
-                let mut fds = Vec::new();
-                let mut planes = Vec::new();
-                let mut sum = 0u32;
-                for (i, p) in l.planes.iter().enumerate() {
-                    let size = p.size().div_ceil(4096) * 4096;
-                    let fd = dmabuf_core::alloc::sealed_memfd(
-                        "plane",
-                        size,
-                        nix::fcntl::SealFlag::F_SEAL_SHRINK | nix::fcntl::SealFlag::F_SEAL_GROW,
-                    )
-                    .unwrap();
-                    let bytes: Vec<u8> = (0..size)
-                        .map(|b| (b as u32 * 7 + i as u32 * 31 + id * 13) as u8)
-                        .collect();
-                    nix::sys::uio::pwrite(&fd, &bytes, 0).unwrap();
-                    let at0 = dmabuf_core::format::PlaneLayout { offset: 0, ..*p };
-                    sum = sum.wrapping_add(
-                        dmabuf_core::format::plane_checksum(i as u32, &bytes, &at0).unwrap(),
-                    );
-                    planes.push(WirePlane {
-                        fd_index: i as u32,
-                        stride: p.stride,
-                        offset: 0,
-                        size: p.size(),
-                    });
-                    fds.push(fd);
-                }
-                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
-                chan.send_with_fds(
-                    &Message::AddBuffer(AddBuffer {
-                        buffer_id: id,
-                        n_fds: 2,
-                        planes,
-                    }),
-                    &borrowed,
-                )
-                .unwrap();
-                sums.push(sum);
-            }
-            let mut chan = chan;
-            for seq in 0..6u64 {
-                let id = (seq % 2) as u32;
-                let Message::Frame(mut f) = frame(id, seq) else {
-                    unreachable!()
-                };
-                f.flags = FRAME_FLAG_CHECKSUM;
-                f.checksum = sums[id as usize];
-                chan.send(&Message::Frame(f)).unwrap();
-                // Wait for its release before reusing the buffer.
-                let (m, _) = chan.recv(Some(T), "Release").unwrap();
-                assert!(matches!(m, Message::Release(_)), "{m:?}");
-            }
-            chan.send(&Message::Goodbye(Goodbye {
-                reason: GoodbyeReason::EndOfStream,
-                message: String::new(),
-            }))
-            .unwrap();
-            std::thread::sleep(Duration::from_millis(300));
+            let sums: Vec<u32> = (0..2)
+                .map(|id| send_buffer(&chan, id, true, true))
+                .collect();
+            stream_and_end(chan, &sums, 6);
         });
         assert_eq!(code, Some(0), "{import}: {err}");
         let s = read_json(&json);
@@ -656,4 +690,57 @@ fn one_fd_per_plane_is_imported_by_every_path() {
             assert_eq!(s["gpu_verified"], true, "{import}: {s}");
         }
     }
+}
+
+/// Descriptor sizes need no alignment on the wire. A memfd the host-pointer path cannot import
+/// (its size not a multiple of the device's alignment) goes through the copy path under
+/// `--import auto`, and is refused with a Goodbye saying why when host-pointer is forced.
+#[test]
+fn an_unaligned_memfd_falls_back_to_copy_or_is_refused_with_a_reason() {
+    let name = "unaligned-auto";
+    let json = socket(name).with_extension("json");
+    let j = json.to_str().unwrap().to_string();
+    let args = [
+        "--import",
+        "auto",
+        "--verify",
+        "--frames",
+        "6",
+        "--stats-json",
+        &j,
+    ];
+    let (code, err) = fake_producer(name, &args, 2, |chan| {
+        let sums: Vec<u32> = (0..2)
+            .map(|id| send_buffer(&chan, id, false, false))
+            .collect();
+        stream_and_end(chan, &sums, 6);
+    });
+    assert_eq!(code, Some(0), "{err}");
+    let s = read_json(&json);
+    assert_eq!(s["verified"], 6, "{s}\n{err}");
+    assert_eq!(s["import_path"], "copy", "{s}");
+    assert!(err.contains("copying instead"), "{err}");
+
+    let goodbye = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let g2 = goodbye.clone();
+    let (code, err) = fake_producer(
+        "unaligned-forced",
+        &["--import", "host-pointer"],
+        2,
+        move |chan| {
+            send_buffer(&chan, 0, false, false);
+            let mut chan = chan;
+            if let Ok((Message::Goodbye(g), _)) = chan.recv(Some(T), "Goodbye") {
+                *g2.lock().unwrap() = Some(g);
+            }
+        },
+    );
+    assert_eq!(code, Some(1), "{err}");
+    let g = goodbye
+        .lock()
+        .unwrap()
+        .take()
+        .expect("a Goodbye before the close");
+    assert_eq!(g.reason, GoodbyeReason::Unsupported, "{g:?}");
+    assert!(g.message.contains("multiple of"), "{g:?}");
 }

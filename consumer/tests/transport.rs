@@ -68,7 +68,13 @@ fn memcpy_frames_are_verified() {
 fn socket_copy_frames_are_verified_on_the_gpu_path() {
     transport("tr-sock-gpu", "socket-copy", "copy", "I420", "1279x719");
     transport("tr-sock-gpu-r8", "socket-copy", "copy", "R8", "641x361");
-    transport("tr-sock-gpu-bg24", "socket-copy", "copy", "BGR888", "641x361");
+    transport(
+        "tr-sock-gpu-bg24",
+        "socket-copy",
+        "copy",
+        "BGR888",
+        "641x361",
+    );
 }
 
 #[test]

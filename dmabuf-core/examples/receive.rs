@@ -16,13 +16,18 @@ use std::time::Duration;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let path = args.next().unwrap_or_else(|| "/tmp/dmabuf-frames.sock".into());
+    let path = args
+        .next()
+        .unwrap_or_else(|| "/tmp/dmabuf-frames.sock".into());
     let frames: u64 = args.next().map_or(Ok(100), |n| n.parse())?;
 
     let caps = linear_caps(&PixelFormat::ALL, &MemoryKind::ALL);
     let rx = Receiver::connect(&path, caps, Duration::from_secs(5))?;
     let w = rx.welcome();
-    println!("stream: {} {}x{} in {}", w.pixel, w.width, w.height, w.memory);
+    println!(
+        "stream: {} {}x{} in {}",
+        w.pixel, w.width, w.height, w.memory
+    );
 
     // One read-only mapping per fd of each buffer, made once when the buffer arrives.
     let mut maps: HashMap<u32, Vec<CpuMapping>> = HashMap::new();

@@ -391,9 +391,11 @@ impl Server<'_> {
                 } else {
                     format!("consumer cannot take {format} in {memory}")
                 };
-                return Err(
-                    refuse(chan, &msg).context(format!("it offered {}", offered.join(", ")))
-                );
+                return Err(refuse(chan, &msg).context(if offered.is_empty() {
+                    "it offered nothing".to_string()
+                } else {
+                    format!("it offered {}", offered.join(", "))
+                }));
             }
         }
         let most = Fanout::max_members(self.share());

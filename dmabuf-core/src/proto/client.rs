@@ -177,7 +177,9 @@ impl Client {
             Message::Frame(f) => {
                 let id = f.buffer_id;
                 let Some(buf) = self.buffers.get(id as usize).and_then(|b| b.as_ref()) else {
-                    return Err(ProtoError::BadFrame(format!("buffer {id} was never added")));
+                    return Err(ProtoError::BadFrame(format!(
+                        "buffer {id} is not added (never added, or removed)"
+                    )));
                 };
                 if let Some(seq) = self.held[id as usize] {
                     return Err(ProtoError::BadFrame(format!(
@@ -211,10 +213,11 @@ impl Client {
                 if let Some(s) = self.last_seq {
                     if f.seq - s > MAX_SEQ_STEP {
                         return Err(ProtoError::BadFrame(format!(
-                            "sequence jumps by {} (from {s} to {}); at most {MAX_SEQ_STEP} frames \
-                             can be skipped",
+                            "sequence jumps by {} (from {s} to {}); a step is at most \
+                             {MAX_SEQ_STEP} ({} frames skipped)",
                             f.seq - s,
-                            f.seq
+                            f.seq,
+                            MAX_SEQ_STEP - 1
                         )));
                     }
                 }

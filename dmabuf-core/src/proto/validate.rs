@@ -32,8 +32,23 @@ pub fn check_fd(fd: BorrowedFd<'_>, memory: MemoryKind) -> Result<u64, String> {
             let seals = SealFlag::from_bits_truncate(seals);
             let need = SealFlag::F_SEAL_SHRINK | SealFlag::F_SEAL_GROW;
             if !seals.contains(need) {
+                let names: Vec<&str> = [
+                    (SealFlag::F_SEAL_SEAL, "F_SEAL_SEAL"),
+                    (SealFlag::F_SEAL_SHRINK, "F_SEAL_SHRINK"),
+                    (SealFlag::F_SEAL_GROW, "F_SEAL_GROW"),
+                    (SealFlag::F_SEAL_WRITE, "F_SEAL_WRITE"),
+                ]
+                .iter()
+                .filter(|(f, _)| seals.contains(*f))
+                .map(|(_, n)| *n)
+                .collect();
+                let has = if names.is_empty() {
+                    "none".to_string()
+                } else {
+                    names.join("|")
+                };
                 return Err(format!(
-                    "memfd is not sealed with F_SEAL_SHRINK|F_SEAL_GROW (seals {seals:?}); \
+                    "memfd is not sealed with F_SEAL_SHRINK|F_SEAL_GROW (its seals: {has}); \
                      refusing it, a peer could shrink it under the mapping"
                 ));
             }
