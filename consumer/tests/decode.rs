@@ -1125,9 +1125,10 @@ fn a_colorimetry_change_mid_stream_is_announced() {
     }
 }
 
-/// A stream that fails in the source (here: a segment in a pixel format this build does not
-/// carry) ends the producer with exit status 1 once its consumers are told, instead of
-/// lingering to replay the failure to the next one; a video track with no decodable picture
+/// A stream that fails in the source (here: the file is gone when `--loop` opens it again)
+/// ends the producer with exit status 1 once its consumers are told, instead of lingering to
+/// replay the failure to the next one (a change to 4:2:2 mid-stream, which ended the stream
+/// before 4:2:2 was carried, now renegotiates); a video track with no decodable picture
 /// (H.264 with its IDR pictures removed) is refused at start.
 #[test]
 fn a_failing_source_ends_the_producer() {
@@ -1166,20 +1167,41 @@ fn a_failing_source_ends_the_producer() {
         [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat(),
     )
     .unwrap();
+    // A change to 4:2:2 mid-stream is carried now (it ended the stream before 4:2:2 was):
+    // one renegotiation, every frame verified.
     let sock = socket("fatal");
     let src = format!("file:{}", mixed.display());
     let p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
+    let s = consume(
+        &sock,
+        "mixed",
+        &["--import", "cpu-map", "--verify"],
+        Duration::from_secs(60),
+    );
+    assert_eq!(s["frames"], 20, "{s}");
+    assert_eq!(s["verified"], 20, "{s}");
+    assert_eq!(s["renegotiations"], 1, "{s}");
+    assert_eq!(s["pixel_format"], "YUV422", "{s}");
+    drop(p);
+
+    // The source failing mid-stream: the file is gone when --loop opens it again.
+    let gone = dir.join("gone.h264");
+    std::fs::copy(&a, &gone).unwrap();
+    let sock = socket("fatal-gone");
+    let src = format!("file:{}", gone.display());
+    let p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--loop"]);
+    std::fs::remove_file(&gone).unwrap();
     let out = run_consumer(&sock, &["--import", "cpu-map"], Duration::from_secs(60));
     let e = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{e}");
-    assert!(e.contains("does not carry"), "{e}");
+    assert!(e.contains("gone.h264"), "the consumer is told why: {e}");
     let (st, err) = p.wait(Duration::from_secs(20));
     assert_eq!(
         st.code(),
         Some(1),
         "the producer exits with the error: {err}"
     );
-    assert!(err.contains("does not carry"), "{err}");
+    assert!(err.contains("gone.h264"), "{err}");
 
     let noidr = dir.join("noidr.h264");
     let st = Command::new("ffmpeg")
