@@ -61,7 +61,7 @@ fn memcpy_frames_are_verified() {
     transport("tr-memcpy", "memcpy", "copy", "NV12", "1279x719");
     // The comparison paths carry every format: 10-bit, 4:2:2, grey, 24-bit RGB.
     transport("tr-memcpy-p010", "memcpy", "copy", "P010", "641x361");
-    transport("tr-memcpy-s210", "memcpy", "cpu-map", "S210", "641x361");
+    transport("tr-memcpy-s210", "memcpy", "copy", "S210", "641x361");
 }
 
 #[test]
