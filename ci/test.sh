@@ -28,9 +28,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
-# The integration tests run both binaries; build them all first so none is stale.
-step "cargo build --workspace --bins"
-cargo build --workspace --bins
+# The integration tests run both binaries and the library examples; build them all first so
+# none is stale.
+step "cargo build --workspace --bins --examples"
+cargo build --workspace --bins --examples
 
 step "cargo test --workspace"
 # ci/setup.sh installed lavapipe: a missing Vulkan device is a failure here, not a skip.

@@ -3,11 +3,13 @@
 
 pub mod alloc;
 pub mod buffer;
+pub mod fanout;
 pub mod format;
 pub mod mapping;
 pub mod pool;
 pub mod procstat;
 pub mod proto;
+pub mod publisher;
 pub mod receiver;
 pub mod sys;
 #[doc(hidden)]

@@ -1,7 +1,6 @@
 //! `producer`: allocates a pool of frame buffers, fills them, and serves them to consumers over
 //! a Unix socket (fds once per buffer, then small per-frame messages).
 
-mod fanout;
 mod server;
 mod source;
 mod transport;

@@ -1,15 +1,15 @@
 //! Serving consumers: the pool is allocated once, before the first consumer arrives; several
-//! consumers are served at once (see [`crate::fanout`]), each with its own handshake, the
+//! consumers are served at once (see [`dmabuf_core::fanout`]), each with its own handshake, the
 //! pool's fds once, then paced frames shared by all of them.
 //!
 //! With `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd
 //! pool instead, if no other consumer is connected (otherwise it is refused, saying why).
 
-use crate::fanout::{Arrival, Fanout};
 use crate::source::{NextFrame, Source};
 use crate::transport::{Transport, TransportKind};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
+use dmabuf_core::fanout::{Arrival, Fanout};
 use dmabuf_core::format::frame_checksum;
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::procstat;
@@ -594,7 +594,7 @@ impl Server<'_> {
                 }
                 frame.publish_ns += dmabuf_core::time::monotonic_ns().saturating_sub(before);
             }
-            // The bounded wait for a consumer at its quota (see crate::fanout).
+            // The bounded wait for a consumer at its quota (see dmabuf_core::fanout).
             let until = Instant::now() + Duration::from_nanos(period_ns);
             let share = self.share();
             while self.fan.waiting_on_quota(share) {
@@ -642,7 +642,7 @@ impl Server<'_> {
     }
 
     /// Wait (serving connections) until a lone consumer holds less than the consumers' share;
-    /// with several, the quota in [`crate::fanout`] applies instead. `Some` when the stream
+    /// with several, the quota in [`dmabuf_core::fanout`] applies instead. `Some` when the stream
     /// must end meanwhile.
     fn wait_for_room(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
         while self.fan.len() == 1 && self.fan.max_held() >= self.share() {

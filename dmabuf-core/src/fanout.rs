@@ -1,4 +1,5 @@
-//! Several consumers on one producer.
+//! Several consumers on one producer: the connections, the quota, publishing one frame to
+//! many (used by [`crate::publisher::Publisher`] and by the `producer` binary).
 //!
 //! [`Fanout`] owns every connection the producer has: consumers still to say `Hello`
 //! (*pending*, each with a deadline) and consumers being served (*members*, one
@@ -10,7 +11,7 @@
 //! its clone until that consumer releases the buffer (or its session ends, however it ends), so
 //! the buffer returns to the pool only when the last consumer holding it has let go.
 //!
-//! Slow-consumer policy (see `docs/ARCHITECTURE.md`): with more than one member, a member may
+//! Slow-consumer policy (see `docs/ARCHITECTURE.md` and `docs/PROTOCOL.md`, "Flow control"): with more than one member, a member may
 //! hold at most [`Fanout::quota`] buffers (a share that shrinks with the number of members, so
 //! that stalled members can never pin every buffer). When a member reaches its
 //! quota, the producer waits up to one frame period for it to release (a bounded wait, once
@@ -22,11 +23,10 @@
 //! why). A
 //! single member may hold the whole pool (back-pressure, as before: nothing is dropped).
 
-use anyhow::{Context as _, Result};
-use dmabuf_core::pool::{Lease, Pool};
-use dmabuf_core::proto::server::{read_hello, Pumped, Session};
-use dmabuf_core::proto::wire::{printable, Frame, Goodbye, GoodbyeReason, Hello, Welcome};
-use dmabuf_core::proto::{Channel, Listener, Message, ProtoError};
+use crate::pool::{Lease, Pool};
+use crate::proto::server::{read_hello, Pumped, Session};
+use crate::proto::wire::{printable, Frame, Goodbye, GoodbyeReason, Hello, Welcome};
+use crate::proto::{Channel, Listener, Message, ProtoError};
 use nix::errno::Errno;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{setsockopt, sockopt};
@@ -183,7 +183,11 @@ impl Fanout {
     /// Wait up to `timeout` for activity and handle it: accept connections, read `Hello`s
     /// (returned for the server to admit), handle releases and departures. Returns as soon as
     /// something happened (or the time is up). Fails only if the listener itself fails.
-    pub fn wait(&mut self, listener: &Listener, timeout: Duration) -> Result<Vec<Arrival>> {
+    pub fn wait(
+        &mut self,
+        listener: &Listener,
+        timeout: Duration,
+    ) -> Result<Vec<Arrival>, ProtoError> {
         let now = Instant::now();
         // A pending Hello's deadline shortens the wait.
         let timeout = self
@@ -206,7 +210,12 @@ impl Fanout {
         let ready = match poll_readable(&fds, timeout) {
             Ok(r) => r,
             Err(Errno::EINTR) => vec![false; fds.len()],
-            Err(e) => return Err(e).context("poll"),
+            Err(e) => {
+                return Err(ProtoError::Io {
+                    op: "poll",
+                    source: e,
+                })
+            }
         };
         let (listen_ready, rest) = if listen {
             let (l, rest) = ready.split_first().expect("the listener is polled");
@@ -247,7 +256,7 @@ impl Fanout {
         Ok(arrivals)
     }
 
-    fn accept_all(&mut self, listener: &Listener) -> Result<()> {
+    fn accept_all(&mut self, listener: &Listener) -> Result<(), ProtoError> {
         loop {
             match listener.accept(Some(Duration::ZERO)) {
                 Ok(Some(chan)) => {
@@ -292,7 +301,7 @@ impl Fanout {
                     ));
                     return Ok(());
                 }
-                Err(e) => return Err(e).context("accepting a consumer"),
+                Err(e) => return Err(e),
             }
         }
     }
