@@ -3,11 +3,13 @@
 //! picked the one it did.
 
 mod dma_heap;
+#[cfg(feature = "gbm")]
 mod gbm;
 mod memfd;
 mod udmabuf;
 
 pub use self::dma_heap::DmaHeapAllocator;
+#[cfg(feature = "gbm")]
 pub use self::gbm::GbmAllocator;
 pub use self::memfd::{sealed_memfd, MemfdAllocator};
 pub use self::udmabuf::UdmabufAllocator;
@@ -43,6 +45,12 @@ pub enum AllocError {
     },
     #[error(transparent)]
     Layout(#[from] LayoutError),
+    /// `auto` tried every allocator and none could allocate: why each one failed.
+    #[error("no allocator can allocate {format}: {}", tried.join("; "))]
+    NoneWorked {
+        format: FrameFormat,
+        tried: Vec<String>,
+    },
 }
 
 /// Something that makes frame buffers.
@@ -106,7 +114,16 @@ pub fn open(kind: AllocatorKind) -> Result<Box<dyn Allocator>, AllocError> {
         AllocatorKind::Memfd => Box::new(MemfdAllocator::new()),
         AllocatorKind::DmaHeap => Box::new(DmaHeapAllocator::open_system()?),
         AllocatorKind::Udmabuf => Box::new(UdmabufAllocator::open()?),
+        #[cfg(feature = "gbm")]
         AllocatorKind::Gbm => Box::new(GbmAllocator::open_card()?),
+        #[cfg(not(feature = "gbm"))]
+        AllocatorKind::Gbm => {
+            return Err(AllocError::Unavailable {
+                allocator: kind,
+                path: "(none)".into(),
+                source: std::io::Error::other("built without the `gbm` feature of dmabuf-core"),
+            })
+        }
         AllocatorKind::V4l2 => {
             return Err(AllocError::Unavailable {
                 allocator: kind,
@@ -156,7 +173,34 @@ pub fn select(
                     Err(e) => rejected.push(e.to_string()),
                 }
             }
-            unreachable!("the memfd allocator is always available")
+            // Even memfd can fail: an impossible size, or this process at its fd limit.
+            Err(AllocError::NoneWorked {
+                format,
+                tried: rejected,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::PixelFormat;
+
+    /// `auto` ends in a typed error naming every allocator it tried, never a panic (a size no
+    /// allocator can make; the same path is taken at the fd limit, where memfd_create fails).
+    #[test]
+    fn auto_with_nothing_possible_is_an_error_listing_each_try() {
+        for (w, h) in [(0, 0), (crate::format::MAX_DIMENSION + 1, 16)] {
+            let f = FrameFormat::linear(PixelFormat::Nv12, w, h);
+            match select(AllocChoice::Auto, f) {
+                Err(AllocError::NoneWorked { tried, .. }) => {
+                    assert_eq!(tried.len(), AUTO_ORDER.len(), "{tried:?}");
+                    assert!(tried.last().unwrap().contains("out of range"), "{tried:?}");
+                }
+                Err(e) => panic!("{w}x{h}: {e}"),
+                Ok((a, why)) => panic!("{w}x{h}: {} ({why})", a.kind()),
+            }
         }
     }
 }
