@@ -543,9 +543,9 @@ fn run(args: &Args) -> Result<i32> {
         v.hold(Duration::from_secs_f64(args.window_hold));
     }
     if let Some(g) = &gpu {
-        stats.report.vk_allocations = Some(g.vk.counters.allocations);
-        stats.report.vk_imports = Some(g.vk.counters.imports);
-        stats.report.implicit_sync_waits = Some(g.vk.counters.implicit_sync_waits);
+        stats.report.vk_allocations = Some(g.vk.counters().allocations);
+        stats.report.vk_imports = Some(g.vk.counters().imports);
+        stats.report.implicit_sync_waits = Some(g.vk.counters().implicit_sync_waits);
     }
     // True only when the GPU recomputed at least one checksum.
     stats.report.gpu_verified = gpu.is_some() && args.verify && stats.report.verified > 0;
