@@ -270,3 +270,53 @@ fn decode_into_dma_bufs_is_byte_identical() {
         assert!(got == want, "{alloc} decode differs from ffmpeg's");
     }
 }
+
+/// `dmabuf-vulkan`'s `vulkan_receive` example on dma-heap buffers: each plane imported as an
+/// image with an explicit layout, every frame read back on the GPU equal to the CPU's view.
+#[test]
+fn the_vulkan_receive_example_imports_dma_bufs() {
+    let t = "the_vulkan_receive_example_imports_dma_bufs";
+    if !have(t, "/dev/dma_heap/system") {
+        return;
+    }
+    let example = consumer_bin()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("vulkan_receive");
+    assert!(
+        example.exists(),
+        "{} missing: cargo build --workspace --examples",
+        example.display()
+    );
+    for format in ["NV12", "P010"] {
+        let sock = socket(&format!("hw-vk-example-{format}"));
+        let _p = Producer::start(
+            &sock,
+            &[
+                "--alloc",
+                "dma-heap",
+                "--no-pace",
+                "--format",
+                format,
+                "--size",
+                "640x360",
+            ],
+        );
+        let out = std::process::Command::new(&example)
+            .arg(&sock)
+            .arg("30")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{format}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("received 30 frames through dmabuf-image: 30 matched, 0 differed"),
+            "{format}: {text}"
+        );
+    }
+}

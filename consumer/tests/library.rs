@@ -2,8 +2,10 @@
 //! `dmabuf-core`'s `receive` example (a `Receiver` with its frame guards, checking every frame
 //! on the CPU) takes frames from the producer in several formats; its `publish` example (a
 //! `Publisher` drawing its own frames) feeds the consumer, which verifies every frame on the
-//! GPU; a `Receiver` polled through its fd in a plain `poll(2)` loop, whose guards release
-//! exactly once, when dropped.
+//! GPU; `dmabuf-vulkan`'s `vulkan_receive` example imports the producer's frames into its own
+//! Vulkan device (lavapipe) and reads every one back on the GPU, equal to what the CPU sees; a
+//! `Receiver` polled through its fd in a plain `poll(2)` loop, whose guards release exactly
+//! once, when dropped.
 
 mod common;
 use common::*;
@@ -156,4 +158,56 @@ fn a_receiver_sits_in_a_poll_loop_and_its_guards_release_once() {
         }
     }
     rx.close("test done");
+}
+
+#[test]
+fn the_vulkan_receive_example_reads_every_frame_on_the_gpu() {
+    if !std::process::Command::new("vulkaninfo")
+        .arg("--summary")
+        .output()
+        .is_ok_and(|o| o.status.success())
+    {
+        if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
+            panic!("no Vulkan device and DMABUF_REQUIRE_VULKAN=1");
+        }
+        dmabuf_core::testing::skip(
+            "the_vulkan_receive_example_reads_every_frame_on_the_gpu",
+            "no Vulkan device",
+        );
+        return;
+    }
+    for (format, size) in [
+        ("NV12", "640x360"),
+        ("P010", "321x241"),
+        ("YUV444", "65x37"),
+    ] {
+        let sock = socket(&format!("lib-vk-{format}"));
+        let _p = Producer::start(
+            &sock,
+            &[
+                "--alloc",
+                "memfd",
+                "--no-pace",
+                "--format",
+                format,
+                "--size",
+                size,
+            ],
+        );
+        let out = std::process::Command::new(example("vulkan_receive"))
+            .arg(&sock)
+            .arg("60")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{format}: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains("received 60 frames through host-pointer: 60 matched, 0 differed"),
+            "{format}: {text}"
+        );
+    }
 }

@@ -175,6 +175,12 @@ pub fn plane_images(pixel: PixelFormat, width: u32, height: u32) -> Vec<PlaneIma
         .collect()
 }
 
+/// What imported plane images may be used for: sampled (or loaded) by shaders, and copied
+/// from (a readback, a blit into the caller's own images).
+pub const IMAGE_USAGE: vk::ImageUsageFlags = vk::ImageUsageFlags::from_raw(
+    vk::ImageUsageFlags::SAMPLED.as_raw() | vk::ImageUsageFlags::TRANSFER_SRC.as_raw(),
+);
+
 fn has_ext(exts: &[vk::ExtensionProperties], name: &CStr) -> bool {
     exts.iter().any(|e| e.extension_name_as_c_str() == Ok(name))
 }
@@ -403,8 +409,10 @@ impl Importer {
                 .iter()
                 .filter(|m| {
                     m.drm_format_modifier_plane_count == 1
-                        && m.drm_format_modifier_tiling_features
-                            .contains(vk::FormatFeatureFlags::SAMPLED_IMAGE)
+                        && m.drm_format_modifier_tiling_features.contains(
+                            vk::FormatFeatureFlags::SAMPLED_IMAGE
+                                | vk::FormatFeatureFlags::TRANSFER_SRC,
+                        )
                 })
                 .map(|m| m.drm_format_modifier)
                 .collect();
@@ -801,7 +809,7 @@ impl Importer {
                 .array_layers(1)
                 .samples(vk::SampleCountFlags::TYPE_1)
                 .tiling(vk::ImageTiling::DRM_FORMAT_MODIFIER_EXT)
-                .usage(vk::ImageUsageFlags::SAMPLED)
+                .usage(IMAGE_USAGE)
                 .sharing_mode(vk::SharingMode::EXCLUSIVE)
                 .initial_layout(vk::ImageLayout::UNDEFINED)
                 .push_next(&mut explicit)
@@ -850,7 +858,7 @@ impl Importer {
             .format(pi.format)
             .ty(vk::ImageType::TYPE_2D)
             .tiling(vk::ImageTiling::DRM_FORMAT_MODIFIER_EXT)
-            .usage(vk::ImageUsageFlags::SAMPLED)
+            .usage(IMAGE_USAGE)
             .push_next(&mut mod_info)
             .push_next(&mut ext_info);
         let mut ext_props = vk::ExternalImageFormatProperties::default();
