@@ -320,3 +320,46 @@ fn the_vulkan_receive_example_imports_dma_bufs() {
         );
     }
 }
+
+/// `dmabuf-core`'s `publish` example where a dma-buf allocator exists: its `Publisher` picks
+/// dma-heap by itself (`auto`), and the consumer imports each plane as an image and verifies
+/// every frame on the GPU.
+#[test]
+fn the_publish_example_publishes_dma_bufs() {
+    let t = "the_publish_example_publishes_dma_bufs";
+    if !have(t, "/dev/dma_heap/system") {
+        return;
+    }
+    let example = consumer_bin()
+        .parent()
+        .unwrap()
+        .join("examples")
+        .join("publish");
+    assert!(
+        example.exists(),
+        "{} missing: cargo build --workspace --examples",
+        example.display()
+    );
+    let sock = socket("hw-publish-example");
+    let mut publisher = std::process::Command::new(&example)
+        .arg(&sock)
+        .arg("60")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert!(
+        eventually(Duration::from_secs(20), || sock.exists()),
+        "the publisher binds its socket"
+    );
+    let s = consume(
+        &sock,
+        "publish-dma",
+        &["--verify", "--import", "dmabuf-image"],
+        Duration::from_secs(240),
+    );
+    assert_eq!(s["alloc"], "dma-heap", "{s}");
+    assert_eq!(s["import_path"], "dmabuf-image", "{s}");
+    assert_eq!(s["verified"], 60, "{s}");
+    assert_eq!(s["mismatches"], 0, "{s}");
+    assert!(publisher.wait().unwrap().success());
+}
