@@ -28,9 +28,9 @@ use crate::proto::server::{read_hello, Pumped, Session};
 use crate::proto::wire::{printable, Frame, Goodbye, GoodbyeReason, Hello, Welcome};
 use crate::proto::{Channel, Listener, Message, ProtoError};
 use nix::errno::Errno;
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::poll::{ppoll, PollFd, PollFlags};
 use nix::sys::socket::{setsockopt, sockopt};
-use nix::sys::time::{TimeVal, TimeValLike};
+use nix::sys::time::{TimeSpec, TimeVal, TimeValLike};
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -479,17 +479,15 @@ impl Fanout {
     }
 }
 
-/// `poll(2)` `fds` for input for up to `timeout`: which became ready (or hung up).
+/// `ppoll(2)` `fds` for input for up to `timeout` (nanosecond precision: a paced caller sleeps
+/// to its deadline instead of polling through the last partial millisecond): which became
+/// ready (or hung up).
 fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<Vec<bool>, Errno> {
     let mut pfds: Vec<PollFd> = fds
         .iter()
         .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
         .collect();
-    let ms = i32::try_from(timeout.as_millis()).unwrap_or(i32::MAX);
-    poll(
-        &mut pfds,
-        PollTimeout::try_from(ms).unwrap_or(PollTimeout::MAX),
-    )?;
+    ppoll(&mut pfds, Some(TimeSpec::from_duration(timeout)), None)?;
     Ok(pfds
         .iter()
         .map(|f| f.revents().is_some_and(|r| !r.is_empty()))

@@ -425,6 +425,7 @@ fn run(args: Args) -> Result<()> {
             burn_ns: args.test_burn_us.saturating_mul(1000),
             fault_pages: args.test_fault_pages,
         },
+        args.stats_json.is_some(),
     );
     tracing::info!("transport: {}", transport.kind().name());
     let result = server::serve(&args.socket, &listen, source, &mut transport, opts, stop);

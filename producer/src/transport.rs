@@ -48,7 +48,15 @@ pub struct Transport {
 }
 
 impl Transport {
-    pub fn new(kind: TransportKind, socket: &Path, warmup: u64, test: TestLoad) -> Self {
+    /// `metered`: keep the CPU accounting of `--stats-json` (two `CLOCK_PROCESS_CPUTIME_ID`
+    /// reads and a `getrusage` per frame); without it the hot path makes no such syscalls.
+    pub fn new(
+        kind: TransportKind,
+        socket: &Path,
+        warmup: u64,
+        test: TestLoad,
+        metered: bool,
+    ) -> Self {
         Self {
             kind,
             private: Vec::new(),
@@ -56,7 +64,7 @@ impl Transport {
             bytes_listener: None,
             stream: None,
             test,
-            meter: Meter::new(kind, warmup),
+            meter: Meter::new(kind, warmup, metered),
         }
     }
 
@@ -105,9 +113,9 @@ impl Transport {
     /// Run a step of the source's own work (making the next frame ready: decoding), metered as
     /// source CPU.
     pub fn source_step<R>(&mut self, f: impl FnOnce() -> R) -> R {
-        let t0 = process_cpu_ns();
+        let t0 = self.meter.cpu();
         let r = f();
-        self.meter.source_ns += process_cpu_ns() - t0;
+        self.meter.source_ns += self.meter.cpu() - t0;
         r
     }
 
@@ -126,7 +134,7 @@ impl Transport {
     ) -> Result<(Option<u32>, u64, bool)> {
         self.meter.frame_start();
         let layout = &lease.buffer().layout;
-        let src0 = process_cpu_ns();
+        let src0 = self.meter.cpu();
         let mut copied = self.kind == TransportKind::Memcpy;
         let sum = match self.kind {
             TransportKind::ZeroCopy => lease
@@ -157,7 +165,7 @@ impl Transport {
                     .flatten()
             }
         };
-        self.meter.source_ns += process_cpu_ns() - src0;
+        self.meter.source_ns += self.meter.cpu() - src0;
         let publish_ns = monotonic_ns();
         if self.kind == TransportKind::Memcpy {
             let private = &self.private;
@@ -183,9 +191,9 @@ impl Transport {
             );
         }
         self.meter.frame_start();
-        let src0 = process_cpu_ns();
+        let src0 = self.meter.cpu();
         let sum = checksum()?;
-        self.meter.source_ns += process_cpu_ns() - src0;
+        self.meter.source_ns += self.meter.cpu() - src0;
         let publish_ns = monotonic_ns();
         self.test_load()?;
         Ok((sum, publish_ns))
@@ -250,6 +258,8 @@ struct Snapshot {
 /// The producer's CPU accounting.
 pub struct Meter {
     kind: TransportKind,
+    /// Off: no per-frame CPU or page-fault reads (the report says 0).
+    enabled: bool,
     warmup: u64,
     frames: u64,
     source_ns: u64,
@@ -299,9 +309,10 @@ pub struct ProducerReport {
 }
 
 impl Meter {
-    fn new(kind: TransportKind, warmup: u64) -> Self {
+    fn new(kind: TransportKind, warmup: u64, enabled: bool) -> Self {
         Self {
             kind,
+            enabled,
             warmup,
             frames: 0,
             source_ns: 0,
@@ -309,6 +320,15 @@ impl Meter {
             steady: None,
             last: Snapshot::default(),
             samples: Vec::new(),
+        }
+    }
+
+    /// Process CPU now, or 0 when metering is off.
+    fn cpu(&self) -> u64 {
+        if self.enabled {
+            process_cpu_ns()
+        } else {
+            0
         }
     }
 
@@ -325,13 +345,16 @@ impl Meter {
     }
 
     fn frame_start(&mut self) {
-        if self.start.is_none() {
+        if self.enabled && self.start.is_none() {
             self.start = Some(self.snap());
         }
     }
 
     fn frame_done(&mut self) {
         self.frames += 1;
+        if !self.enabled {
+            return;
+        }
         let s = self.snap();
         if self.steady.is_some() {
             self.samples.push((

@@ -35,16 +35,11 @@ fn addr(path: &Path) -> Result<UnixAddr, ProtoError> {
 pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bool, ProtoError> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
-        let ms = match deadline {
-            None => PollTimeout::NONE,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                PollTimeout::try_from(left.as_millis().min(i32::MAX as u128) as i32)
-                    .unwrap_or(PollTimeout::MAX)
-            }
-        };
+        // Nanosecond precision (ppoll): no polling through a last partial millisecond.
+        let left = deadline
+            .map(|d| nix::sys::time::TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
-        match poll(&mut fds, ms) {
+        match nix::poll::ppoll(&mut fds, left, None) {
             Ok(0) => {
                 if deadline.is_none_or(|d| Instant::now() >= d) {
                     return Ok(false);
