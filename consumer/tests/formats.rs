@@ -327,18 +327,7 @@ fn read_png(path: &str) -> (Vec<u8>, u32, u32) {
 /// close to the FFmpeg CLI's own RGB conversion of it.
 #[test]
 fn decoded_formats_are_verified_and_converted_by_the_gpu() {
-    if !std::process::Command::new("vulkaninfo")
-        .arg("--summary")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
-            panic!("no Vulkan device and DMABUF_REQUIRE_VULKAN=1");
-        }
-        dmabuf_core::testing::skip(
-            "decoded_formats_are_verified_and_converted_by_the_gpu",
-            "no Vulkan device",
-        );
+    if !vulkan_or_skip("decoded_formats_are_verified_and_converted_by_the_gpu") {
         return;
     }
     for case in cases().into_iter().filter(|c| {

@@ -279,16 +279,7 @@ fn the_vulkan_receive_example_imports_dma_bufs() {
     if !have(t, "/dev/dma_heap/system") {
         return;
     }
-    let example = consumer_bin()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("vulkan_receive");
-    assert!(
-        example.exists(),
-        "{} missing: cargo build --workspace --examples",
-        example.display()
-    );
+    let example = example("vulkan_receive");
     for format in ["NV12", "P010"] {
         let sock = socket(&format!("hw-vk-example-{format}"));
         let _p = Producer::start(
@@ -330,16 +321,7 @@ fn the_publish_example_publishes_dma_bufs() {
     if !have(t, "/dev/dma_heap/system") {
         return;
     }
-    let example = consumer_bin()
-        .parent()
-        .unwrap()
-        .join("examples")
-        .join("publish");
-    assert!(
-        example.exists(),
-        "{} missing: cargo build --workspace --examples",
-        example.display()
-    );
+    let example = example("publish");
     let sock = socket("hw-publish-example");
     let mut publisher = std::process::Command::new(&example)
         .arg(&sock)

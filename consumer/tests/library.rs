@@ -9,19 +9,7 @@
 
 mod common;
 use common::*;
-use std::path::PathBuf;
 use std::time::Duration;
-
-/// An example binary of dmabuf-core (`cargo build --workspace --examples` builds them).
-fn example(name: &str) -> PathBuf {
-    let p = consumer_bin().parent().unwrap().join("examples").join(name);
-    assert!(
-        p.exists(),
-        "{} is missing: run `cargo build --workspace --bins --examples` first",
-        p.display()
-    );
-    p
-}
 
 #[test]
 fn the_receive_example_verifies_every_frame_from_the_producer() {
@@ -162,18 +150,7 @@ fn a_receiver_sits_in_a_poll_loop_and_its_guards_release_once() {
 
 #[test]
 fn the_vulkan_receive_example_reads_every_frame_on_the_gpu() {
-    if !std::process::Command::new("vulkaninfo")
-        .arg("--summary")
-        .output()
-        .is_ok_and(|o| o.status.success())
-    {
-        if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
-            panic!("no Vulkan device and DMABUF_REQUIRE_VULKAN=1");
-        }
-        dmabuf_core::testing::skip(
-            "the_vulkan_receive_example_reads_every_frame_on_the_gpu",
-            "no Vulkan device",
-        );
+    if !vulkan_or_skip("the_vulkan_receive_example_reads_every_frame_on_the_gpu") {
         return;
     }
     for (format, size) in [

@@ -9,23 +9,6 @@ use dmabuf_core::format::{ColorModel, FrameFormat, FrameLayout, PixelFormat};
 use std::path::Path;
 use std::time::Duration;
 
-/// Skip (loudly) when this machine has no Vulkan device; the test command installs lavapipe,
-/// so under `DMABUF_REQUIRE_VULKAN=1` (set by ci/test.sh) a missing driver is a failure.
-fn vulkan_or_skip(test: &str) -> bool {
-    let ok = std::process::Command::new("vulkaninfo")
-        .arg("--summary")
-        .output()
-        .map(|o| o.status.success())
-        .unwrap_or(false);
-    if !ok {
-        if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
-            panic!("{test}: no Vulkan device (vulkaninfo failed) and DMABUF_REQUIRE_VULKAN=1");
-        }
-        dmabuf_core::testing::skip(test, "no Vulkan device here");
-    }
-    ok
-}
-
 fn run(
     name: &str,
     producer_args: &[&str],

@@ -229,3 +229,31 @@ pub fn fake_welcome(
         device: 0,
     }
 }
+
+/// Skip (loudly) when this machine has no Vulkan device; the test command installs lavapipe,
+/// so under `DMABUF_REQUIRE_VULKAN=1` (set by ci/test.sh) a missing driver is a failure.
+pub fn vulkan_or_skip(test: &str) -> bool {
+    let ok = std::process::Command::new("vulkaninfo")
+        .arg("--summary")
+        .output()
+        .map(|o| o.status.success())
+        .unwrap_or(false);
+    if !ok {
+        if std::env::var("DMABUF_REQUIRE_VULKAN").is_ok_and(|v| v == "1") {
+            panic!("{test}: no Vulkan device (vulkaninfo failed) and DMABUF_REQUIRE_VULKAN=1");
+        }
+        dmabuf_core::testing::skip(test, "no Vulkan device here");
+    }
+    ok
+}
+
+/// An example binary of the libraries (`cargo build --workspace --examples` builds them).
+pub fn example(name: &str) -> PathBuf {
+    let p = consumer_bin().with_file_name("examples").join(name);
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build --workspace --bins --examples` first",
+        p.display()
+    );
+    p
+}

@@ -36,8 +36,9 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bo
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
         // Nanosecond precision (ppoll): no polling through a last partial millisecond.
-        let left = deadline
-            .map(|d| nix::sys::time::TimeSpec::from_duration(d.saturating_duration_since(Instant::now())));
+        let left = deadline.map(|d| {
+            nix::sys::time::TimeSpec::from_duration(d.saturating_duration_since(Instant::now()))
+        });
         let mut fds = [PollFd::new(fd, PollFlags::POLLIN)];
         match nix::poll::ppoll(&mut fds, left, None) {
             Ok(0) => {
