@@ -28,6 +28,10 @@ cargo fmt --all -- --check
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
 
+# The libraries' public docs: complete (missing_docs) and with no broken links.
+step "cargo doc (dmabuf-core, dmabuf-vulkan) with -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc -p dmabuf-core -p dmabuf-vulkan --no-deps -q
+
 # A receiver can leave GBM out: keep that build compiling (check only: seconds).
 step "cargo check -p dmabuf-core --no-default-features"
 cargo check -p dmabuf-core --no-default-features

@@ -15,6 +15,7 @@ pub enum MemoryKind {
 }
 
 impl MemoryKind {
+    /// Every kind.
     pub const ALL: [MemoryKind; 2] = [MemoryKind::Memfd, MemoryKind::DmaBuf];
 
     /// Wire value (also the bit index in capability masks).
@@ -25,6 +26,7 @@ impl MemoryKind {
         }
     }
 
+    /// The kind of a wire value.
     pub fn from_wire(v: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.wire() == v)
     }
@@ -34,6 +36,7 @@ impl MemoryKind {
         1 << self.wire()
     }
 
+    /// The name used in logs and statistics.
     pub fn name(self) -> &'static str {
         match self {
             MemoryKind::Memfd => "memfd",
@@ -51,9 +54,13 @@ impl fmt::Display for MemoryKind {
 /// Which allocator made a buffer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AllocatorKind {
+    /// Sealed memfds.
     Memfd,
+    /// A dma-heap (`/dev/dma_heap/system`).
     DmaHeap,
+    /// udmabuf (memfds made dma-bufs).
     Udmabuf,
+    /// GBM buffer objects on a DRM card node.
     Gbm,
     /// Not an allocator of ours: a V4L2 driver's own capture buffers, exported as dma-bufs
     /// (`VIDIOC_EXPBUF`).
@@ -61,6 +68,7 @@ pub enum AllocatorKind {
 }
 
 impl AllocatorKind {
+    /// Every kind.
     pub const ALL: [AllocatorKind; 5] = [
         AllocatorKind::Memfd,
         AllocatorKind::DmaHeap,
@@ -69,6 +77,7 @@ impl AllocatorKind {
         AllocatorKind::V4l2,
     ];
 
+    /// Wire value (Welcome `allocator`).
     pub fn wire(self) -> u32 {
         match self {
             AllocatorKind::Memfd => 1,
@@ -79,10 +88,12 @@ impl AllocatorKind {
         }
     }
 
+    /// The kind of a wire value.
     pub fn from_wire(v: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|k| k.wire() == v)
     }
 
+    /// The name used on command lines and in statistics.
     pub fn name(self) -> &'static str {
         match self {
             AllocatorKind::Memfd => "memfd",
@@ -93,6 +104,7 @@ impl AllocatorKind {
         }
     }
 
+    /// The kind of memory it makes.
     pub fn memory(self) -> MemoryKind {
         match self {
             AllocatorKind::Memfd => MemoryKind::Memfd,
@@ -113,13 +125,17 @@ impl fmt::Display for AllocatorKind {
 /// plane, buffers from elsewhere (V4L2 multi-planar) may use one fd per plane.
 #[derive(Debug, Clone)]
 pub struct FrameBuffer {
+    /// Where each plane lives (offsets within its fd).
     pub layout: FrameLayout,
+    /// The descriptors (one, or one per plane).
     pub fds: Vec<Arc<OwnedFd>>,
     /// Size of each fd in bytes (`lseek(SEEK_END)`), same order as `fds`.
     pub fd_sizes: Vec<u64>,
     /// For each plane, the index into `fds`.
     pub plane_fds: Vec<usize>,
+    /// What kind of fds these are.
     pub memory: MemoryKind,
+    /// Who made them.
     pub allocator: AllocatorKind,
 }
 
@@ -142,6 +158,7 @@ impl FrameBuffer {
         }
     }
 
+    /// Each plane with the index of the fd it lives in.
     pub fn planes(&self) -> impl Iterator<Item = (usize, &PlaneLayout)> {
         self.plane_fds
             .iter()

@@ -43,6 +43,7 @@ const SEND_TIMEOUT: Duration = Duration::from_millis(250);
 pub struct Member {
     /// Connection number (1, 2, …) for the logs.
     pub n: u64,
+    /// Its session (the frames it holds, as pool leases).
     pub sess: Session<Arc<Lease>>,
     /// Frames not sent to it because it held its quota.
     pub skipped: u64,
@@ -62,11 +63,15 @@ struct Pending {
 
 /// A consumer whose `Hello` arrived: the server decides whether and how to serve it.
 pub struct Arrival {
+    /// Connection number, for the logs.
     pub n: u64,
+    /// The connection.
     pub chan: Channel,
+    /// What it can import.
     pub hello: Hello,
 }
 
+/// Every connection of a producer: pending handshakes and the consumers being served.
 pub struct Fanout {
     members: Vec<Member>,
     pending: Vec<Pending>,
@@ -88,6 +93,7 @@ pub struct RateLimited {
 }
 
 impl RateLimited {
+    /// Nothing counted yet.
     pub fn new() -> Self {
         Self {
             count: 0,
@@ -96,6 +102,7 @@ impl RateLimited {
         }
     }
 
+    /// Count one occurrence; log it unless one was logged less than a second ago.
     pub fn warn(&mut self, what: std::fmt::Arguments<'_>) {
         self.count += 1;
         if self
@@ -121,6 +128,7 @@ impl Default for RateLimited {
 }
 
 impl Fanout {
+    /// No connections; a connection that sends no `Hello` within `hello_timeout` is closed.
     pub fn new(hello_timeout: Duration) -> Self {
         Self {
             members: Vec::new(),
@@ -132,10 +140,12 @@ impl Fanout {
         }
     }
 
+    /// No consumer is being served.
     pub fn is_empty(&self) -> bool {
         self.members.is_empty()
     }
 
+    /// Consumers being served.
     pub fn len(&self) -> usize {
         self.members.len()
     }

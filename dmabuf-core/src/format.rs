@@ -101,6 +101,7 @@ pub enum ColorModel {
 /// where `px = x / hsub`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Component {
+    /// The plane it is in.
     pub plane: u32,
     /// Byte offset inside the block.
     pub offset: u32,
@@ -111,6 +112,7 @@ pub struct Component {
 /// How a format's samples are read: the components, and the sample word.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Sampling {
+    /// What the components are.
     pub model: ColorModel,
     /// Y', Cb, Cr (or R, G, B); for [`ColorModel::Grey`] the last two repeat Y'.
     pub components: [Component; 3],
@@ -134,6 +136,7 @@ const fn comp(plane: u32, offset: u32, step: u32) -> Component {
 const PLANAR: [Component; 3] = [comp(0, 0, 0), comp(1, 0, 0), comp(2, 0, 0)];
 
 impl PixelFormat {
+    /// Every carried format.
     pub const ALL: [PixelFormat; 16] = [
         PixelFormat::I420,
         PixelFormat::Nv12,
@@ -180,6 +183,7 @@ impl PixelFormat {
         }
     }
 
+    /// The format of a DRM fourcc, if carried.
     pub fn from_fourcc(code: u32) -> Option<Self> {
         Self::ALL.into_iter().find(|f| f.fourcc() == code)
     }
@@ -228,6 +232,7 @@ impl PixelFormat {
         }
     }
 
+    /// How each plane samples the image, in plane order.
     pub fn planes(self) -> &'static [PlaneInfo] {
         const I420: [PlaneInfo; 3] = [plane(1, 1, 1, 1), plane(2, 2, 1, 1), plane(2, 2, 1, 1)];
         const NV12: [PlaneInfo; 2] = [plane(1, 1, 1, 1), plane(2, 2, 1, 2)];
@@ -363,13 +368,18 @@ impl FromStr for PixelFormat {
 /// What a frame is: pixel format, DRM modifier and size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FrameFormat {
+    /// The pixel format.
     pub pixel: PixelFormat,
+    /// The DRM format modifier (`MOD_LINEAR`: rows in order).
     pub modifier: u64,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
 }
 
 impl FrameFormat {
+    /// A LINEAR frame format.
     pub fn linear(pixel: PixelFormat, width: u32, height: u32) -> Self {
         Self {
             pixel,
@@ -379,6 +389,7 @@ impl FrameFormat {
         }
     }
 
+    /// The modifier's name (`drm_fourcc`'s vendor and code).
     pub fn modifier_name(&self) -> String {
         format!("{:?}", DrmModifier::from(self.modifier))
     }
@@ -398,8 +409,15 @@ impl fmt::Display for FrameFormat {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LayoutError {
     #[error("frame size {width}x{height} is out of range (1..={MAX_DIMENSION} each)")]
-    BadSize { width: u32, height: u32 },
+    /// A side is 0 or above [`MAX_DIMENSION`].
+    BadSize {
+        /// Requested width.
+        width: u32,
+        /// Requested height.
+        height: u32,
+    },
     #[error("alignment {0} is not a power of two")]
+    /// An alignment that is not a power of two.
     BadAlign(u64),
 }
 
@@ -450,7 +468,9 @@ pub fn plane_geometry(pixel: PixelFormat, i: usize, width: u32, height: u32) -> 
 /// The layout of a whole frame in one buffer object.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FrameLayout {
+    /// The format laid out.
     pub format: FrameFormat,
+    /// Each plane, in order.
     pub planes: Vec<PlaneLayout>,
     /// Bytes the buffer object must hold.
     pub size: u64,

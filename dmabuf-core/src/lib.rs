@@ -1,5 +1,6 @@
 //! Zero-copy video frames between processes: formats, allocators, CPU mappings, a buffer pool
 //! and the wire protocol. See `docs/ARCHITECTURE.md` for how a frame flows.
+#![warn(missing_docs)]
 
 pub mod alloc;
 pub mod buffer;

@@ -10,12 +10,26 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
 #[derive(Debug, thiserror::Error)]
+/// Why a buffer could not be mapped or accessed.
 pub enum MapError {
     #[error("mmap of {len} bytes failed: {source}")]
-    Mmap { len: usize, source: Errno },
+    /// `mmap` failed.
+    Mmap {
+        /// Bytes asked for.
+        len: usize,
+        /// The errno.
+        source: Errno,
+    },
     #[error("DMA_BUF_IOCTL_SYNC ({what}) failed: {source}")]
-    Sync { what: &'static str, source: Errno },
+    /// `DMA_BUF_IOCTL_SYNC` failed.
+    Sync {
+        /// START or END, read or write.
+        what: &'static str,
+        /// The errno.
+        source: Errno,
+    },
     #[error("buffer is mapped read-only")]
+    /// A write to a read-only mapping.
     ReadOnly,
 }
 
@@ -44,10 +58,12 @@ impl CpuMapping {
         Ok(Self { fd, region, memory })
     }
 
+    /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.region.len()
     }
 
+    /// Nothing mapped.
     pub fn is_empty(&self) -> bool {
         self.region.is_empty()
     }

@@ -12,19 +12,37 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Mutex, MutexGuard};
 
 #[derive(Debug, thiserror::Error)]
+/// Why a pool could not be made.
 pub enum PoolError {
     #[error("allocating buffer {index} of {count}: {source}")]
+    /// Allocating buffer `index` of `count` failed.
     Alloc {
+        /// Which buffer.
         index: usize,
+        /// How many were asked for.
         count: usize,
+        /// Why.
         source: AllocError,
     },
     #[error("mapping buffer {index}: {source}")]
-    Map { index: usize, source: MapError },
+    /// Mapping buffer `index` failed.
+    Map {
+        /// Which buffer.
+        index: usize,
+        /// Why.
+        source: MapError,
+    },
     #[error("a pool needs at least one buffer")]
+    /// A pool of no buffers.
     Empty,
     #[error("buffer {index} is not laid out as {format}")]
-    Mismatch { index: usize, format: FrameFormat },
+    /// Buffer `index` is not of the pool's format (or has no fd).
+    Mismatch {
+        /// Which buffer.
+        index: usize,
+        /// The pool's format.
+        format: FrameFormat,
+    },
 }
 
 struct Slot {
@@ -168,22 +186,27 @@ impl Pool {
         })
     }
 
+    /// Buffers in the pool.
     pub fn len(&self) -> usize {
         self.inner.slots.len()
     }
 
+    /// No buffers.
     pub fn is_empty(&self) -> bool {
         self.inner.slots.is_empty()
     }
 
+    /// Buffers free now (no lease out).
     pub fn free_count(&self) -> usize {
         lock(&self.inner.free).len()
     }
 
+    /// Who made the buffers.
     pub fn allocator(&self) -> AllocatorKind {
         self.inner.allocator
     }
 
+    /// The frame format of every buffer.
     pub fn format(&self) -> FrameFormat {
         self.inner.format
     }
@@ -233,10 +256,12 @@ impl std::fmt::Debug for Lease {
 }
 
 impl Lease {
+    /// The buffer's index in the pool (its wire `buffer_id`).
     pub fn id(&self) -> u32 {
         self.id
     }
 
+    /// The buffer: fds and layout.
     pub fn buffer(&self) -> &FrameBuffer {
         &self.inner.slots[self.id as usize].buffer
     }

@@ -107,7 +107,9 @@ pub enum PublishError {
     /// Reading the frame back for its checksum failed.
     #[error("reading buffer {id} for its checksum: {source}")]
     Checksum {
+        /// The buffer.
         id: u32,
+        /// Why.
         source: crate::mapping::MapError,
     },
 }

@@ -226,10 +226,12 @@ impl FrameGuard {
         &self.buffer
     }
 
+    /// The buffer the frame is in.
     pub fn buffer_id(&self) -> u32 {
         self.frame.buffer_id
     }
 
+    /// The frame's sequence number.
     pub fn seq(&self) -> u64 {
         self.frame.seq
     }

@@ -5,7 +5,7 @@
 //! the device extensions they enabled; [`supported_extensions`] says which to enable), or from
 //! an [`OwnedDevice`] for programs that have none. It probes once what the device can import
 //! ([`Importer::caps`], for the `Hello`), and turns a received
-//! [`FrameBuffer`](dmabuf_core::FrameBuffer) into an [`Imported`]: RAII Vulkan objects that free
+//! [`FrameBuffer`] into an [`Imported`]: RAII Vulkan objects that free
 //! themselves on drop.
 //!
 //! Import paths ([`ImportPath`]):

@@ -12,11 +12,13 @@ use std::os::unix::fs::OpenOptionsExt;
 pub const SYSTEM_HEAP: &str = "/dev/dma_heap/system";
 
 #[derive(Debug)]
+/// Allocates from a dma-heap (`/dev/dma_heap/*`, `DMA_HEAP_IOCTL_ALLOC`): cached system memory any device can import.
 pub struct DmaHeapAllocator {
     heap: File,
 }
 
 impl DmaHeapAllocator {
+    /// Open the heap device at `path`.
     pub fn open(path: &str) -> Result<Self, AllocError> {
         let heap = OpenOptions::new()
             .read(true)
@@ -31,6 +33,7 @@ impl DmaHeapAllocator {
         Ok(Self { heap })
     }
 
+    /// Open `/dev/dma_heap/system`.
     pub fn open_system() -> Result<Self, AllocError> {
         Self::open(SYSTEM_HEAP)
     }

@@ -27,6 +27,7 @@ impl AsFd for Card {
 impl drm::Device for Card {}
 impl drm::control::Device for Card {}
 
+/// Allocates LINEAR buffer objects through GBM on a DRM card node and exports them as dma-bufs (PRIME).
 pub struct GbmAllocator {
     // gbm_device is not thread-safe; serialise every call.
     dev: Mutex<gbm::Device<Card>>,
@@ -50,6 +51,7 @@ fn unavailable(path: &str, source: std::io::Error) -> AllocError {
 }
 
 impl GbmAllocator {
+    /// Open the DRM node at `path`.
     pub fn open(path: &str) -> Result<Self, AllocError> {
         let file = OpenOptions::new()
             .read(true)
@@ -87,6 +89,7 @@ impl GbmAllocator {
         }))
     }
 
+    /// The DRM node opened.
     pub fn path(&self) -> &str {
         &self.path
     }

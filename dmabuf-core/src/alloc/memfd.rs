@@ -18,9 +18,11 @@ pub fn sealed_memfd(name: &str, size: u64, seals: SealFlag) -> Result<OwnedFd, E
 }
 
 #[derive(Debug, Default)]
+/// Allocates sealed memfds (`memfd_create`, `F_SEAL_SHRINK | F_SEAL_GROW`): always available.
 pub struct MemfdAllocator;
 
 impl MemfdAllocator {
+    /// The memfd allocator.
     pub fn new() -> Self {
         Self
     }

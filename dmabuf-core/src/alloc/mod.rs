@@ -21,40 +21,56 @@ use std::fmt;
 use std::str::FromStr;
 
 #[derive(Debug, thiserror::Error)]
+/// Why an allocation failed.
 pub enum AllocError {
     /// The allocator's device does not exist or cannot be opened here.
     #[error("{allocator} unavailable: {path}: {source}")]
     Unavailable {
+        /// Which allocator.
         allocator: AllocatorKind,
+        /// The device path tried.
         path: String,
+        /// Why it could not be opened.
         source: std::io::Error,
     },
     /// The device exists but refused this allocation.
     #[error("{allocator}: {what} failed for {format}: {source}")]
     Failed {
+        /// Which allocator.
         allocator: AllocatorKind,
+        /// The call that failed.
         what: &'static str,
+        /// What was asked for.
         format: FrameFormat,
+        /// The errno.
         source: Errno,
     },
     #[error("{allocator} cannot allocate {format}: {why}")]
+    /// The allocator cannot make this format (modifier, size, layout).
     Unsupported {
+        /// Which allocator.
         allocator: AllocatorKind,
+        /// What was asked for.
         format: FrameFormat,
+        /// Why not.
         why: String,
     },
     #[error(transparent)]
+    /// The size cannot be laid out.
     Layout(#[from] LayoutError),
     /// `auto` tried every allocator and none could allocate: why each one failed.
     #[error("no allocator can allocate {format}: {}", tried.join("; "))]
     NoneWorked {
+        /// What was asked for.
         format: FrameFormat,
+        /// Each allocator's failure, in the order tried.
         tried: Vec<String>,
     },
 }
 
 /// Something that makes frame buffers.
 pub trait Allocator: Send + Sync {
+    /// Which allocator this is.
     fn kind(&self) -> AllocatorKind;
     /// Allocate one buffer able to hold a `format` frame (layout chosen by the allocator).
     fn allocate(&self, format: FrameFormat) -> Result<FrameBuffer, AllocError>;
@@ -78,7 +94,9 @@ pub trait Allocator: Send + Sync {
 /// What the user asked for on the command line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum AllocChoice {
+    /// The first of [`AUTO_ORDER`] that can allocate the format.
     Auto,
+    /// This one, or an error.
     Only(AllocatorKind),
 }
 

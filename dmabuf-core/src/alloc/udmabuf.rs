@@ -13,11 +13,13 @@ use std::os::unix::fs::OpenOptionsExt;
 pub const UDMABUF_DEV: &str = "/dev/udmabuf";
 
 #[derive(Debug)]
+/// Turns sealed memfds into dma-bufs with `/dev/udmabuf` (`UDMABUF_CREATE`).
 pub struct UdmabufAllocator {
     dev: File,
 }
 
 impl UdmabufAllocator {
+    /// Open `/dev/udmabuf`.
     pub fn open() -> Result<Self, AllocError> {
         let dev = OpenOptions::new()
             .read(true)

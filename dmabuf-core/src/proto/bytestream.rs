@@ -17,6 +17,7 @@ pub enum TransportKind {
 }
 
 impl TransportKind {
+    /// Every transport.
     pub const ALL: [TransportKind; 3] = [
         TransportKind::ZeroCopy,
         TransportKind::Memcpy,
@@ -25,6 +26,7 @@ impl TransportKind {
     /// The names `--transport` takes, in the order of [`TransportKind::ALL`].
     pub const NAMES: [&'static str; 3] = ["zero-copy", "memcpy", "socket-copy"];
 
+    /// The name used on command lines and in statistics.
     pub fn name(self) -> &'static str {
         match self {
             TransportKind::ZeroCopy => "zero-copy",

@@ -72,6 +72,7 @@ impl AsFd for Channel {
 }
 
 impl Channel {
+    /// A channel over a connected `SOCK_SEQPACKET` socket.
     pub fn from_fd(sock: OwnedFd) -> Self {
         Self {
             sock,
@@ -91,6 +92,7 @@ impl Channel {
         Ok((Channel::from_fd(a), Channel::from_fd(b)))
     }
 
+    /// Connect to the producer's socket at `path`.
     pub fn connect(path: &Path) -> Result<Channel, ProtoError> {
         let sock = seqpacket()?;
         let a = addr(path)?;
@@ -127,10 +129,12 @@ impl Channel {
         }
     }
 
+    /// Send one message (no descriptors).
     pub fn send(&self, msg: &Message) -> Result<(), ProtoError> {
         self.send_raw(&wire::encode(msg), &[])
     }
 
+    /// Send one message with `fds` attached (`SCM_RIGHTS`; `AddBuffer` only).
     pub fn send_with_fds(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), ProtoError> {
         self.send_raw(&wire::encode(msg), fds)
     }
@@ -332,6 +336,7 @@ impl Listener {
         })
     }
 
+    /// The socket path.
     pub fn path(&self) -> &Path {
         &self.path
     }

@@ -29,6 +29,7 @@ pub enum Event {
 }
 
 #[derive(Debug)]
+/// The consumer's end of a session, checking every message against what came before.
 pub struct Client {
     chan: Channel,
     welcome: Welcome,
@@ -96,14 +97,17 @@ impl Client {
         })
     }
 
+    /// The stream's current `Welcome`.
     pub fn welcome(&self) -> &Welcome {
         &self.welcome
     }
 
+    /// Buffer `id`, while added.
     pub fn buffer(&self, id: u32) -> Option<&FrameBuffer> {
         self.buffers.get(id as usize).and_then(|b| b.as_ref())
     }
 
+    /// Frames held (not yet released).
     pub fn held_count(&self) -> usize {
         self.held.iter().filter(|h| h.is_some()).count()
     }

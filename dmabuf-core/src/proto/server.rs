@@ -66,7 +66,9 @@ pub struct Session<T> {
     chan: Channel,
     held: HashMap<u32, (u64, T)>,
     buffer_count: u32,
+    /// Frames sent to this consumer.
     pub frames_sent: u64,
+    /// Releases received.
     pub releases: u64,
 }
 
@@ -97,6 +99,7 @@ impl<T> Session<T> {
         })
     }
 
+    /// The connection.
     pub fn channel(&self) -> &Channel {
         &self.chan
     }
@@ -159,6 +162,7 @@ impl<T> Session<T> {
         Ok(())
     }
 
+    /// Frames this consumer holds.
     pub fn held_count(&self) -> usize {
         self.held.len()
     }

@@ -14,15 +14,22 @@ pub const MAGIC: u32 = u32::from_le_bytes(*b"DMBF");
 /// The protocol version this build speaks (2: the Welcome carries full colorimetry and
 /// display geometry).
 pub const VERSION: u32 = 2;
+/// Bytes of the header every message starts with.
 pub const HEADER_LEN: usize = 8;
+/// Most capabilities in one `Hello`.
 pub const MAX_CAPS: usize = 64;
+/// Most planes of a buffer.
 pub const MAX_PLANES: usize = 4;
 /// Descriptors allowed with one `AddBuffer`.
 pub const MAX_FDS: usize = 4;
+/// Bytes of a `Goodbye`'s text field.
 pub const GOODBYE_TEXT_LEN: usize = 112;
 
+/// Bytes of a `Hello` before its capabilities.
 pub const HELLO_FIXED_LEN: usize = 24;
+/// Bytes of one capability.
 pub const CAP_LEN: usize = 16;
+/// Bytes of a `Welcome`.
 pub const WELCOME_LEN: usize = 112;
 /// Bytes at the end of the Welcome kept for HDR static metadata (reserved: zero in version 2).
 pub const WELCOME_HDR_LEN: usize = 32;
@@ -36,12 +43,19 @@ const HDR_FIELDS: [&str; WELCOME_HDR_LEN / 4] = [
     "hdr (104)",
     "hdr (108)",
 ];
+/// Bytes of one plane entry of an `AddBuffer`.
 pub const PLANE_LEN: usize = 24;
+/// Bytes of an `AddBuffer`.
 pub const ADD_BUFFER_LEN: usize = 24 + MAX_PLANES * PLANE_LEN;
+/// Bytes of one chunk of a `Frame`.
 pub const CHUNK_LEN: usize = 8;
+/// Bytes of a `Frame`.
 pub const FRAME_LEN: usize = 48 + MAX_PLANES * CHUNK_LEN;
+/// Bytes of a `Release`.
 pub const RELEASE_LEN: usize = 24;
+/// Bytes of a `RemoveBuffer`.
 pub const REMOVE_BUFFER_LEN: usize = 16;
+/// Bytes of a `Goodbye`.
 pub const GOODBYE_LEN: usize = 16 + GOODBYE_TEXT_LEN;
 /// The longest message (a `Hello` with [`MAX_CAPS`] capabilities).
 pub const MAX_MESSAGE_LEN: usize = HELLO_FIXED_LEN + MAX_CAPS * CAP_LEN;
@@ -58,13 +72,21 @@ pub const CHUNK_FLAG_CORRUPTED: u32 = 1 << 0;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[repr(u16)]
+/// The message types (header `type`).
 pub enum MsgType {
+    /// Consumer → producer: version and capabilities.
     Hello = 1,
+    /// Producer → consumer: the stream's format and buffer count.
     Welcome = 2,
+    /// Producer → consumer: one buffer's fds and layout.
     AddBuffer = 3,
+    /// Producer → consumer: a frame is ready in a buffer.
     Frame = 4,
+    /// Consumer → producer: a buffer is free again.
     Release = 5,
+    /// Producer → consumer: a buffer is withdrawn.
     RemoveBuffer = 6,
+    /// Either side: the connection ends, saying why.
     Goodbye = 7,
 }
 
@@ -86,15 +108,20 @@ impl MsgType {
 /// One format the consumer can import: a fourcc, a modifier, and a mask of [`MemoryKind::bit`]s.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Cap {
+    /// DRM fourcc.
     pub fourcc: u32,
+    /// Memory kinds, as bits `1 << MemoryKind::wire()`.
     pub memory_mask: u32,
+    /// DRM format modifier.
     pub modifier: u64,
 }
 
 /// Consumer → producer, first message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hello {
+    /// The protocol version the consumer speaks.
     pub version: u32,
+    /// What it can import.
     pub caps: Vec<Cap>,
 }
 
@@ -123,23 +150,41 @@ pub struct ColorInfo {
 
 /// H.273 code points used by name in the code.
 pub mod h273 {
+    /// Identity (RGB).
     pub const MATRIX_RGB: u8 = 0;
+    /// BT.709.
     pub const MATRIX_BT709: u8 = 1;
+    /// Unspecified (every field).
     pub const UNSPECIFIED: u8 = 2;
+    /// FCC.
     pub const MATRIX_FCC: u8 = 4;
+    /// BT.470 BG (BT.601 625-line).
     pub const MATRIX_BT470BG: u8 = 5;
+    /// SMPTE 170M (BT.601 525-line).
     pub const MATRIX_SMPTE170M: u8 = 6;
+    /// SMPTE 240M.
     pub const MATRIX_SMPTE240M: u8 = 7;
+    /// BT.2020 non-constant luminance.
     pub const MATRIX_BT2020_NCL: u8 = 9;
+    /// BT.2020 constant luminance.
     pub const MATRIX_BT2020_CL: u8 = 10;
+    /// BT.709 primaries.
     pub const PRIMARIES_BT709: u8 = 1;
+    /// BT.470 BG primaries.
     pub const PRIMARIES_BT470BG: u8 = 5;
+    /// SMPTE 170M primaries.
     pub const PRIMARIES_SMPTE170M: u8 = 6;
+    /// BT.2020 primaries.
     pub const PRIMARIES_BT2020: u8 = 9;
+    /// BT.709 transfer.
     pub const TRANSFER_BT709: u8 = 1;
+    /// BT.601 transfer.
     pub const TRANSFER_BT601: u8 = 6;
+    /// sRGB (IEC 61966-2-1) transfer.
     pub const TRANSFER_SRGB: u8 = 13;
+    /// SMPTE ST 2084 (PQ).
     pub const TRANSFER_PQ: u8 = 16;
+    /// ARIB STD-B67 (HLG).
     pub const TRANSFER_HLG: u8 = 18;
 }
 
@@ -209,6 +254,7 @@ impl ColorInfo {
         }
     }
 
+    /// "limited", "full" or "unspecified".
     pub fn range_name(&self) -> &'static str {
         match self.range {
             1 => "limited",
@@ -217,6 +263,7 @@ impl ColorInfo {
         }
     }
 
+    /// The primaries' name.
     pub fn primaries_name(&self) -> &'static str {
         match self.primaries {
             1 => "BT.709",
@@ -235,6 +282,7 @@ impl ColorInfo {
         }
     }
 
+    /// The transfer function's name.
     pub fn transfer_name(&self) -> &'static str {
         match self.transfer {
             1 => "BT.709",
@@ -261,6 +309,7 @@ impl ColorInfo {
 pub struct Geometry {
     /// Sample (pixel) aspect ratio, width:height of one pixel; 0:0 unknown (square).
     pub sar_num: u32,
+    /// Sample aspect ratio denominator (0: unknown).
     pub sar_den: u32,
     /// Quarter turns clockwise to display the picture upright: 0, 1 (90°), 2 (180°), 3 (270°).
     pub rotation: u8,
@@ -292,17 +341,29 @@ impl Geometry {
 /// Producer → consumer, the answer to `Hello`: what will be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Welcome {
+    /// Protocol version.
     pub version: u32,
+    /// The kind of every buffer's fds.
     pub memory: MemoryKind,
+    /// Who made the buffers.
     pub allocator: AllocatorKind,
+    /// Buffers that follow (`AddBuffer` ids 0..count).
     pub buffer_count: u32,
+    /// Pixel format.
     pub pixel: PixelFormat,
+    /// Width in pixels.
     pub width: u32,
+    /// Height in pixels.
     pub height: u32,
+    /// Nominal frame rate numerator (0: none).
     pub fps_num: u32,
+    /// Nominal frame rate denominator.
     pub fps_den: u32,
+    /// Colorimetry (H.273 code points).
     pub color: ColorInfo,
+    /// DRM format modifier.
     pub modifier: u64,
+    /// Sample aspect ratio, rotation, mirror.
     pub geometry: Geometry,
     /// The allocating device's `dev_t` (`makedev(major, minor)`), 0 when not said. Version 2
     /// producers send 0; kept for a later version (which device to import on).
@@ -310,55 +371,75 @@ pub struct Welcome {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// One plane of an `AddBuffer`.
 pub struct WirePlane {
+    /// Which of the message's fds the plane lives in.
     pub fd_index: u32,
+    /// Bytes from one row to the next.
     pub stride: u32,
+    /// Byte offset of the plane's first row in its fd.
     pub offset: u64,
+    /// Bytes of the plane (at least stride × rows).
     pub size: u64,
 }
 
 /// Producer → consumer, with `n_fds` descriptors: one buffer of the pool, sent once.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AddBuffer {
+    /// The buffer's id (0..buffer_count).
     pub buffer_id: u32,
+    /// Descriptors attached to the message.
     pub n_fds: u32,
+    /// Each plane.
     pub planes: Vec<WirePlane>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+/// One plane's share of a `Frame`.
 pub struct Chunk {
+    /// Bytes of the plane in use (stride × rows).
     pub bytes_used: u32,
+    /// `CHUNK_FLAG_*` bits.
     pub flags: u32,
 }
 
 /// Producer → consumer: buffer `buffer_id` holds frame `seq`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Frame {
+    /// The buffer the frame is in.
     pub buffer_id: u32,
+    /// `FRAME_FLAG_*` bits.
     pub flags: u32,
+    /// Sequence number; a gap is frames this consumer did not get.
     pub seq: u64,
     /// Presentation time in nanoseconds of the stream's clock.
     pub pts_ns: i64,
     /// `CLOCK_MONOTONIC` when the producer sent the message (for latency).
     pub publish_ns: u64,
+    /// The frame checksum, valid with `FRAME_FLAG_CHECKSUM`.
     pub checksum: u32,
+    /// One per plane.
     pub chunks: Vec<Chunk>,
 }
 
 /// Consumer → producer: done with `buffer_id` (as sent in frame `seq`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Release {
+    /// The buffer released.
     pub buffer_id: u32,
+    /// The `seq` of the frame released.
     pub seq: u64,
 }
 
 /// Producer → consumer: forget `buffer_id` (renegotiation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RemoveBuffer {
+    /// The buffer withdrawn.
     pub buffer_id: u32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Why a connection ends.
 pub enum GoodbyeReason {
     /// The stream ended normally.
     EndOfStream,
@@ -375,6 +456,7 @@ pub enum GoodbyeReason {
 }
 
 impl GoodbyeReason {
+    /// Wire value.
     pub fn wire(self) -> u32 {
         match self {
             GoodbyeReason::EndOfStream => 0,
@@ -402,22 +484,33 @@ impl GoodbyeReason {
 /// Either side: the connection ends; `message` says why (UTF-8, at most 112 bytes).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Goodbye {
+    /// Why.
     pub reason: GoodbyeReason,
+    /// Text for people (UTF-8, at most 112 bytes; escape it before showing it).
     pub message: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
+/// Any message.
 pub enum Message {
+    /// See [`Hello`].
     Hello(Hello),
+    /// See [`Welcome`].
     Welcome(Welcome),
+    /// See [`AddBuffer`].
     AddBuffer(AddBuffer),
+    /// See [`Frame`].
     Frame(Frame),
+    /// See [`Release`].
     Release(Release),
+    /// See [`RemoveBuffer`].
     RemoveBuffer(RemoveBuffer),
+    /// See [`Goodbye`].
     Goodbye(Goodbye),
 }
 
 impl Message {
+    /// Its type.
     pub fn msg_type(&self) -> MsgType {
         match self {
             Message::Hello(_) => MsgType::Hello,
@@ -430,6 +523,7 @@ impl Message {
         }
     }
 
+    /// Its name, for messages.
     pub fn name(&self) -> &'static str {
         match self.msg_type() {
             MsgType::Hello => "Hello",
@@ -487,35 +581,61 @@ pub const MAX_SEQ_STEP: u64 = 1 << 24;
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum WireError {
     #[error("message of {0} bytes is shorter than the 8-byte header")]
+    /// Fewer bytes than a header.
     TooShort(usize),
     #[error("bad magic {0:#010x} (expected \"DMBF\")")]
+    /// Not our magic number.
     BadMagic(u32),
     #[error("unknown message type {0}")]
+    /// A type this version does not know.
     UnknownType(u16),
     #[error("header says {declared} bytes but the datagram has {actual}")]
-    LengthMismatch { declared: usize, actual: usize },
+    /// The header's length differs from the bytes received.
+    LengthMismatch {
+        /// The header's length.
+        declared: usize,
+        /// Bytes received.
+        actual: usize,
+    },
     #[error("{msg} must be {expected} bytes, got {actual}")]
+    /// A message of the wrong length for its type.
     BadLength {
+        /// The message.
         msg: &'static str,
+        /// Its length.
         expected: usize,
+        /// What came.
         actual: usize,
     },
     #[error("{msg}: {field} = {} is out of range", show_value(field, *value))]
+    /// A field out of its range.
     OutOfRange {
+        /// The message.
         msg: &'static str,
+        /// The field.
         field: &'static str,
+        /// Its value.
         value: u64,
     },
     #[error("{msg}: reserved field {field} is {value}, must be 0")]
+    /// A reserved field that is not zero.
     Reserved {
+        /// The message.
         msg: &'static str,
+        /// The field.
         field: &'static str,
+        /// Its value.
         value: u64,
     },
     #[error("Goodbye text is not UTF-8")]
+    /// A Goodbye text that is not UTF-8 or not zero-padded.
     BadText,
     #[error("a Welcome of protocol version {theirs}; this build speaks version {VERSION}")]
-    Version { theirs: u32 },
+    /// A Welcome of another protocol version (its length differs too).
+    Version {
+        /// The peer's version.
+        theirs: u32,
+    },
 }
 
 struct Writer(Vec<u8>);

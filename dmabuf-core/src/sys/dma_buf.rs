@@ -11,22 +11,36 @@ use std::os::fd::{AsRawFd, BorrowedFd};
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
 pub struct DmaBufSync {
+    /// `DMA_BUF_SYNC_*` bits.
     pub flags: u64,
 }
 const _: () = assert!(std::mem::size_of::<DmaBufSync>() == 8);
 
+/// The CPU reads.
 pub const DMA_BUF_SYNC_READ: u64 = 1 << 0;
+/// The CPU writes.
 pub const DMA_BUF_SYNC_WRITE: u64 = 1 << 1;
+/// Start of a CPU access.
 pub const DMA_BUF_SYNC_START: u64 = 0;
+/// End of a CPU access.
 pub const DMA_BUF_SYNC_END: u64 = 1 << 2;
 
-nix::ioctl_write_ptr!(dma_buf_ioctl_sync, b'b', 0, DmaBufSync);
+nix::ioctl_write_ptr!(
+    /// `DMA_BUF_IOCTL_SYNC`: bracket a CPU access to a dma-buf.
+    dma_buf_ioctl_sync,
+    b'b',
+    0,
+    DmaBufSync
+);
 
 /// Which CPU access a sync bracket covers.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SyncAccess {
+    /// Wait for writers (the caller will read).
     Read,
+    /// Wait for readers and writers (the caller will write).
     Write,
+    /// Both.
     ReadWrite,
 }
 
@@ -65,12 +79,15 @@ pub fn sync(fd: BorrowedFd<'_>, access: SyncAccess, end: bool) -> Result<(), Err
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct DmaBufExportSyncFile {
+    /// `DMA_BUF_SYNC_READ`/`WRITE`: which fences to export.
     pub flags: u32,
+    /// The sync file returned.
     pub fd: i32,
 }
 const _: () = assert!(std::mem::size_of::<DmaBufExportSyncFile>() == 8);
 
 nix::ioctl_readwrite!(
+    /// `DMA_BUF_IOCTL_EXPORT_SYNC_FILE`: the dma-buf's pending fences as a sync file.
     dma_buf_ioctl_export_sync_file,
     b'b',
     2,

@@ -9,14 +9,24 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct DmaHeapAllocationData {
+    /// Bytes to allocate.
     pub len: u64,
+    /// The dma-buf fd returned.
     pub fd: u32,
+    /// `O_RDWR | O_CLOEXEC` for the new fd.
     pub fd_flags: u32,
+    /// Heap flags (none defined).
     pub heap_flags: u64,
 }
 const _: () = assert!(std::mem::size_of::<DmaHeapAllocationData>() == 24);
 
-nix::ioctl_readwrite!(dma_heap_ioctl_alloc, b'H', 0x0, DmaHeapAllocationData);
+nix::ioctl_readwrite!(
+    /// `DMA_HEAP_IOCTL_ALLOC`: allocate a dma-buf from the heap.
+    dma_heap_ioctl_alloc,
+    b'H',
+    0x0,
+    DmaHeapAllocationData
+);
 
 /// Allocate `len` bytes from the heap opened as `heap`; the new dma-buf is `O_RDWR|O_CLOEXEC`.
 pub fn alloc(heap: BorrowedFd<'_>, len: u64) -> Result<OwnedFd, Errno> {

@@ -43,14 +43,17 @@ impl MappedRegion {
         })
     }
 
+    /// Bytes mapped.
     pub fn len(&self) -> usize {
         self.len
     }
 
+    /// Nothing mapped.
     pub fn is_empty(&self) -> bool {
         self.len == 0
     }
 
+    /// Mapped `PROT_WRITE`.
     pub fn is_writable(&self) -> bool {
         self.writable
     }
@@ -65,6 +68,7 @@ impl MappedRegion {
         self.writable.then_some(self.ptr.as_ptr())
     }
 
+    /// The mapped bytes.
     pub fn as_slice(&self) -> &[u8] {
         // SAFETY: `ptr..ptr+len` is mapped readable for the life of `self`, and the fd cannot
         // shrink (see the type's docs), so every byte is accessible.

@@ -10,16 +10,27 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 #[repr(C)]
 #[derive(Debug, Default)]
 pub struct UdmabufCreate {
+    /// The sealed memfd to export.
     pub memfd: u32,
+    /// `UDMABUF_FLAGS_CLOEXEC`.
     pub flags: u32,
+    /// Byte offset in the memfd (page-aligned).
     pub offset: u64,
+    /// Bytes (page-aligned).
     pub size: u64,
 }
 const _: () = assert!(std::mem::size_of::<UdmabufCreate>() == 24);
 
+/// Close the dma-buf on exec.
 pub const UDMABUF_FLAGS_CLOEXEC: u32 = 0x01;
 
-nix::ioctl_write_ptr!(udmabuf_ioctl_create, b'u', 0x42, UdmabufCreate);
+nix::ioctl_write_ptr!(
+    /// `UDMABUF_CREATE`: a dma-buf over a range of a sealed memfd.
+    udmabuf_ioctl_create,
+    b'u',
+    0x42,
+    UdmabufCreate
+);
 
 /// Create a dma-buf over `memfd[offset..offset+size]` (page aligned) through the opened
 /// `/dev/udmabuf` device `dev`.
