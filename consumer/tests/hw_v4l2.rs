@@ -79,7 +79,7 @@ fn vivid(test: &str, i: usize) -> Option<PathBuf> {
         skip_or_fail(
             test,
             format!(
-                "no vivid capture node for instance {i} (found {nodes:?}; the lane loads vivid n_devs=2 node_types=0x1,0x1)"
+                "no vivid capture node for instance {i} (found {nodes:?}; the lane loads vivid n_devs=3 node_types=0x1,0x1,0x1 multiplanar=1,1,2)"
             ),
         );
     }
