@@ -323,7 +323,7 @@ fn the_publish_example_publishes_dma_bufs() {
     }
     let example = example("publish");
     let sock = socket("hw-publish-example");
-    let mut publisher = std::process::Command::new(&example)
+    let publisher = std::process::Command::new(&example)
         .arg(&sock)
         .arg("60")
         .stdout(std::process::Stdio::piped())
@@ -341,7 +341,10 @@ fn the_publish_example_publishes_dma_bufs() {
     );
     assert_eq!(s["alloc"], "dma-heap", "{s}");
     assert_eq!(s["import_path"], "dmabuf-image", "{s}");
-    assert_eq!(s["verified"], 60, "{s}");
+    // Under TCG the consumer may hold every buffer for a second: the publisher then skips.
+    let published = published_frames(publisher);
+    assert!(published >= 30, "{published} of 60 published");
+    assert_eq!(s["frames"], published, "{s}");
+    assert_eq!(s["verified"], published, "{s}");
     assert_eq!(s["mismatches"], 0, "{s}");
-    assert!(publisher.wait().unwrap().success());
 }

@@ -257,3 +257,20 @@ pub fn example(name: &str) -> PathBuf {
     );
     p
 }
+
+/// Wait for the `publish` example and return how many frames it says it published (it skips a
+/// frame when consumers hold every buffer for a second: a paced stream drops, it does not
+/// catch up).
+pub fn published_frames(publisher: std::process::Child) -> u64 {
+    let out = publisher.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "publish example: {text}");
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("published ")?
+                .strip_suffix(" frames")?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("publish example said: {text}"))
+}
