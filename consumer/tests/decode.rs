@@ -533,6 +533,15 @@ fn ffmpeg_make_sized(out: &Path, size: &str, args: &[&str]) {
     assert!(st.success(), "making {}", out.display());
 }
 
+/// Write the files `parts`, one after the other, to `out` (a stream spliced from segments).
+fn concat(out: &Path, parts: &[&Path]) {
+    let bytes: Vec<u8> = parts
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap())
+        .collect();
+    std::fs::write(out, bytes).unwrap();
+}
+
 fn scratch_dir(tag: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("dmabuf-{tag}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
@@ -1074,11 +1083,7 @@ fn a_colorimetry_change_mid_stream_is_announced() {
         ],
     );
     let spliced = dir.join("spliced.ts");
-    std::fs::write(
-        &spliced,
-        [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat(),
-    )
-    .unwrap();
+    concat(&spliced, &[&a, &b]);
     let sock = socket("colour-splice");
     let src = format!("file:{}", spliced.display());
     let _p = Producer::start(&sock, &["--source", &src, "--alloc", "memfd", "--no-pace"]);
@@ -1162,11 +1167,7 @@ fn a_failing_source_ends_the_producer() {
         ],
     );
     let mixed = dir.join("mixed.h264");
-    std::fs::write(
-        &mixed,
-        [std::fs::read(&a).unwrap(), std::fs::read(&b).unwrap()].concat(),
-    )
-    .unwrap();
+    concat(&mixed, &[&a, &b]);
     // A change to 4:2:2 mid-stream is carried now (it ended the stream before 4:2:2 was):
     // one renegotiation, every frame verified.
     let sock = socket("fatal");

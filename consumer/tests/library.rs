@@ -11,6 +11,36 @@ mod common;
 use common::*;
 use std::time::Duration;
 
+/// Run example `name` against a producer drawing `format` at `size` (memfd), asking it for
+/// `frames` frames; its standard output, once it succeeded.
+fn example_against_producer(name: &str, format: &str, size: &str, frames: &str) -> String {
+    let sock = socket(&format!("lib-{name}-{format}"));
+    let _p = Producer::start(
+        &sock,
+        &[
+            "--alloc",
+            "memfd",
+            "--no-pace",
+            "--format",
+            format,
+            "--size",
+            size,
+        ],
+    );
+    let out = std::process::Command::new(example(name))
+        .arg(&sock)
+        .arg(frames)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{name} {format}: {text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    text
+}
+
 #[test]
 fn the_receive_example_verifies_every_frame_from_the_producer() {
     for (format, size) in [
@@ -18,30 +48,7 @@ fn the_receive_example_verifies_every_frame_from_the_producer() {
         ("P010", "321x241"),
         ("BGR888", "65x37"),
     ] {
-        let sock = socket(&format!("lib-receive-{format}"));
-        let _p = Producer::start(
-            &sock,
-            &[
-                "--alloc",
-                "memfd",
-                "--no-pace",
-                "--format",
-                format,
-                "--size",
-                size,
-            ],
-        );
-        let out = std::process::Command::new(example("receive"))
-            .arg(&sock)
-            .arg("90")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{format}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = example_against_producer("receive", format, size, "90");
         assert!(
             text.contains(&format!("stream: {format}")),
             "{format}: {text}"
@@ -158,30 +165,7 @@ fn the_vulkan_receive_example_reads_every_frame_on_the_gpu() {
         ("P010", "321x241"),
         ("YUV444", "65x37"),
     ] {
-        let sock = socket(&format!("lib-vk-{format}"));
-        let _p = Producer::start(
-            &sock,
-            &[
-                "--alloc",
-                "memfd",
-                "--no-pace",
-                "--format",
-                format,
-                "--size",
-                size,
-            ],
-        );
-        let out = std::process::Command::new(example("vulkan_receive"))
-            .arg(&sock)
-            .arg("60")
-            .output()
-            .unwrap();
-        let text = String::from_utf8_lossy(&out.stdout);
-        assert!(
-            out.status.success(),
-            "{format}: {text}{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let text = example_against_producer("vulkan_receive", format, size, "60");
         assert!(
             text.contains("received 60 frames through host-pointer: 60 matched, 0 differed"),
             "{format}: {text}"
