@@ -198,6 +198,17 @@ impl Fanout {
         listener: &Listener,
         timeout: Duration,
     ) -> Result<Vec<Arrival>, ProtoError> {
+        Ok(self.wait_with(listener, None, timeout)?.0)
+    }
+
+    /// [`Fanout::wait`], also returning (without waiting further) as soon as `extra` (a
+    /// capture device, a timer) is readable; the flag says whether it was.
+    pub fn wait_with(
+        &mut self,
+        listener: &Listener,
+        extra: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<(Vec<Arrival>, bool), ProtoError> {
         let now = Instant::now();
         // A pending Hello's deadline shortens the wait.
         let timeout = self
@@ -212,8 +223,9 @@ impl Fanout {
             Some((until, _)) if !listen => timeout.min(until.saturating_duration_since(now)),
             _ => timeout,
         };
-        let fds: Vec<BorrowedFd<'_>> = std::iter::once(listener.as_fd())
-            .filter(|_| listen)
+        let fds: Vec<BorrowedFd<'_>> = extra
+            .into_iter()
+            .chain(std::iter::once(listener.as_fd()).filter(|_| listen))
             .chain(self.pending.iter().map(|p| p.chan.as_fd()))
             .chain(self.members.iter().map(|m| m.sess.channel().as_fd()))
             .collect();
@@ -227,11 +239,15 @@ impl Fanout {
                 })
             }
         };
+        let (extra_ready, ready) = match extra {
+            Some(_) => (ready[0], &ready[1..]),
+            None => (false, &ready[..]),
+        };
         let (listen_ready, rest) = if listen {
             let (l, rest) = ready.split_first().expect("the listener is polled");
             (*l, rest)
         } else {
-            (false, &ready[..])
+            (false, ready)
         };
         let (pending_ready, member_ready) = rest.split_at(self.pending.len());
 
@@ -263,7 +279,7 @@ impl Fanout {
         if listen_ready {
             self.accept_all(listener)?;
         }
-        Ok(arrivals)
+        Ok((arrivals, extra_ready))
     }
 
     fn accept_all(&mut self, listener: &Listener) -> Result<(), ProtoError> {
@@ -444,6 +460,17 @@ impl Fanout {
             }
         }
         self.members.clear();
+    }
+
+    /// End member `n`'s session with a Goodbye (`reason`, `message`); false if it is not a
+    /// member (it left already).
+    pub fn dismiss(&mut self, n: u64, reason: GoodbyeReason, message: &str) -> bool {
+        let Some(i) = self.members.iter().position(|m| m.n == n) else {
+            return false;
+        };
+        let m = self.members.remove(i);
+        m.sess.finish(reason, message, Duration::ZERO);
+        true
     }
 
     /// The most buffers any member holds.

@@ -222,6 +222,12 @@ impl Pool {
         Some(lock(&slot.mapping).as_ptr())
     }
 
+    /// Whether `lease` is a buffer of this pool (not of another pool, even one of the same
+    /// format).
+    pub fn owns(&self, lease: &Lease) -> bool {
+        Arc::ptr_eq(&self.inner, &lease.inner)
+    }
+
     /// The least recently returned free buffer, if any.
     pub fn try_acquire(&self) -> Option<Lease> {
         self.try_acquire_leaving(0)

@@ -11,6 +11,14 @@
 //! consumer released it. [`Publisher::set_format`] renegotiates a new size or format with every
 //! consumer. The publisher does not pace: publish when a frame is due.
 //!
+//! A program whose buffers come from elsewhere (a decoder that needs its own layout and extra
+//! buffers for its references, a capture device's buffers) builds the [`Pool`] itself and hands
+//! it over with [`Publisher::with_pool`]; it then renegotiates with [`Publisher::replace_pool`],
+//! and publishes buffers it filled itself (shared with its decoder: `Arc<Lease>`) with
+//! [`Publisher::publish_shared`]. An event loop that waits for its own device can wait with
+//! [`Publisher::serve_until_readable`], serving consumers meanwhile. The `producer` binary is
+//! such a program.
+//!
 //! ```no_run
 //! use dmabuf_core::publisher::{Publisher, PublisherOptions};
 //! use dmabuf_core::{FrameFormat, PixelFormat};
@@ -35,11 +43,12 @@ use crate::format::FrameFormat;
 use crate::pool::{Lease, Pool, PoolError};
 use crate::proto::server::{accepts, full_chunks, Session};
 use crate::proto::wire::{
-    ColorInfo, Frame, Geometry, Goodbye, GoodbyeReason, Message, Welcome, FRAME_FLAG_CHECKSUM,
-    VERSION,
+    ColorInfo, Frame, Geometry, Goodbye, GoodbyeReason, Message, Welcome, CHUNK_FLAG_CORRUPTED,
+    FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED, VERSION,
 };
 use crate::proto::{Channel, Listener, ListenerOptions, ProtoError};
 use crate::time::monotonic_ns;
+use std::os::fd::BorrowedFd;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,12 +57,14 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone)]
 pub struct PublisherOptions {
     /// Buffers in the pool: the consumers' share (2–64). A consumer alone may hold them all;
-    /// with several, each holds at most its quota.
+    /// with several, each holds at most its quota. With [`Publisher::with_pool`] the pool may
+    /// be larger (a decoder keeps the rest); the consumers' share is then the smaller of the two.
     pub buffers: usize,
     /// Which allocator (default: `auto`, the first of dma-heap, udmabuf, GBM, memfd that
     /// works).
     pub alloc: AllocChoice,
-    /// Nominal frame rate for the `Welcome` (`num`, `den`; `(0, 1)`: none).
+    /// Nominal frame rate for the `Welcome` (`num`, `den`; `(0, 1)`: none). A publish waits up
+    /// to one period of it for a consumer at its quota before skipping that consumer.
     pub fps: (u32, u32),
     /// Colorimetry announced to consumers (H.273 code points).
     pub color: ColorInfo,
@@ -64,8 +75,15 @@ pub struct PublisherOptions {
     /// A connection that sends no `Hello` this long is closed.
     pub hello_timeout: Duration,
     /// Compute each frame's checksum (`docs/PROTOCOL.md`) so consumers can verify it: one read
-    /// of the frame per publish.
+    /// of the frame per publish (unless the caller passes one, see [`FrameMeta::checksum`]).
     pub checksum: bool,
+    /// With `alloc: auto`, a consumer that can import only memfds while the pool is dma-buf
+    /// gets the pool remade in sealed memfds when no other consumer is connected (for
+    /// [`Publisher::with_pool`]: the caller remakes it, see [`Publisher::memfd_pool_wanted`]).
+    pub memfd_fallback: bool,
+    /// Serve at most this many consumers at once (0: as many as the share has buffers; never
+    /// more).
+    pub max_consumers: usize,
     /// The socket's file mode and allowed uids.
     pub listener: ListenerOptions,
 }
@@ -81,9 +99,28 @@ impl Default for PublisherOptions {
             stall_timeout: Duration::from_secs(5),
             hello_timeout: Duration::from_secs(5),
             checksum: true,
+            memfd_fallback: true,
+            max_consumers: 0,
             listener: ListenerOptions::default(),
         }
     }
+}
+
+/// What a published frame says besides its buffer (see `Frame` in `docs/PROTOCOL.md`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FrameMeta {
+    /// Presentation time in nanoseconds on the stream's own timeline.
+    pub pts_ns: i64,
+    /// The frame's checksum when the caller computed it already (while writing it); `None`:
+    /// computed here if [`PublisherOptions::checksum`] is on.
+    pub checksum: Option<u32>,
+    /// The publisher's CPU copied the pixels into the buffer (`FRAME_FLAG_COPIED`).
+    pub copied: bool,
+    /// The source concealed errors in this frame (`CHUNK_FLAG_CORRUPTED` on every plane).
+    pub corrupted: bool,
+    /// When the frame was ready, `CLOCK_MONOTONIC` ns (for the consumers' latency figures);
+    /// `None`: now.
+    pub publish_ns: Option<u64>,
 }
 
 /// What went wrong publishing.
@@ -122,11 +159,17 @@ pub struct Publisher {
     pool: Pool,
     format: FrameFormat,
     opts: PublisherOptions,
+    /// The consumers' share of the pool.
+    share: usize,
+    /// The publisher made the pool (and may remake it); false with [`Publisher::with_pool`].
+    own_pool: bool,
     /// Which allocator and why (for logs).
     why: String,
     /// Consumers that can take the stream only in memfds, while the pool is not: served once
     /// the pool is idle and no one else is connected (the pool is then remade in memfds).
     deferred: Vec<Arrival>,
+    /// Consumers admitted since [`Publisher::take_admitted`].
+    admitted: Vec<u64>,
     seq: u64,
 }
 
@@ -153,20 +196,44 @@ impl Publisher {
         }
         let (allocator, why) = alloc::select(opts.alloc, format)?;
         let pool = Pool::new(allocator.as_ref(), format, opts.buffers)?;
+        let mut publisher = Self::with_pool(path, pool, opts)?;
+        publisher.own_pool = true;
+        publisher.why = why;
+        Ok(publisher)
+    }
+
+    /// Bind `path` and publish buffers of `pool`, a pool the caller made (for a decoder's
+    /// layout, or a capture device's buffers). The consumers' share is the smaller of
+    /// `opts.buffers` and the pool's size; `opts.alloc` only decides whether a consumer that
+    /// needs memfds may ask for a memfd pool ([`Publisher::memfd_pool_wanted`]).
+    pub fn with_pool(
+        path: impl AsRef<Path>,
+        pool: Pool,
+        opts: PublisherOptions,
+    ) -> Result<Self, PublishError> {
+        if !(1..=64).contains(&opts.buffers) {
+            return Err(PublishError::Buffers(opts.buffers));
+        }
         let listener = Listener::bind(path.as_ref(), &opts.listener)?;
+        let format = pool.format();
         tracing::info!(
-            "publishing {format} on {}: pool of {why}",
-            path.as_ref().display()
+            "publishing {format} on {}: {} buffers of {}",
+            path.as_ref().display(),
+            pool.len(),
+            pool.allocator()
         );
         Ok(Self {
             path: path.as_ref().to_path_buf(),
             listener,
             fan: Fanout::new(opts.hello_timeout),
+            share: opts.buffers.min(pool.len()),
+            why: pool.allocator().to_string(),
             pool,
             format,
             opts,
-            why,
+            own_pool: false,
             deferred: Vec::new(),
+            admitted: Vec::new(),
             seq: 0,
         })
     }
@@ -181,6 +248,11 @@ impl Publisher {
         self.format
     }
 
+    /// The pool being published.
+    pub fn pool(&self) -> &Pool {
+        &self.pool
+    }
+
     /// Which allocator made the pool, and why it was picked.
     pub fn allocator(&self) -> &str {
         &self.why
@@ -191,22 +263,77 @@ impl Publisher {
         self.fan.len()
     }
 
+    /// One line about every consumer (number, buffers held, frames skipped), for progress logs.
+    pub fn summary(&self) -> String {
+        self.fan.summary()
+    }
+
     /// Frames published so far (the next frame's `seq`).
     pub fn frames(&self) -> u64 {
         self.seq
     }
 
+    /// Set the colorimetry and geometry announced from the next `Welcome` on (a change
+    /// mid-stream takes a renegotiation: [`Publisher::replace_pool`] or
+    /// [`Publisher::set_format`]).
+    pub fn set_stream_info(&mut self, color: ColorInfo, geometry: Geometry) {
+        self.opts.color = color;
+        self.opts.geometry = geometry;
+    }
+
+    /// The colorimetry and geometry consumers were told.
+    pub fn stream_info(&self) -> (ColorInfo, Geometry) {
+        (self.opts.color, self.opts.geometry)
+    }
+
     /// Serve connections for up to `timeout`: accept, handshake, admit, handle releases and
     /// departures, drop stalled consumers. Returns as soon as something happened.
     pub fn serve(&mut self, timeout: Duration) -> Result<(), PublishError> {
-        let arrivals = self.fan.wait(&self.listener, timeout)?;
+        self.serve_inner(None, timeout).map(|_| ())
+    }
+
+    /// [`Publisher::serve`], returning as soon as `fd` (a capture device, a timer) is readable
+    /// too: true if it is.
+    pub fn serve_until_readable(
+        &mut self,
+        fd: BorrowedFd<'_>,
+        timeout: Duration,
+    ) -> Result<bool, PublishError> {
+        self.serve_inner(Some(fd), timeout)
+    }
+
+    fn serve_inner(
+        &mut self,
+        extra: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+    ) -> Result<bool, PublishError> {
+        let (arrivals, ready) = self.fan.wait_with(&self.listener, extra, timeout)?;
         for a in arrivals {
             self.admit(a);
         }
-        self.fan
-            .drop_stalled(self.opts.stall_timeout, self.pool.len());
+        self.fan.drop_stalled(self.opts.stall_timeout, self.share);
         self.serve_deferred();
-        Ok(())
+        Ok(ready)
+    }
+
+    /// The consumers admitted since the last call (their numbers, as in the logs): for a
+    /// caller that sets something up per consumer, and [`Publisher::dismiss`]es it if that
+    /// fails.
+    pub fn take_admitted(&mut self) -> Vec<u64> {
+        std::mem::take(&mut self.admitted)
+    }
+
+    /// End consumer `n`'s session: Goodbye(`reason`, `message`) and close. False if it had
+    /// left.
+    pub fn dismiss(&mut self, n: u64, reason: GoodbyeReason, message: &str) -> bool {
+        self.fan.dismiss(n, reason, message)
+    }
+
+    /// With [`Publisher::with_pool`]: a consumer waits for a memfd pool (it can import nothing
+    /// else, and no one else is connected). Make one of the same format and hand it to
+    /// [`Publisher::replace_pool`]; the waiting consumers are then admitted.
+    pub fn memfd_pool_wanted(&self) -> bool {
+        !self.own_pool && !self.deferred.is_empty() && self.fan.is_empty()
     }
 
     /// A free buffer to write the next frame into, serving connections while waiting up to
@@ -215,9 +342,11 @@ impl Publisher {
         let deadline = Instant::now() + timeout;
         loop {
             self.serve(Duration::ZERO)?;
-            // A lone consumer may hold the whole pool; with several, the quota keeps one free.
-            if let Some(lease) = self.pool.try_acquire() {
-                return Ok(Some(lease));
+            // A lone consumer may hold the whole share; with several, the quota keeps one free.
+            if self.fan.len() != 1 || self.fan.max_held() < self.share {
+                if let Some(lease) = self.pool.try_acquire() {
+                    return Ok(Some(lease));
+                }
             }
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -227,40 +356,97 @@ impl Publisher {
         }
     }
 
+    /// Wait (serving) up to `timeout` until a lone consumer holds less than its share — the
+    /// back-pressure of a stream with one consumer, for callers whose pool is larger than the
+    /// share (a decoder's). True when there is room (or nobody to wait for).
+    pub fn wait_for_room(&mut self, timeout: Duration) -> Result<bool, PublishError> {
+        let deadline = Instant::now() + timeout;
+        while self.fan.len() == 1 && self.fan.max_held() >= self.share {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(false);
+            }
+            self.serve(left.min(Duration::from_millis(100)))?;
+        }
+        Ok(true)
+    }
+
     /// Publish the frame written into `lease`, presented at `pts_ns` (nanoseconds on the
     /// stream's own timeline): to every consumer below its quota (the others see a gap in
     /// `seq`, counted as dropped). Returns how many consumers it went to (0 with none: the
     /// buffer is free again at once).
     pub fn publish(&mut self, lease: Lease, pts_ns: i64) -> Result<usize, PublishError> {
+        let sent = self.publish_shared(
+            Arc::new(lease),
+            FrameMeta {
+                pts_ns,
+                ..FrameMeta::default()
+            },
+        )?;
+        self.serve(Duration::ZERO)?;
+        Ok(sent)
+    }
+
+    /// [`Publisher::publish`] for a buffer the caller keeps a reference to (a decoder's
+    /// reference picture) and with what it knows of the frame. A consumer at its quota that
+    /// was keeping up is waited for (serving) up to one frame period (of
+    /// [`PublisherOptions::fps`]) before it is skipped. Unlike [`Publisher::publish`] it does
+    /// not serve after sending: the caller's next [`Publisher::serve`] reads the releases.
+    pub fn publish_shared(
+        &mut self,
+        lease: Arc<Lease>,
+        meta: FrameMeta,
+    ) -> Result<usize, PublishError> {
         let id = lease.id();
-        if self.pool.buffer(id).map(|b| b.layout.format) != Some(self.format)
-            || lease.buffer().layout.format != self.format
-        {
+        if !self.pool.owns(&lease) {
             return Err(PublishError::ForeignLease(id));
         }
-        let checksum = if self.opts.checksum {
-            lease
+        let checksum = match meta.checksum {
+            Some(sum) => Some(sum),
+            None if self.opts.checksum => lease
                 .checksum()
-                .map_err(|source| PublishError::Checksum { id, source })?
-        } else {
-            None
+                .map_err(|source| PublishError::Checksum { id, source })?,
+            None => None,
         };
+        let mut flags = if checksum.is_some() {
+            FRAME_FLAG_CHECKSUM
+        } else {
+            0
+        };
+        if meta.copied {
+            flags |= FRAME_FLAG_COPIED;
+        }
+        let mut chunks = full_chunks(lease.buffer());
+        if meta.corrupted {
+            for c in &mut chunks {
+                c.flags |= CHUNK_FLAG_CORRUPTED;
+            }
+        }
         let frame = Frame {
             buffer_id: id,
-            flags: if checksum.is_some() {
-                FRAME_FLAG_CHECKSUM
-            } else {
-                0
-            },
+            flags,
             seq: self.seq,
-            pts_ns,
-            publish_ns: monotonic_ns(),
+            pts_ns: meta.pts_ns,
+            publish_ns: meta.publish_ns.unwrap_or_else(monotonic_ns),
             checksum: checksum.unwrap_or(0),
-            chunks: full_chunks(lease.buffer()),
+            chunks,
         };
         self.seq += 1;
-        let sent = self.fan.publish(&frame, Arc::new(lease), self.pool.len());
-        self.serve(Duration::ZERO)?;
+        // The bounded wait for a consumer at its quota (see crate::fanout).
+        let (num, den) = self.opts.fps;
+        if num > 0 {
+            let period =
+                Duration::from_nanos(1_000_000_000 * u64::from(den.max(1)) / u64::from(num));
+            let until = Instant::now() + period;
+            while self.fan.waiting_on_quota(self.share) {
+                let left = until.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    break;
+                }
+                self.serve(left)?;
+            }
+        }
+        let sent = self.fan.publish(&frame, lease, self.share);
         Ok(sent)
     }
 
@@ -273,20 +459,7 @@ impl Publisher {
         format: FrameFormat,
         timeout: Duration,
     ) -> Result<(), PublishError> {
-        let deadline = Instant::now() + timeout;
-        while self.fan.max_held() > 0 {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                // Consumers still holding frames are dropped rather than renegotiated.
-                self.fan.finish_all(
-                    GoodbyeReason::InternalError,
-                    "held frames past a format change",
-                    Duration::ZERO,
-                );
-                break;
-            }
-            self.serve(left.min(Duration::from_millis(50)))?;
-        }
+        self.drain(Some(timeout))?;
         let (allocator, why) = alloc::select(
             match self.pool.allocator() {
                 k @ crate::AllocatorKind::Memfd if self.opts.alloc == AllocChoice::Auto => {
@@ -296,22 +469,95 @@ impl Publisher {
             },
             format,
         )?;
-        self.pool = Pool::new(allocator.as_ref(), format, self.opts.buffers)?;
-        self.format = format;
+        let pool = Pool::new(allocator.as_ref(), format, self.opts.buffers)?;
         self.why = why;
+        self.install(pool);
+        Ok(())
+    }
+
+    /// Renegotiate onto `pool`, a pool the caller made (a new size or format, new colorimetry
+    /// or geometry after [`Publisher::set_stream_info`], or memfds for a consumer that needs
+    /// them): once every consumer has released everything (serving meanwhile; a consumer
+    /// holding a buffer and releasing none for the stall timeout is dropped), tell every
+    /// consumer (RemoveBuffer, a new Welcome, the new buffers). Returns the number of
+    /// consumers still served.
+    pub fn replace_pool(&mut self, pool: Pool) -> Result<usize, PublishError> {
+        self.drain(None)?;
+        self.share = self.opts.buffers.min(pool.len());
+        self.why = pool.allocator().to_string();
+        self.install(pool);
+        for a in std::mem::take(&mut self.deferred) {
+            self.admit(a);
+        }
+        Ok(self.fan.len())
+    }
+
+    /// Serve up to `timeout` until no consumer holds a buffer (before a renegotiation); a
+    /// consumer that holds one and releases none for the stall timeout is dropped meanwhile.
+    /// True when none holds any.
+    pub fn wait_released(&mut self, timeout: Duration) -> Result<bool, PublishError> {
+        let deadline = Instant::now() + timeout;
+        while self.fan.max_held() > 0 {
+            self.fan.drop_stalled(self.opts.stall_timeout, 1);
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Ok(self.fan.max_held() == 0);
+            }
+            self.serve(left)?;
+        }
+        Ok(true)
+    }
+
+    /// Serve until no consumer holds a buffer: up to `timeout` (then those still holding are
+    /// dropped), or with none, as long as the consumers keep releasing (the stall rule, with a
+    /// quota of one, drops one that does not).
+    fn drain(&mut self, timeout: Option<Duration>) -> Result<(), PublishError> {
+        let deadline = timeout.map(|t| Instant::now() + t);
+        while self.fan.max_held() > 0 {
+            self.fan.drop_stalled(self.opts.stall_timeout, 1);
+            let left = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()),
+                None => Duration::from_millis(100),
+            };
+            if left.is_zero() {
+                // Consumers still holding frames are dropped rather than renegotiated.
+                self.fan.finish_all(
+                    GoodbyeReason::InternalError,
+                    "held frames past a format change",
+                    Duration::ZERO,
+                );
+                break;
+            }
+            self.serve(left.min(Duration::from_millis(100)))?;
+        }
+        Ok(())
+    }
+
+    fn install(&mut self, pool: Pool) {
+        self.format = pool.format();
+        self.pool = pool;
         let welcome = self.welcome();
         self.fan.renegotiate(&welcome, &self.pool);
-        Ok(())
     }
 
     /// End the stream: Goodbye(end of stream) to every consumer, up to `grace` for them to
     /// release, then close.
     pub fn finish(mut self, grace: Duration) {
-        self.fan
-            .finish_all(GoodbyeReason::EndOfStream, "end of stream", grace);
+        self.end_stream(GoodbyeReason::EndOfStream, "end of stream", grace);
     }
 
-    fn welcome(&self) -> Welcome {
+    /// Say Goodbye(`reason`, `message`) to every consumer, give them up to `grace` together to
+    /// release what they hold, and close their sessions; the publisher goes on listening (the
+    /// next consumer starts a new stream).
+    pub fn end_stream(&mut self, reason: GoodbyeReason, message: &str, grace: Duration) {
+        self.fan.finish_all(reason, message, grace);
+        for a in std::mem::take(&mut self.deferred) {
+            refuse(a.chan, a.n, message);
+        }
+    }
+
+    /// The `Welcome` consumers get now.
+    pub fn welcome(&self) -> Welcome {
         let memory = self.pool.allocator().memory();
         Welcome {
             version: VERSION,
@@ -335,6 +581,7 @@ impl Publisher {
         let memory = self.pool.allocator().memory();
         if !accepts(&a.hello, &self.format, memory) {
             let memfd_would_do = self.opts.alloc == AllocChoice::Auto
+                && self.opts.memfd_fallback
                 && memory != MemoryKind::Memfd
                 && accepts(&a.hello, &self.format, MemoryKind::Memfd);
             if memfd_would_do && self.fan.is_empty() {
@@ -349,15 +596,43 @@ impl Publisher {
             } else {
                 format!("consumer cannot take {} in {memory}", self.format)
             };
+            let offered: Vec<String> = a
+                .hello
+                .caps
+                .iter()
+                .map(|c| {
+                    let name = crate::PixelFormat::from_fourcc(c.fourcc)
+                        .map(|p| p.name().to_string())
+                        .unwrap_or_else(|| format!("{:#x}", c.fourcc));
+                    format!("{name}/{:#x}/mask {:#x}", c.modifier, c.memory_mask)
+                })
+                .collect();
+            tracing::info!(
+                "consumer #{}: {}",
+                a.n,
+                if offered.is_empty() {
+                    "it offered nothing".to_string()
+                } else {
+                    format!("it offered {}", offered.join(", "))
+                }
+            );
             refuse(a.chan, a.n, &msg);
             return;
         }
-        if self.fan.len() >= Fanout::max_members(self.pool.len()) {
-            let msg = format!(
-                "producer is full: {} buffers serve at most {} consumers at once",
-                self.pool.len(),
-                Fanout::max_members(self.pool.len())
-            );
+        let most = match self.opts.max_consumers {
+            0 => Fanout::max_members(self.share),
+            m => m.min(Fanout::max_members(self.share)),
+        };
+        if self.fan.len() >= most {
+            // More members than the share has buffers would let stalled ones pin every buffer.
+            let msg = if most < Fanout::max_members(self.share) {
+                format!("this producer serves at most {most} consumer(s) at once")
+            } else {
+                format!(
+                    "producer is full: {} buffers serve at most {most} consumers at once",
+                    self.share
+                )
+            };
             refuse(a.chan, a.n, &msg);
             return;
         }
@@ -372,8 +647,11 @@ impl Publisher {
         match served {
             Ok(sess) => {
                 self.fan.join(n, sess);
+                self.admitted.push(n);
                 tracing::info!(
-                    "consumer #{n} connected; {} consumer(s) now",
+                    "consumer #{n} connected: {} buffers of {} sent once; {} consumer(s) now",
+                    self.pool.len(),
+                    self.pool.allocator(),
                     self.fan.len()
                 );
             }
@@ -382,7 +660,8 @@ impl Publisher {
     }
 
     /// Serve consumers that need memfds once the pool can be remade: nobody connected and
-    /// every buffer free (the caller holds no lease).
+    /// every buffer free (the caller holds no lease). With a caller's pool, the caller remakes
+    /// it ([`Publisher::memfd_pool_wanted`]).
     fn serve_deferred(&mut self) {
         if self.deferred.is_empty() {
             return;
@@ -390,14 +669,15 @@ impl Publisher {
         if !self.fan.is_empty() {
             for a in std::mem::take(&mut self.deferred) {
                 let msg = format!(
-                    "cannot switch the {} pool to memfd while other consumers use it",
-                    self.pool.allocator().memory()
+                    "cannot switch the {} pool to memfd while {} other consumer(s) use it",
+                    self.pool.allocator().memory(),
+                    self.fan.len()
                 );
                 refuse(a.chan, a.n, &msg);
             }
             return;
         }
-        if self.pool.free_count() != self.pool.len() {
+        if !self.own_pool || self.pool.free_count() != self.pool.len() {
             return;
         }
         match alloc::open(crate::AllocatorKind::Memfd)

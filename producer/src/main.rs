@@ -7,7 +7,7 @@ mod transport;
 
 use source::decode::Decoder;
 use source::pattern::Pattern;
-use source::Source;
+use source::{FileSource, FrameSource, PatternSource};
 use transport::{TestLoad, Transport, TransportKind};
 
 use anyhow::{bail, Context as _, Result};
@@ -303,7 +303,7 @@ enum DecodePath {
     Copy,
 }
 
-fn source(args: &Args) -> Result<Source> {
+fn source(args: &Args) -> Result<Box<dyn FrameSource>> {
     if args.source == "pattern" {
         if args.looping
             || args.decode_threads.is_some()
@@ -316,11 +316,11 @@ fn source(args: &Args) -> Result<Source> {
         }
         let (w, h) = args.size.unwrap_or((1920, 1080));
         let pixel = pixel_arg(args)?.unwrap_or(PixelFormat::Nv12);
-        return Ok(Source::Pattern {
+        return Ok(Box::new(PatternSource {
             pattern: Pattern::new(pixel, w, h),
             format: FrameFormat::linear(pixel, w, h),
             fps: args.fps.unwrap_or((60, 1)),
-        });
+        }));
     }
     if let Some(path) = args.source.strip_prefix("file:") {
         if args.size.is_some() || args.fps.is_some() {
@@ -338,11 +338,7 @@ fn source(args: &Args) -> Result<Source> {
             dec.force_copy();
         }
         dec.decoder_buffers = args.decoder_buffers.map(|n| n as usize);
-        return Ok(Source::File {
-            dec: Box::new(dec),
-            looping: args.looping,
-            used: false,
-        });
+        return Ok(Box::new(FileSource::new(dec, args.looping)));
     }
     if let Some(path) = args.source.strip_prefix("v4l2:") {
         if args.transport != TransportKind::ZeroCopy {
@@ -372,7 +368,7 @@ fn source(args: &Args) -> Result<Source> {
             stall: Duration::from_secs_f64(args.stall_timeout),
         };
         let cap = source::v4l2::Capture::open(std::path::Path::new(path), &req)?;
-        return Ok(Source::V4l2(Box::new(cap)));
+        return Ok(Box::new(cap));
     }
     bail!(
         "unknown source {:?}: expected `pattern`, `file:PATH` or `v4l2:/dev/videoN`",
@@ -389,8 +385,8 @@ fn run(args: Args) -> Result<()> {
         bail!("--v4l2-io applies to a v4l2: source");
     }
     let source = source(&args)?;
-    // A capture device paces itself.
-    let pace = !args.no_pace && !matches!(source, Source::V4l2(_));
+    // A capture device (a source with its own buffers) paces itself.
+    let pace = !args.no_pace && source.own_pool().is_none();
     if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
         bail!("--stall-timeout must be positive");
     }

@@ -1,26 +1,24 @@
-//! Serving consumers: the pool is allocated once, before the first consumer arrives; several
-//! consumers are served at once (see [`dmabuf_core::fanout`]), each with its own handshake, the
-//! pool's fds once, then paced frames shared by all of them.
+//! Serving consumers: the producer is a [`Publisher`] (dmabuf-core) fed by a
+//! [`FrameSource`]. The pool is made once, before the first consumer arrives (by the source:
+//! a decoder's layout, a capture device's buffers); several consumers are served at once, each
+//! with its own handshake, the pool's fds once, then paced frames shared by all of them.
 //!
 //! With `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd
 //! pool instead, if no other consumer is connected (otherwise it is refused, saying why).
 
-use crate::source::{NextFrame, Source};
+use crate::source::{FrameSource, Host, Next, Written};
 use crate::transport::{Transport, TransportKind};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
-use dmabuf_core::fanout::{Arrival, Fanout};
-use dmabuf_core::format::frame_checksum;
-use dmabuf_core::pool::{Lease, Pool};
+use dmabuf_core::format::{frame_checksum, FrameFormat, FrameLayout};
+use dmabuf_core::pool::Lease;
 use dmabuf_core::procstat;
-use dmabuf_core::proto::server::{accepts, full_chunks, Session};
-use dmabuf_core::proto::wire::{
-    ColorInfo, Frame, Geometry, GoodbyeReason, Welcome, CHUNK_FLAG_CORRUPTED, FRAME_FLAG_CHECKSUM,
-    FRAME_FLAG_COPIED, VERSION,
-};
-use dmabuf_core::proto::{Listener, ListenerOptions};
+use dmabuf_core::proto::wire::{ColorInfo, Geometry, GoodbyeReason};
+use dmabuf_core::proto::ListenerOptions;
+use dmabuf_core::publisher::{FrameMeta, Publisher, PublisherOptions};
 use dmabuf_core::time::process_cpu_ns;
-use dmabuf_core::{AllocatorKind, MemoryKind};
+use dmabuf_core::AllocatorKind;
+use std::os::fd::BorrowedFd;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -159,19 +157,6 @@ impl Pacer {
     }
 }
 
-/// Refuse a consumer whose Hello was read: Goodbye(unsupported, `msg`), a graceful close, and
-/// the error for the log.
-fn refuse(chan: dmabuf_core::proto::Channel, msg: &str) -> anyhow::Error {
-    let _ = chan.send(&dmabuf_core::proto::Message::Goodbye(
-        dmabuf_core::proto::wire::Goodbye {
-            reason: GoodbyeReason::Unsupported,
-            message: msg.to_string(),
-        },
-    ));
-    chan.close_gracefully();
-    anyhow::anyhow!("{msg}")
-}
-
 /// Context on an error of the source itself (as opposed to one consumer's or the transport's):
 /// the producer ends with it rather than serving the next consumer into the same failure.
 #[derive(Debug)]
@@ -194,38 +179,146 @@ enum StreamEnd {
     Interrupted,
 }
 
-struct Server<'t> {
-    opts: ServeOptions,
-    pool: Pool,
-    source: Source,
+/// The producer's side of the [`Host`] a source talks to: the publisher, the transport and
+/// the stop flag.
+struct Ctx<'a> {
+    publisher: Publisher,
+    transport: &'a mut Transport,
     stop: Arc<AtomicBool>,
-    fan: Fanout,
-    /// How pixels reach the consumers, and the CPU meter (see crate::transport).
-    transport: &'t mut Transport,
-    /// The colorimetry and geometry the consumers were told (a change renegotiates).
-    announced: Announced,
+    opts: ServeOptions,
 }
 
-struct Announced {
-    color: ColorInfo,
-    geometry: Geometry,
+impl Ctx<'_> {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::Relaxed)
+    }
+
+    /// Serve up to `timeout` (returning early when `fd` is readable: the flag), then set up the
+    /// transport for consumers admitted meanwhile (socket-copy: their byte stream).
+    fn serve(&mut self, fd: Option<BorrowedFd<'_>>, timeout: Duration) -> Result<bool> {
+        let ready = match fd {
+            Some(fd) => self.publisher.serve_until_readable(fd, timeout)?,
+            None => {
+                self.publisher.serve(timeout)?;
+                false
+            }
+        };
+        for n in self.publisher.take_admitted() {
+            if let Err(e) = self.transport.session_start(self.opts.hello_timeout) {
+                tracing::warn!("consumer #{n} not served: {e:#}");
+                self.publisher
+                    .dismiss(n, GoodbyeReason::InternalError, &format!("{e:#}"));
+            }
+        }
+        Ok(ready)
+    }
+
+    /// The stream cannot go on: every consumer left, or a signal.
+    fn over(&self) -> bool {
+        self.publisher.consumers() == 0 || self.stopped()
+    }
+
+    /// A free buffer, serving connections while waiting for releases; `None` if every
+    /// consumer left or a signal arrived. Consumers that hold their quota and release none for
+    /// the stall timeout are dropped.
+    fn acquire(&mut self) -> Result<Option<Lease>> {
+        loop {
+            if let Some(l) = self.publisher.pool().try_acquire() {
+                return Ok(Some(l));
+            }
+            if self.over() {
+                return Ok(None);
+            }
+            self.serve(None, Duration::from_millis(100))?;
+        }
+    }
 }
 
-/// Allocate the pool, then listen on `socket` (so the socket appears only once the producer can
+impl Host for Ctx<'_> {
+    fn write(
+        &mut self,
+        write: &mut dyn FnMut(&mut [u8], &FrameLayout) -> Result<bool>,
+    ) -> Result<Option<Written>> {
+        let Some(lease) = self.acquire()? else {
+            return Ok(None);
+        };
+        let (checksum, publish_ns, copied) =
+            self.transport
+                .write_frame(&lease, write, self.opts.checksum)?;
+        Ok(Some(Written {
+            lease: Arc::new(lease),
+            checksum,
+            copied,
+            publish_ns,
+        }))
+    }
+
+    fn filled(&mut self, lease: &Lease, checksum: Option<u32>) -> Result<(Option<u32>, u64)> {
+        let want = self.opts.checksum;
+        self.transport.filled_frame(|| {
+            if checksum.is_some() || !want {
+                return Ok(checksum);
+            }
+            let planes = &lease.buffer().layout.planes;
+            lease
+                .with_bytes(|data| frame_checksum(data, planes))
+                .context("reading the frame back")
+        })
+    }
+
+    fn wait_readable(&mut self, fd: BorrowedFd<'_>, timeout: Duration) -> Result<Option<bool>> {
+        let ready = self.serve(Some(fd), timeout)?;
+        Ok((!self.over()).then_some(ready))
+    }
+
+    fn wait(&mut self, timeout: Duration) -> Result<Option<()>> {
+        self.serve(None, timeout)?;
+        Ok((!self.over()).then_some(()))
+    }
+
+    fn metered(&mut self, work: &mut dyn FnMut() -> Result<()>) -> Result<()> {
+        self.transport.source_step(work)
+    }
+
+    fn want_checksum(&self) -> bool {
+        self.opts.checksum
+    }
+
+    fn announced(&self) -> (FrameFormat, ColorInfo, Geometry) {
+        let (color, geometry) = self.publisher.stream_info();
+        (self.publisher.format(), color, geometry)
+    }
+
+    fn why_not(&self) -> Next {
+        if self.stopped() {
+            Next::Stopped
+        } else {
+            Next::Idle
+        }
+    }
+}
+
+struct Server<'t> {
+    source: Box<dyn FrameSource>,
+    ctx: Ctx<'t>,
+}
+
+/// Make the pool, then listen on `socket` (so the socket appears only once the producer can
 /// serve), and serve until `--frames` completes a stream or a signal sets `stop`.
 pub fn serve(
     socket: &Path,
     listen: &ListenerOptions,
-    source: Source,
+    mut source: Box<dyn FrameSource>,
     transport: &mut Transport,
     opts: ServeOptions,
     stop: Arc<AtomicBool>,
 ) -> Result<()> {
     let format = source.format();
     tracing::info!("source: {}", source.describe());
-    let mut source = source;
     // A V4L2 source brings its pool (the driver's exported buffers, or ours queued to it).
-    let pool = match source.own_pool() {
+    let own_pool = source.own_pool();
+    let memfd_fallback = own_pool.is_none();
+    let pool = match own_pool {
         Some(pool) => pool,
         None => {
             let (allocator, why) = alloc::select(opts.alloc, format)
@@ -243,61 +336,57 @@ pub fn serve(
         pool.allocator(),
         layout.planes.iter().map(|p| p.stride).collect::<Vec<_>>()
     );
-    let listener = Listener::bind(socket, listen)
-        .with_context(|| format!("cannot listen on {}", socket.display()))?;
-    let mut server = Server {
-        announced: Announced {
+    let publisher = Publisher::with_pool(
+        socket,
+        pool,
+        PublisherOptions {
+            buffers: opts.buffers,
+            alloc: opts.alloc,
+            fps: source.fps(),
             color: source.color(),
             geometry: source.geometry(),
+            stall_timeout: opts.stall_timeout,
+            hello_timeout: opts.hello_timeout,
+            // The transport computes it, metered as the source's work.
+            checksum: false,
+            memfd_fallback,
+            // The comparison transports serve one consumer at a time.
+            max_consumers: usize::from(transport.kind() != TransportKind::ZeroCopy),
+            listener: listen.clone(),
         },
-        fan: Fanout::new(opts.hello_timeout),
+    )
+    .with_context(|| format!("cannot listen on {}", socket.display()))?;
+    let mut server = Server {
         source,
-        opts,
-        pool,
-        stop,
-        transport,
+        ctx: Ctx {
+            publisher,
+            transport,
+            stop,
+            opts,
+        },
     };
-    eprintln!("producer: listening on {}", listener.path().display());
-    server.run(&listener)
+    eprintln!("producer: listening on {}", socket.display());
+    server.run()
 }
 
 impl Server<'_> {
-    fn welcome(&self) -> Welcome {
-        let f = self.source.format();
-        let color = self.source.color();
-        let (fps_num, fps_den) = self.source.fps();
-        Welcome {
-            version: VERSION,
-            memory: self.pool.allocator().memory(),
-            allocator: self.pool.allocator(),
-            buffer_count: self.pool.len() as u32,
-            pixel: f.pixel,
-            width: f.width,
-            height: f.height,
-            fps_num,
-            fps_den,
-            color,
-            modifier: f.modifier,
-            geometry: self.source.geometry(),
-            device: 0,
-        }
-    }
-
     /// Serve streams until one completes or a signal arrives. A stream starts (the source from
     /// its beginning) when the first consumer joins an idle producer, and pauses when the last
     /// one leaves; consumers that join a running stream get its next frame.
-    fn run(&mut self, listener: &Listener) -> Result<()> {
+    fn run(&mut self) -> Result<()> {
         loop {
-            while self.fan.is_empty() {
-                if self.stop.load(Ordering::Relaxed) {
+            while self.ctx.publisher.consumers() == 0 {
+                if self.ctx.stopped() {
                     return Ok(());
                 }
-                let arrivals = self.fan.wait(listener, Duration::from_millis(200))?;
-                self.admit_all(arrivals);
+                self.ctx.serve(None, Duration::from_millis(200))?;
+                if self.ctx.publisher.memfd_pool_wanted() {
+                    self.switch_to_memfd()?;
+                }
             }
             self.source.restart()?;
             let mut fatal: Option<anyhow::Error> = None;
-            let (reason, text) = match self.stream(listener) {
+            let (reason, text) = match self.stream() {
                 Ok(StreamEnd::Idle) => {
                     tracing::info!("every consumer left; waiting for the next one");
                     continue;
@@ -330,7 +419,9 @@ impl Server<'_> {
                     (GoodbyeReason::InternalError, text)
                 }
             };
-            self.fan.finish_all(reason, &text, Duration::from_secs(2));
+            self.ctx
+                .publisher
+                .end_stream(reason, &text, Duration::from_secs(2));
             if reason != GoodbyeReason::InternalError {
                 return Ok(());
             }
@@ -342,111 +433,21 @@ impl Server<'_> {
         }
     }
 
-    fn admit_all(&mut self, arrivals: Vec<Arrival>) {
-        for a in arrivals {
-            let n = a.n;
-            if let Err(e) = self.admit(a) {
-                tracing::warn!("consumer #{n} not served: {e:#}");
-            }
-        }
-    }
-
-    /// Check a consumer's `Hello` against the pool, answer it, send it the pool's fds, and add
-    /// it to the stream.
-    ///
-    /// With `--alloc auto`, a consumer that cannot take the pool's memory kind but can take
-    /// memfds gets the pool swapped to sealed memfds, but only while no other consumer is
-    /// being served (the others hold and map the current pool); otherwise it is refused with a
-    /// Goodbye saying so.
-    fn admit(&mut self, a: Arrival) -> Result<()> {
-        let Arrival { n, chan, hello } = a;
-        let format = self.source.format();
-        let memory = self.pool.allocator().memory();
-        if !accepts(&hello, &format, memory) {
-            let memfd_would_do = self.opts.alloc == AllocChoice::Auto
-                && self.source.own_pool().is_none()
-                && memory != MemoryKind::Memfd
-                && accepts(&hello, &format, MemoryKind::Memfd);
-            if memfd_would_do && self.fan.is_empty() {
-                tracing::info!("consumer cannot import {memory}; switching the pool to memfd");
-                let memfd = alloc::open(AllocatorKind::Memfd)?;
-                self.pool = self.source.make_pool(memfd.as_ref(), self.opts.buffers)?;
-            } else {
-                let offered: Vec<String> = hello
-                    .caps
-                    .iter()
-                    .map(|c| {
-                        let name = dmabuf_core::PixelFormat::from_fourcc(c.fourcc)
-                            .map(|p| p.name().to_string())
-                            .unwrap_or_else(|| format!("{:#x}", c.fourcc));
-                        format!("{name}/{:#x}/mask {:#x}", c.modifier, c.memory_mask)
-                    })
-                    .collect();
-                // Goodbye text is at most 112 bytes: the reason first.
-                let msg = if memfd_would_do {
-                    format!(
-                        "cannot switch the {memory} pool to memfd while {} other consumer(s) use it",
-                        self.fan.len()
-                    )
-                } else {
-                    format!("consumer cannot take {format} in {memory}")
-                };
-                return Err(refuse(chan, &msg).context(if offered.is_empty() {
-                    "it offered nothing".to_string()
-                } else {
-                    format!("it offered {}", offered.join(", "))
-                }));
-            }
-        }
-        let most = Fanout::max_members(self.share());
-        if self.fan.len() >= most {
-            // More members than the share has buffers would let stalled ones pin every buffer.
-            let msg = format!(
-                "producer is full: --buffers {} serves at most {most} consumers at once",
-                self.share()
-            );
-            return Err(refuse(chan, &msg));
-        }
-        if self.transport.kind() != TransportKind::ZeroCopy && !self.fan.is_empty() {
-            let msg = format!(
-                "--transport {} serves one consumer at a time",
-                self.transport.kind().name()
-            );
-            return Err(refuse(chan, &msg));
-        }
-        let welcome = self.welcome();
-        let mut sess: Session<Arc<Lease>> = Session::start(chan, &welcome)?;
-        for id in 0..self.pool.len() as u32 {
-            let buf = self.pool.buffer(id).expect("id in range");
-            sess.add_buffer(id, buf)?;
-        }
-        // socket-copy: the consumer's byte stream connects now.
-        if let Err(e) = self.transport.session_start(self.opts.hello_timeout) {
-            sess.finish(
-                GoodbyeReason::InternalError,
-                &format!("{e:#}"),
-                Duration::from_secs(2),
-            );
-            return Err(e);
-        }
-        self.fan.join(n, sess);
+    /// A consumer can import only memfds and no one else is connected: remake the pool.
+    fn switch_to_memfd(&mut self) -> Result<()> {
         tracing::info!(
-            "consumer #{n} connected: {} buffers of {} sent once; {} consumer(s) now",
-            self.pool.len(),
-            self.pool.allocator(),
-            self.fan.len()
+            "consumer cannot import {}; switching the pool to memfd",
+            self.ctx.publisher.pool().allocator().memory()
         );
+        let memfd = alloc::open(AllocatorKind::Memfd)?;
+        let pool = self
+            .source
+            .make_pool(memfd.as_ref(), self.ctx.opts.buffers)?;
+        self.ctx.publisher.replace_pool(pool)?;
         Ok(())
     }
 
-    /// Wait up to `timeout`, serving connections meanwhile.
-    fn wait(&mut self, listener: &Listener, timeout: Duration) -> Result<()> {
-        let arrivals = self.fan.wait(listener, timeout)?;
-        self.admit_all(arrivals);
-        Ok(())
-    }
-
-    fn stream(&mut self, listener: &Listener) -> Result<StreamEnd> {
+    fn stream(&mut self) -> Result<StreamEnd> {
         let (num, den) = self.source.fps();
         let period_ns = 1_000_000_000u64 * u64::from(den) / u64::from(num.max(1));
         let start = Instant::now();
@@ -455,8 +456,8 @@ impl Server<'_> {
         let mut last_report = Instant::now();
         let mut report_frames = 0u64;
         for seq in 0u64.. {
-            let over = self.opts.frames.is_some_and(|n| seq >= n)
-                || self.opts.duration.is_some_and(|d| start.elapsed() >= d);
+            let over = self.ctx.opts.frames.is_some_and(|n| seq >= n)
+                || self.ctx.opts.duration.is_some_and(|d| start.elapsed() >= d);
             if over {
                 let secs = start.elapsed().as_secs_f64();
                 tracing::info!(
@@ -469,155 +470,87 @@ impl Server<'_> {
                 }
                 return Ok(StreamEnd::Completed);
             }
-            if self.stop.load(Ordering::Relaxed) {
+            if self.ctx.stopped() {
                 return Ok(StreamEnd::Interrupted);
-            }
-            self.fan.drop_stalled(self.opts.stall_timeout, self.share());
-            if self.fan.is_empty() {
-                return Ok(StreamEnd::Idle);
             }
             // Alone, a consumer may hold the consumers' share of the pool (back-pressure); the
             // rest belongs to the decoder's references.
-            if let Some(end) = self.wait_for_room(listener)? {
-                return Ok(end);
+            while !self
+                .ctx
+                .publisher
+                .wait_for_room(Duration::from_millis(100))?
+            {
+                if self.ctx.over() {
+                    break;
+                }
             }
-            // Sources that fill their own leases (V4L2 capture) wait for the device here,
-            // serving connections meanwhile; the others are drawn or decoded below.
-            let mut arrivals = Vec::new();
-            let next = {
-                let fan = &mut self.fan;
-                let mut pump = |t| {
-                    arrivals.extend(fan.wait(listener, t)?);
-                    Ok(fan.is_empty() && arrivals.is_empty())
-                };
-                self.source
-                    .next_frame(self.opts.checksum, &self.stop, &mut pump)
-                    .map_err(|e| e.context(SourceFailed))?
-            };
-            self.admit_all(arrivals);
-            let want_sum = self.opts.checksum;
-            let (lease, pts_ns, copied, checksum, publish_ns) = match next {
-                NextFrame::Frame(f) => {
-                    let (checksum, publish_ns) = self.transport.filled_frame(|| Ok(f.checksum))?;
-                    (Arc::new(f.lease), f.pts_ns, f.copied, checksum, publish_ns)
-                }
-                NextFrame::End => {
-                    tracing::info!("end of the stream after {seq} frames");
-                    return Ok(StreamEnd::Completed);
-                }
-                NextFrame::ConsumerGone => return Ok(StreamEnd::Idle),
-                NextFrame::Stopped => return Ok(StreamEnd::Interrupted),
-                NextFrame::NotMine => {
-                    let source = &mut self.source;
-                    let Some(pts_ns) = self
-                        .transport
-                        .source_step(|| source.advance(seq))
-                        .map_err(|e| e.context(SourceFailed))?
-                    else {
+            if self.ctx.over() {
+                return Ok(self.gone_or_stopped());
+            }
+            let filled = loop {
+                let next = self
+                    .source
+                    .next_frame(seq, &mut self.ctx)
+                    .map_err(|e| e.context(SourceFailed))?;
+                match next {
+                    Next::Frame(f) => break f,
+                    Next::Changed => {
+                        if let Some(end) = self.renegotiate()? {
+                            return Ok(end);
+                        }
+                    }
+                    Next::End => {
                         tracing::info!("end of the stream after {seq} frames");
                         if let Some(paths) = self.source.path_summary() {
                             tracing::info!("{paths}");
                         }
                         return Ok(StreamEnd::Completed);
-                    };
-                    if self.source.format() != self.pool.format()
-                        || self.source.color() != self.announced.color
-                        || self.source.geometry() != self.announced.geometry
-                    {
-                        if let Some(end) = self.renegotiate(listener)? {
-                            return Ok(end);
-                        }
                     }
-                    match self.source.filled_lease() {
-                        // Decoded in place: only the checksum is left.
-                        Some(lease) => {
-                            let (checksum, publish_ns) = self.transport.filled_frame(|| {
-                                if !want_sum {
-                                    return Ok(None);
-                                }
-                                let planes = &lease.buffer().layout.planes;
-                                lease
-                                    .with_bytes(|data| frame_checksum(data, planes))
-                                    .context("reading the frame back")
-                            })?;
-                            (lease, pts_ns, false, checksum, publish_ns)
-                        }
-                        None => {
-                            let Some(lease) = self.acquire(listener)? else {
-                                return Ok(self.gone_or_stopped());
-                            };
-                            let (checksum, publish_ns, copied) = self.transport.write_frame(
-                                &lease,
-                                &mut self.source,
-                                seq,
-                                want_sum,
-                            )?;
-                            (Arc::new(lease), pts_ns, copied, checksum, publish_ns)
-                        }
-                    }
+                    Next::Idle => return Ok(StreamEnd::Idle),
+                    Next::Stopped => return Ok(StreamEnd::Interrupted),
                 }
             };
-            let mut flags = if copied { FRAME_FLAG_COPIED } else { 0 };
-            if checksum.is_some() {
-                flags |= FRAME_FLAG_CHECKSUM;
-            }
-            let mut chunks = full_chunks(lease.buffer());
-            if self.source.corrupt() {
-                for c in &mut chunks {
-                    c.flags |= CHUNK_FLAG_CORRUPTED;
-                }
-            }
-            let frame = Frame {
-                buffer_id: lease.id(),
-                flags,
-                seq,
-                pts_ns,
-                publish_ns,
-                checksum: checksum.unwrap_or(0),
-                chunks,
+            let mut meta = FrameMeta {
+                pts_ns: filled.pts_ns,
+                checksum: filled.checksum,
+                copied: filled.copied,
+                corrupted: filled.corrupted,
+                publish_ns: Some(filled.publish_ns),
             };
-            let mut frame = frame;
-            if self.opts.pace {
+            if self.ctx.opts.pace {
                 // Each frame at its own presentation time (see Pacer). The frame was made
                 // ready first; the latency it reports starts when it was ready, less the wait.
                 let before = dmabuf_core::time::monotonic_ns();
-                let due = pacer.due(pts_ns, Instant::now());
+                let due = pacer.due(filled.pts_ns, Instant::now());
                 loop {
                     let left = due.saturating_duration_since(Instant::now());
-                    if left.is_zero() || self.stop.load(Ordering::Relaxed) {
+                    if left.is_zero() || self.ctx.stopped() {
                         break;
                     }
-                    self.wait(listener, left)?;
+                    self.ctx.serve(None, left)?;
                 }
-                if self.stop.load(Ordering::Relaxed) {
+                if self.ctx.stopped() {
                     return Ok(StreamEnd::Interrupted);
                 }
-                frame.publish_ns += dmabuf_core::time::monotonic_ns().saturating_sub(before);
+                meta.publish_ns = Some(
+                    filled.publish_ns + dmabuf_core::time::monotonic_ns().saturating_sub(before),
+                );
             }
-            // The bounded wait for a consumer at its quota (see dmabuf_core::fanout).
-            let until = Instant::now() + Duration::from_nanos(period_ns);
-            let share = self.share();
-            while self.fan.waiting_on_quota(share) {
-                let left = until.saturating_duration_since(Instant::now());
-                if left.is_zero() {
-                    break;
-                }
-                self.wait(listener, left)?;
-            }
-            self.fan.publish(&frame, lease, share);
-            self.transport.after_send()?;
-            self.wait(listener, Duration::ZERO)?;
+            self.ctx.publisher.publish_shared(filled.lease, meta)?;
+            self.ctx.transport.after_send()?;
+            self.ctx.serve(None, Duration::ZERO)?;
             report_frames += 1;
             let since = last_report.elapsed();
-            if since >= self.opts.report_every {
+            if since >= self.ctx.opts.report_every {
+                let p = &self.ctx.publisher;
                 tracing::info!(
                     "{} frames sent, {:.1} fps, {} consumer(s) [{}], pool {}/{} free, RSS {} KiB, {} fds",
                     seq + 1,
                     report_frames as f64 / since.as_secs_f64(),
-                    self.fan.len(),
-                    self.fan.summary(),
-                    self.pool.free_count(),
-                    self.pool.len(),
+                    p.consumers(),
+                    p.summary(),
+                    p.pool().free_count(),
+                    p.pool().len(),
                     procstat::rss_kib(),
                     procstat::fd_count()
                 );
@@ -628,83 +561,46 @@ impl Server<'_> {
         unreachable!()
     }
 
-    /// The consumers' share of the pool: `--buffers` (a decoder's pool is larger).
-    fn share(&self) -> usize {
-        self.opts.buffers.min(self.pool.len())
-    }
-
     fn gone_or_stopped(&self) -> StreamEnd {
-        if self.stop.load(Ordering::Relaxed) {
+        if self.ctx.stopped() {
             StreamEnd::Interrupted
         } else {
             StreamEnd::Idle
         }
     }
 
-    /// Wait (serving connections) until a lone consumer holds less than the consumers' share;
-    /// with several, the quota in [`dmabuf_core::fanout`] applies instead. `Some` when the stream
-    /// must end meanwhile.
-    fn wait_for_room(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
-        while self.fan.len() == 1 && self.fan.max_held() >= self.share() {
-            self.fan.drop_stalled(self.opts.stall_timeout, self.share());
-            if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
-                return Ok(Some(self.gone_or_stopped()));
-            }
-            self.wait(listener, Duration::from_millis(100))?;
-        }
-        Ok(None)
-    }
-
-    /// The source changed size or format mid-stream: once every consumer has released
-    /// everything, allocate a pool for the new format and tell every consumer (RemoveBuffer for
-    /// the old buffers, a new Welcome, the new AddBuffers). `Some` when the stream must end
-    /// meanwhile.
-    fn renegotiate(&mut self, listener: &Listener) -> Result<Option<StreamEnd>> {
-        let (old, new) = (self.pool.format(), self.source.format());
-        // (A colorimetry or geometry change alone renegotiates too: same format, new Welcome.)
-        while self.fan.max_held() > 0 {
-            self.fan.drop_stalled(self.opts.stall_timeout, 1);
-            if self.stop.load(Ordering::Relaxed) {
+    /// The source changed size, format, colorimetry or geometry mid-stream: once every
+    /// consumer has released everything, make a pool for the new format and tell every
+    /// consumer (RemoveBuffer for the old buffers, a new Welcome, the new AddBuffers). `Some`
+    /// when the stream must end meanwhile.
+    fn renegotiate(&mut self) -> Result<Option<StreamEnd>> {
+        let (old, new) = (self.ctx.publisher.format(), self.source.format());
+        while !self
+            .ctx
+            .publisher
+            .wait_released(Duration::from_millis(100))?
+        {
+            if self.ctx.stopped() {
                 return Ok(Some(StreamEnd::Interrupted));
             }
-            self.wait(listener, Duration::from_millis(100))?;
         }
-        let allocator = alloc::open(self.pool.allocator())
-            .with_context(|| format!("reopening {} for {new}", self.pool.allocator()))?;
-        self.pool = self
+        let kind = self.ctx.publisher.pool().allocator();
+        let allocator = alloc::open(kind).with_context(|| format!("reopening {kind} for {new}"))?;
+        let pool = self
             .source
-            .make_pool(allocator.as_ref(), self.opts.buffers)?;
-        let welcome = self.welcome();
-        self.announced = Announced {
-            color: welcome.color,
-            geometry: welcome.geometry,
-        };
-        self.fan.renegotiate(&welcome, &self.pool);
+            .make_pool(allocator.as_ref(), self.ctx.opts.buffers)?;
+        self.ctx
+            .publisher
+            .set_stream_info(self.source.color(), self.source.geometry());
+        let left = self.ctx.publisher.replace_pool(pool)?;
         tracing::info!(
-            "renegotiated {old} -> {new}: {} new buffers of {} to {} consumer(s)",
-            self.pool.len(),
-            self.pool.allocator(),
-            self.fan.len()
+            "renegotiated {old} -> {new}: {} new buffers of {} to {left} consumer(s)",
+            self.ctx.publisher.pool().len(),
+            self.ctx.publisher.pool().allocator(),
         );
-        if self.fan.is_empty() {
+        if left == 0 {
             return Ok(Some(StreamEnd::Idle));
         }
         Ok(None)
-    }
-
-    /// A free buffer, serving connections while waiting for releases; `None` if every
-    /// consumer left or a signal arrived. Consumers that hold their quota and release none for
-    /// the stall timeout are dropped.
-    fn acquire(&mut self, listener: &Listener) -> Result<Option<Lease>> {
-        loop {
-            if let Some(l) = self.pool.try_acquire() {
-                return Ok(Some(l));
-            }
-            self.fan.drop_stalled(self.opts.stall_timeout, self.share());
-            if self.fan.is_empty() || self.stop.load(Ordering::Relaxed) {
-                return Ok(None);
-            }
-            self.wait(listener, Duration::from_millis(100))?;
-        }
     }
 }

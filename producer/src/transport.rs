@@ -14,9 +14,8 @@
 //! and the checksum) and everything else (the transport), over the steady state (after a warm-up
 //! of a few frames), and counts page faults over the same span.
 
-use crate::source::Source;
 use anyhow::{bail, Context as _, Result};
-use dmabuf_core::format::frame_checksum;
+use dmabuf_core::format::{frame_checksum, FrameLayout};
 use dmabuf_core::pool::Lease;
 use dmabuf_core::time::{burn_cpu_ns, monotonic_ns, page_faults, process_cpu_ns};
 use serde::Serialize;
@@ -128,8 +127,7 @@ impl Transport {
     pub fn write_frame(
         &mut self,
         lease: &Lease,
-        source: &mut Source,
-        seq: u64,
+        write: &mut dyn FnMut(&mut [u8], &FrameLayout) -> Result<bool>,
         checksum: bool,
     ) -> Result<(Option<u32>, u64, bool)> {
         self.meter.frame_start();
@@ -139,7 +137,7 @@ impl Transport {
         let sum = match self.kind {
             TransportKind::ZeroCopy => lease
                 .with_bytes_mut(|data| -> Result<Option<u32>> {
-                    copied = source.write(seq, data, layout)?;
+                    copied = write(data, layout)?;
                     Ok(checksum
                         .then(|| frame_checksum(data, &layout.planes))
                         .flatten())
@@ -159,7 +157,7 @@ impl Transport {
                     _ => layout.size,
                 };
                 self.private.resize(len as usize, 0);
-                source.write(seq, &mut self.private, layout)?;
+                write(&mut self.private, layout)?;
                 checksum
                     .then(|| frame_checksum(&self.private, &layout.planes))
                     .flatten()

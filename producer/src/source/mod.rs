@@ -1,5 +1,8 @@
 //! Where frames come from: the synthetic pattern, a file decoded by FFmpeg, or a V4L2 capture
-//! device (which brings its own buffers and hands the server filled leases).
+//! device. Each is a [`FrameSource`]: it describes its stream and yields filled buffers of the
+//! pool one way, [`FrameSource::next_frame`], asking the producer (a [`Host`]) for what it
+//! needs meanwhile (a free buffer written through the transport, a wait on its device while
+//! consumers are served).
 
 pub mod decode;
 mod direct;
@@ -11,231 +14,309 @@ use dmabuf_core::alloc::Allocator;
 use dmabuf_core::format::{FrameFormat, FrameLayout};
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::wire::{ColorInfo, Geometry};
-use std::sync::atomic::AtomicBool;
+use std::os::fd::BorrowedFd;
 use std::sync::Arc;
 use std::time::Duration;
 
-/// A frame a source filled itself, in a lease of its own pool.
+/// A buffer of the pool holding the next frame.
 pub struct Filled {
-    pub lease: Lease,
+    pub lease: Arc<Lease>,
     pub pts_ns: i64,
     pub checksum: Option<u32>,
-    /// The producer's CPU copied (or decoded) the pixels into the lease (V4L2 mmap I/O).
+    /// The producer's CPU copied (or decoded) the pixels into the buffer (`FRAME_FLAG_COPIED`).
     pub copied: bool,
+    /// Decoded with errors concealed (`CHUNK_FLAG_CORRUPTED`).
+    pub corrupted: bool,
+    /// When its content was complete (`CLOCK_MONOTONIC` ns).
+    pub publish_ns: u64,
 }
 
-/// What [`Source::next_frame`] gives the server.
-pub enum NextFrame {
-    /// This source does not fill leases itself: use `advance` + `write` into a pool lease.
-    NotMine,
+/// What [`FrameSource::next_frame`] yields.
+pub enum Next {
     Frame(Filled),
-    /// The device ended the stream (see [`Source::end_message`]).
+    /// The next frame is ready but its format, colorimetry or geometry differs from what the
+    /// consumers were told ([`Host::announced`]): renegotiate, then call again for it.
+    Changed,
+    /// The stream ended (the end of the file, the device ended it: see
+    /// [`FrameSource::end_message`]).
     End,
-    ConsumerGone,
-    /// SIGINT/SIGTERM while waiting.
+    /// Every consumer left while the source waited.
+    Idle,
+    /// SIGINT/SIGTERM while the source waited.
     Stopped,
 }
 
-pub enum Source {
-    Pattern {
-        pattern: pattern::Pattern,
-        format: FrameFormat,
-        fps: (u32, u32),
-    },
-    File {
-        dec: Box<decode::Decoder>,
-        looping: bool,
-        /// Frames decoded since the last rewind.
-        used: bool,
-    },
-    V4l2(Box<v4l2::Capture>),
+/// A buffer written by [`Host::write`].
+pub struct Written {
+    pub lease: Arc<Lease>,
+    pub checksum: Option<u32>,
+    pub copied: bool,
+    pub publish_ns: u64,
 }
 
-impl Source {
-    pub fn format(&self) -> FrameFormat {
-        match self {
-            Source::Pattern { format, .. } => *format,
-            Source::File { dec, .. } => FrameFormat::linear(dec.pixel, dec.width, dec.height),
-            Source::V4l2(cap) => cap.format(),
-        }
+/// What a source may ask of the producer while it makes a frame. Every wait serves the
+/// consumers meanwhile (connections, releases, stalls).
+pub trait Host {
+    /// A free pool buffer written by `write(bytes, layout)` (which returns whether it copied
+    /// pixels that already existed) through the transport: in place, or into private memory
+    /// and then copied or sent. `None` when the stream must end meanwhile ([`Host::why_not`]).
+    fn write(
+        &mut self,
+        write: &mut dyn FnMut(&mut [u8], &FrameLayout) -> Result<bool>,
+    ) -> Result<Option<Written>>;
+    /// A frame the source put in a pool buffer itself: its checksum (given, or computed when
+    /// wanted), metered as the source's work, and the time it was complete.
+    fn filled(&mut self, lease: &Lease, checksum: Option<u32>) -> Result<(Option<u32>, u64)>;
+    /// Wait up to `timeout` for `fd` to be readable: true if it is. `None` when the stream must
+    /// end meanwhile.
+    fn wait_readable(&mut self, fd: BorrowedFd<'_>, timeout: Duration) -> Result<Option<bool>>;
+    /// Wait up to `timeout` for a release. `None` when the stream must end meanwhile.
+    fn wait(&mut self, timeout: Duration) -> Result<Option<()>>;
+    /// Run `work` (decoding) metered as the source's CPU.
+    fn metered(&mut self, work: &mut dyn FnMut() -> Result<()>) -> Result<()>;
+    /// Whether frames carry checksums.
+    fn want_checksum(&self) -> bool;
+    /// What the consumers were told: the pool's format, the colorimetry, the geometry.
+    fn announced(&self) -> (FrameFormat, ColorInfo, Geometry);
+    /// Why a wait returned `None`: [`Next::Stopped`] or [`Next::Idle`].
+    fn why_not(&self) -> Next;
+}
+
+/// A source of frames.
+pub trait FrameSource {
+    fn format(&self) -> FrameFormat;
+    fn fps(&self) -> (u32, u32);
+    /// Colorimetry (H.273).
+    fn color(&self) -> ColorInfo;
+    /// Sample aspect ratio and orientation (a file's container says; the others are square
+    /// and upright).
+    fn geometry(&self) -> Geometry {
+        Geometry::default()
+    }
+    fn describe(&self) -> String;
+    /// Allocate the pool this source fills: `buffers` for the consumers to hold, plus what it
+    /// keeps itself (a decoder's references).
+    fn make_pool(&mut self, allocator: &dyn Allocator, buffers: usize) -> Result<Pool>;
+    /// The pool a source brings (a V4L2 capture), instead of one the producer allocates; the
+    /// producer then never swaps it.
+    fn own_pool(&self) -> Option<Pool> {
+        None
+    }
+    /// Start from the beginning for a new stream.
+    fn restart(&mut self) -> Result<()> {
+        Ok(())
+    }
+    /// Why the source ended the stream, when it was not simply the end of a file.
+    fn end_message(&self) -> Option<&str> {
+        None
+    }
+    /// For the logs: how frames reached the pool so far.
+    fn path_summary(&self) -> Option<String> {
+        None
+    }
+    /// The one way frames come out: frame `seq` in a buffer of the pool.
+    fn next_frame(&mut self, seq: u64, host: &mut dyn Host) -> Result<Next>;
+}
+
+/// The synthetic pattern, drawn into each buffer.
+pub struct PatternSource {
+    pub pattern: pattern::Pattern,
+    pub format: FrameFormat,
+    pub fps: (u32, u32),
+}
+
+impl FrameSource for PatternSource {
+    fn format(&self) -> FrameFormat {
+        self.format
     }
 
-    pub fn fps(&self) -> (u32, u32) {
-        match self {
-            Source::Pattern { fps, .. } => *fps,
-            Source::File { dec, .. } => dec.fps,
-            Source::V4l2(cap) => cap.fps(),
-        }
+    fn fps(&self) -> (u32, u32) {
+        self.fps
     }
 
-    pub fn color(&self) -> ColorInfo {
+    fn color(&self) -> ColorInfo {
         use dmabuf_core::proto::wire::h273;
-        match self {
-            Source::V4l2(cap) => cap.color(),
+        if self.format.pixel.is_yuv() {
             // The pattern draws BT.709 limited-range Y'CbCr, chroma sited left.
-            Source::Pattern { format, .. } if format.pixel.is_yuv() => ColorInfo {
+            ColorInfo {
                 matrix: h273::MATRIX_BT709,
                 range: 1,
                 primaries: h273::PRIMARIES_BT709,
                 transfer: h273::TRANSFER_BT709,
                 chroma_location: 1,
-            },
-            Source::Pattern { .. } => ColorInfo::rgb(),
-            Source::File { dec, .. } => dec.color,
+            }
+        } else {
+            ColorInfo::rgb()
         }
     }
 
-    /// Sample aspect ratio and orientation (a file's container says; the others are square and
-    /// upright).
-    pub fn geometry(&self) -> Geometry {
-        match self {
-            Source::File { dec, .. } => dec.geometry,
-            _ => Geometry::default(),
+    fn describe(&self) -> String {
+        let (n, d) = self.fps;
+        format!("pattern, {} at {n}/{d} fps", self.format)
+    }
+
+    fn make_pool(&mut self, allocator: &dyn Allocator, buffers: usize) -> Result<Pool> {
+        Pool::new(allocator, self.format, buffers).context("allocating the buffer pool")
+    }
+
+    fn next_frame(&mut self, seq: u64, host: &mut dyn Host) -> Result<Next> {
+        let (num, den) = self.fps;
+        let pts_ns = (seq * 1_000_000_000 * u64::from(den) / u64::from(num.max(1))) as i64;
+        let pattern = &mut self.pattern;
+        let Some(w) = host.write(&mut |data, layout| {
+            pattern.fill(seq, data, layout);
+            Ok(false)
+        })?
+        else {
+            return Ok(host.why_not());
+        };
+        Ok(Next::Frame(Filled {
+            lease: w.lease,
+            pts_ns,
+            checksum: w.checksum,
+            copied: w.copied,
+            corrupted: false,
+            publish_ns: w.publish_ns,
+        }))
+    }
+}
+
+/// A file decoded by FFmpeg: in place into the pool where the decoder allows, else decoded and
+/// written (copied) into a free buffer.
+pub struct FileSource {
+    pub dec: Box<decode::Decoder>,
+    pub looping: bool,
+    /// Frames decoded since the last rewind.
+    used: bool,
+    /// A frame decoded and not yet yielded (it waited for a renegotiation), with its pts.
+    pending: Option<i64>,
+}
+
+impl FileSource {
+    pub fn new(dec: decode::Decoder, looping: bool) -> Self {
+        Self {
+            dec: Box::new(dec),
+            looping,
+            used: false,
+            pending: None,
         }
     }
 
-    pub fn describe(&self) -> String {
-        let f = self.format();
+    /// Decode the next frame; its pts, or `None` at the end.
+    fn advance(&mut self) -> Result<Option<i64>> {
+        self.used = true;
+        match self.dec.next()? {
+            Some(pts) => Ok(Some(pts)),
+            None if self.looping => {
+                self.dec.rewind(true)?;
+                self.dec.next()
+            }
+            None => Ok(None),
+        }
+    }
+}
+
+impl FrameSource for FileSource {
+    fn format(&self) -> FrameFormat {
+        FrameFormat::linear(self.dec.pixel, self.dec.width, self.dec.height)
+    }
+
+    fn fps(&self) -> (u32, u32) {
+        self.dec.fps
+    }
+
+    fn color(&self) -> ColorInfo {
+        self.dec.color
+    }
+
+    fn geometry(&self) -> Geometry {
+        self.dec.geometry
+    }
+
+    fn describe(&self) -> String {
         let (n, d) = self.fps();
-        match self {
-            Source::Pattern { .. } => format!("pattern, {f} at {n}/{d} fps"),
-            Source::File { dec, .. } => format!(
-                "{} decoded with {}, {f} at {n}/{d} fps",
-                dec.path().display(),
-                dec.codec
-            ),
-            Source::V4l2(cap) => cap.describe(),
-        }
+        format!(
+            "{} decoded with {}, {} at {n}/{d} fps",
+            self.dec.path().display(),
+            self.dec.codec,
+            self.format()
+        )
     }
 
-    /// Allocate the pool this source fills: `buffers` for the consumers to hold, plus what the
-    /// decoder keeps when it decodes in place.
-    pub fn make_pool(&mut self, allocator: &dyn Allocator, buffers: usize) -> Result<Pool> {
-        match self {
-            Source::Pattern { format, .. } => {
-                Pool::new(allocator, *format, buffers).context("allocating the buffer pool")
-            }
-            Source::File { dec, .. } => {
-                let pool = dec.make_pool(allocator, buffers)?;
-                tracing::info!("decode_path: {}", dec.decode_path);
-                Ok(pool)
-            }
-            // The capture brings its pool (see `own_pool`).
-            Source::V4l2(cap) => Ok(cap.pool().clone()),
-        }
+    fn make_pool(&mut self, allocator: &dyn Allocator, buffers: usize) -> Result<Pool> {
+        let pool = self.dec.make_pool(allocator, buffers)?;
+        tracing::info!("decode_path: {}", self.dec.decode_path);
+        Ok(pool)
     }
 
-    /// The pool buffer the frame made ready by [`Source::advance`] already lives in (decoded in
-    /// place); `None` when it must be written with [`Source::write`].
-    pub fn filled_lease(&self) -> Option<Arc<Lease>> {
-        match self {
-            Source::Pattern { .. } | Source::V4l2(_) => None,
-            Source::File { dec, .. } => dec.lease(),
-        }
-    }
-
-    /// The frame made ready by [`Source::advance`] was decoded with errors concealed.
-    pub fn corrupt(&self) -> bool {
-        match self {
-            Source::File { dec, .. } => dec.corrupt(),
-            _ => false,
-        }
-    }
-
-    /// For the logs: how frames reached the pool so far.
-    pub fn path_summary(&self) -> Option<String> {
-        match self {
-            Source::Pattern { .. } | Source::V4l2(_) => None,
-            Source::File { dec, .. } => {
-                let c = dec.counts();
-                let converted = match dec.converted() {
-                    0 => String::new(),
-                    n => format!(", converted by swscale {n}"),
-                };
-                Some(format!(
-                    "decoded in place {}, pool dry {}, not fitting the pool {}{converted}",
-                    c.direct, c.pool_dry, c.unfit
-                ))
-            }
-        }
-    }
-
-    /// Start from the beginning for a new consumer.
-    pub fn restart(&mut self) -> Result<()> {
-        if let Source::File { dec, used, .. } = self {
-            if *used {
-                dec.rewind(false)?;
-                *used = false;
-            }
+    fn restart(&mut self) -> Result<()> {
+        if self.used {
+            self.dec.rewind(false)?;
+            self.used = false;
+            self.pending = None;
         }
         Ok(())
     }
 
-    /// The pool a source brings (V4L2 capture), instead of one the server allocates.
-    pub fn own_pool(&self) -> Option<Pool> {
-        match self {
-            Source::V4l2(cap) => Some(cap.pool().clone()),
-            _ => None,
-        }
+    fn path_summary(&self) -> Option<String> {
+        let c = self.dec.counts();
+        let converted = match self.dec.converted() {
+            0 => String::new(),
+            n => format!(", converted by swscale {n}"),
+        };
+        Some(format!(
+            "decoded in place {}, pool dry {}, not fitting the pool {}{converted}",
+            c.direct, c.pool_dry, c.unfit
+        ))
     }
 
-    /// Why the source ended the stream, when it was not simply the end of a file.
-    pub fn end_message(&self) -> Option<&str> {
-        match self {
-            Source::V4l2(cap) => cap.end_message(),
-            _ => None,
-        }
-    }
-
-    /// For sources that fill their own leases (V4L2): wait for the next frame, calling `pump`
-    /// (which returns `true` once the consumer has left) to keep the session served meanwhile.
-    pub fn next_frame(
-        &mut self,
-        want_sum: bool,
-        stop: &AtomicBool,
-        pump: &mut dyn FnMut(Duration) -> Result<bool>,
-    ) -> Result<NextFrame> {
-        match self {
-            Source::V4l2(cap) => cap.next_frame(want_sum, stop, pump),
-            _ => Ok(NextFrame::NotMine),
-        }
-    }
-
-    /// Make frame `seq` ready; its presentation time in ns, or `None` at the end of the stream.
-    pub fn advance(&mut self, seq: u64) -> Result<Option<i64>> {
-        match self {
-            Source::Pattern { fps, .. } => Ok(Some(
-                (seq * 1_000_000_000 * u64::from(fps.1) / u64::from(fps.0)) as i64,
-            )),
-            Source::File { dec, looping, used } => {
-                *used = true;
-                match dec.next()? {
-                    Some(pts) => Ok(Some(pts)),
-                    None if *looping => {
-                        dec.rewind(true)?;
-                        dec.next()
-                    }
-                    None => Ok(None),
+    fn next_frame(&mut self, _seq: u64, host: &mut dyn Host) -> Result<Next> {
+        let pts_ns = match self.pending.take() {
+            Some(pts) => pts,
+            None => {
+                let mut pts = None;
+                host.metered(&mut || {
+                    pts = self.advance()?;
+                    Ok(())
+                })?;
+                let Some(pts) = pts else {
+                    return Ok(Next::End);
+                };
+                if (self.format(), self.color(), self.geometry()) != host.announced() {
+                    self.pending = Some(pts);
+                    return Ok(Next::Changed);
                 }
+                pts
             }
-            Source::V4l2(_) => Ok(None),
+        };
+        let corrupted = self.dec.corrupt();
+        if let Some(lease) = self.dec.lease() {
+            // Decoded in place: only the checksum is left.
+            let (checksum, publish_ns) = host.filled(&lease, None)?;
+            return Ok(Next::Frame(Filled {
+                lease,
+                pts_ns,
+                checksum,
+                copied: false,
+                corrupted,
+                publish_ns,
+            }));
         }
-    }
-
-    /// Write the frame made ready by [`Source::advance`] into `data`, laid out as `layout`.
-    /// True when that was a copy of pixels that already existed (a decoded picture), false
-    /// when the source drew them in place.
-    pub fn write(&mut self, seq: u64, data: &mut [u8], layout: &FrameLayout) -> Result<bool> {
-        Ok(match self {
-            Source::Pattern { pattern, .. } => {
-                pattern.fill(seq, data, layout);
-                false
-            }
-            Source::File { dec, .. } => {
-                dec.write(data, layout)?;
-                true
-            }
-            Source::V4l2(_) => false,
-        })
+        let dec = &mut self.dec;
+        let Some(w) = host.write(&mut |data, layout| {
+            dec.write(data, layout)?;
+            Ok(true)
+        })?
+        else {
+            return Ok(host.why_not());
+        };
+        Ok(Next::Frame(Filled {
+            lease: w.lease,
+            pts_ns,
+            checksum: w.checksum,
+            copied: w.copied,
+            corrupted,
+            publish_ns: w.publish_ns,
+        }))
     }
 }

@@ -23,7 +23,7 @@ pub mod list;
 mod mjpeg;
 mod sys;
 
-use super::{Filled, NextFrame};
+use super::{Filled, FrameSource, Host, Next};
 use anyhow::{bail, Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
 use dmabuf_core::buffer::{AllocatorKind, FrameBuffer};
@@ -32,12 +32,10 @@ use dmabuf_core::format::{
 };
 use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::wire::{h273, ColorInfo};
-use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use v4l2r::ioctl::{
@@ -775,28 +773,6 @@ impl Capture {
         Ok(capture)
     }
 
-    pub fn format(&self) -> FrameFormat {
-        self.format
-    }
-
-    /// The colorimetry the driver reports for the capture format.
-    pub fn color(&self) -> ColorInfo {
-        self.color
-    }
-
-    pub fn fps(&self) -> (u32, u32) {
-        self.fps
-    }
-
-    pub fn pool(&self) -> &Pool {
-        &self.pool
-    }
-
-    /// Why the stream ended, if the device ended it (unplugged).
-    pub fn end_message(&self) -> Option<&str> {
-        self.end.as_deref()
-    }
-
     pub fn describe(&self) -> String {
         let (n, d) = self.fps;
         let strides: Vec<u32> = self
@@ -853,29 +829,20 @@ impl Capture {
         }
     }
 
-    fn unplugged(&mut self) -> NextFrame {
+    fn unplugged(&mut self) -> Next {
         let msg = format!("V4L2 device {} was disconnected", self.path.display());
         tracing::warn!("{msg}");
         self.end = Some(msg);
-        NextFrame::End
+        Next::End
     }
 
-    /// Wait for the next captured frame, keeping the consumer session pumped (`pump` returns
-    /// `true` when the consumer left).
-    pub fn next_frame(
-        &mut self,
-        want_sum: bool,
-        stop: &AtomicBool,
-        pump: &mut dyn FnMut(Duration) -> Result<bool>,
-    ) -> Result<NextFrame> {
+    /// Wait for the next captured frame, serving the consumers meanwhile.
+    fn capture(&mut self, host: &mut dyn Host) -> Result<Next> {
         if self.end.is_some() {
-            return Ok(NextFrame::End);
+            return Ok(Next::End);
         }
         let since = Instant::now();
         loop {
-            if stop.load(Ordering::Relaxed) {
-                return Ok(NextFrame::Stopped);
-            }
             if since.elapsed() > self.stall {
                 if self.queued_count() == 0 {
                     bail!(
@@ -893,20 +860,18 @@ impl Capture {
                 return Err(e);
             }
             if self.queued_count() == 0 {
-                if pump(Duration::from_millis(50))? {
-                    return Ok(NextFrame::ConsumerGone);
+                if host.wait(Duration::from_millis(50))?.is_none() {
+                    return Ok(host.why_not());
                 }
                 continue;
             }
-            let mut fds = [PollFd::new(self.dev.as_fd(), PollFlags::POLLIN)];
-            let ready = match poll(&mut fds, PollTimeout::from(20u8)) {
-                Ok(n) => n > 0,
-                Err(nix::errno::Errno::EINTR) => false,
-                Err(e) => return Err(e).context("poll on the V4L2 device"),
+            let Some(ready) = host.wait_readable(self.dev.as_fd(), Duration::from_millis(100))?
+            else {
+                return Ok(host.why_not());
             };
             if ready {
                 match ioctl::dqbuf::<V4l2Buffer>(&self.dev, self.q) {
-                    Ok(buf) => match self.take(buf, want_sum, stop, pump) {
+                    Ok(buf) => match self.take(buf, host) {
                         Ok(Some(f)) => return Ok(f),
                         Ok(None) => {}
                         // Requeueing (mmap) found the device gone.
@@ -921,20 +886,12 @@ impl Capture {
                     },
                 }
             }
-            if pump(Duration::ZERO)? {
-                return Ok(NextFrame::ConsumerGone);
-            }
         }
     }
 
     /// A dequeued buffer → a filled lease (`None`: the driver flagged it corrupt; requeued).
-    fn take(
-        &mut self,
-        buf: V4l2Buffer,
-        want_sum: bool,
-        stop: &AtomicBool,
-        pump: &mut dyn FnMut(Duration) -> Result<bool>,
-    ) -> Result<Option<NextFrame>> {
+    fn take(&mut self, buf: V4l2Buffer, host: &mut dyn Host) -> Result<Option<Next>> {
+        let want_sum = host.want_checksum();
         let i = buf.index() as usize;
         let used: Vec<u64> = buf.planes_iter().map(|p| u64::from(*p.bytesused)).collect();
         let ts = buf.timestamp();
@@ -966,16 +923,16 @@ impl Capture {
                     drop(lease); // back to the pool; queue_all requeues it
                     return Ok(None);
                 }
-                let checksum = if want_sum {
-                    lease.checksum().context("mapping a captured buffer")?
-                } else {
-                    None
-                };
-                Ok(Some(NextFrame::Frame(Filled {
-                    lease,
+                let (checksum, publish_ns) = host
+                    .filled(&lease, None)
+                    .context("mapping a captured buffer")?;
+                Ok(Some(Next::Frame(Filled {
+                    lease: Arc::new(lease),
                     pts_ns,
                     checksum,
                     copied: false,
+                    corrupted: false,
+                    publish_ns,
                 })))
             }
             Mode::Mmap { maps } => {
@@ -990,9 +947,6 @@ impl Capture {
                     if let Some(l) = self.pool.try_acquire() {
                         break l;
                     }
-                    if stop.load(Ordering::Relaxed) {
-                        return Ok(Some(NextFrame::Stopped));
-                    }
                     if since.elapsed() > self.stall {
                         bail!(
                             "the consumer holds all {} buffers and released none for {:?}",
@@ -1000,9 +954,9 @@ impl Capture {
                             self.stall
                         );
                     }
-                    if pump(Duration::from_millis(50))? {
+                    if host.wait(Duration::from_millis(50))?.is_none() {
                         qbuf_mmap(&self.dev, q, i as u32, n_mem)?;
-                        return Ok(Some(NextFrame::ConsumerGone));
+                        return Ok(Some(host.why_not()));
                     }
                 };
                 let src = maps
@@ -1038,14 +992,54 @@ impl Capture {
                 };
                 qbuf_mmap(&self.dev, q, i as u32, n_mem)
                     .with_context(|| format!("VIDIOC_QBUF {i} on {path}"))?;
-                Ok(Some(NextFrame::Frame(Filled {
-                    lease,
+                let (checksum, publish_ns) = host.filled(&lease, checksum)?;
+                Ok(Some(Next::Frame(Filled {
+                    lease: Arc::new(lease),
                     pts_ns,
                     checksum,
                     copied: true,
+                    corrupted: false,
+                    publish_ns,
                 })))
             }
         }
+    }
+}
+
+impl FrameSource for Capture {
+    fn format(&self) -> FrameFormat {
+        self.format
+    }
+
+    fn fps(&self) -> (u32, u32) {
+        self.fps
+    }
+
+    /// The colorimetry the driver reports for the capture format.
+    fn color(&self) -> ColorInfo {
+        self.color
+    }
+
+    fn describe(&self) -> String {
+        Capture::describe(self)
+    }
+
+    /// The capture brings its pool (see [`FrameSource::own_pool`]).
+    fn make_pool(&mut self, _: &dyn dmabuf_core::alloc::Allocator, _: usize) -> Result<Pool> {
+        Ok(self.pool.clone())
+    }
+
+    fn own_pool(&self) -> Option<Pool> {
+        Some(self.pool.clone())
+    }
+
+    /// Why the stream ended, if the device ended it (unplugged).
+    fn end_message(&self) -> Option<&str> {
+        self.end.as_deref()
+    }
+
+    fn next_frame(&mut self, _seq: u64, host: &mut dyn Host) -> Result<Next> {
+        self.capture(host)
     }
 }
 
