@@ -22,10 +22,14 @@ BASE_PKGS=(
   ffmpeg
   xvfb xauth
   libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon-x11-0
+  gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
+  dbus strace
 )
 # Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import;
 # linux-libc-dev >= 6.5: the V4L2 UAPI headers v4l2r generates its bindings from).
-BPO_PKGS=(mesa-vulkan-drivers libvulkan1 libvulkan-dev vulkan-tools libgbm-dev libdrm-dev linux-libc-dev)
+# PipeWire 1.4 (and its GStreamer elements, WirePlumber): the peer `compare --peers` measures.
+BPO_PKGS=(mesa-vulkan-drivers libvulkan1 libvulkan-dev vulkan-tools libgbm-dev libdrm-dev linux-libc-dev
+  pipewire pipewire-bin wireplumber gstreamer1.0-pipewire)
 
 need_install=0
 for p in "${BASE_PKGS[@]}" "${BPO_PKGS[@]}"; do
@@ -37,6 +41,8 @@ if [ $need_install = 0 ]; then
   dpkg --compare-versions "$v" ge 25 || need_install=1
   v=$(dpkg-query -W -f='${Version}' linux-libc-dev 2>/dev/null || echo 0)
   dpkg --compare-versions "$v" ge 6.5 || need_install=1
+  v=$(dpkg-query -W -f='${Version}' pipewire 2>/dev/null || echo 0)
+  dpkg --compare-versions "$v" ge 1.2 || need_install=1
 fi
 
 if [ $need_install = 1 ]; then

@@ -2,6 +2,7 @@
 //! another, with the real producer and consumer; a table, a JSON file with every figure, and a
 //! plot of CPU per frame against frame size.
 
+mod peers;
 mod plot;
 mod report;
 mod run;
@@ -90,6 +91,18 @@ struct Args {
     /// repository root).
     #[arg(long)]
     update_docs: bool,
+
+    /// Also run the peers side by side, same sizes and pacing: GStreamer `shmsink → shmsrc`,
+    /// its source alone, and PipeWire `pipewiresink → pipewiresrc` through a private daemon
+    /// (paced only), next to our zero-copy path; every process measured from outside (CPU
+    /// from the kernel when it is reaped, N frames against N/10), wake-ups and syscalls per
+    /// frame. Peers missing here are skipped with the reason.
+    #[arg(long)]
+    peers: bool,
+
+    /// Run only the peer comparison (implies --peers).
+    #[arg(long)]
+    peers_only: bool,
 
     /// Where the producer and consumer binaries are [default: next to this one].
     #[arg(long)]
@@ -271,6 +284,7 @@ fn run(mut args: Args) -> Result<()> {
         .iter()
         .copied()
         .filter(|p| statuses.iter().any(|s| s.path == p.name() && s.ran))
+        .filter(|_| !args.peers_only)
         .collect();
     let total = plan.len() * runnable.len();
     let mut entries = Vec::new();
@@ -320,6 +334,26 @@ fn run(mut args: Args) -> Result<()> {
             entries.push(entry);
         }
     }
+    let peers = if args.peers || args.peers_only {
+        let (unpaced, paced) = if args.quick { (120, 60) } else { (600, 300) };
+        let report = peers::run(&peers::PeerOptions {
+            sizes: sizes.clone(),
+            fps: args.fps,
+            rounds: repeat,
+            frames_unpaced: args.frames.unwrap_or(unpaced).max(20),
+            frames_paced: args
+                .paced_frames
+                .filter(|&n| n > 0)
+                .unwrap_or(paced)
+                .max(20),
+            producer: runner.producer.clone(),
+            consumer: runner.consumer.clone(),
+            dir: tmp.clone(),
+        })?;
+        Some(report)
+    } else {
+        None
+    };
     let _ = std::fs::remove_dir_all(&tmp);
 
     let machine = report::Machine::detect(&entries);
@@ -333,10 +367,22 @@ fn run(mut args: Args) -> Result<()> {
         repeat,
         elapsed_s: t0.elapsed().as_secs_f64(),
         entries,
+        peers,
     };
-    println!("{}", measured.table());
-    for line in measured.ratios() {
-        println!("{line}");
+    if !measured.entries.is_empty() {
+        println!("{}", measured.table());
+        for line in measured.ratios() {
+            println!("{line}");
+        }
+    }
+    if let Some(p) = &measured.peers {
+        println!("Peers side by side:\n\n{}", p.table());
+        for line in p.ratios() {
+            println!("{line}");
+        }
+        for (what, why) in &p.skipped {
+            println!("skipped {what}: {why}");
+        }
     }
     println!("total time {:.0} s", measured.elapsed_s);
     if let Some(p) = &args.json {
@@ -349,12 +395,25 @@ fn run(mut args: Args) -> Result<()> {
         eprintln!("compare: wrote {}", p.display());
     }
     if args.update_docs {
-        write(Path::new("docs/compare.svg"), &svg)?;
         let doc = Path::new("docs/BENCHMARKS.md");
-        let old = std::fs::read_to_string(doc)
+        let mut text = std::fs::read_to_string(doc)
             .with_context(|| format!("reading {} (run from the repository root)", doc.display()))?;
-        write(doc, &report::splice(&old, &measured.markdown()))?;
-        eprintln!("compare: updated docs/BENCHMARKS.md and docs/compare.svg");
+        if !measured.entries.is_empty() {
+            write(Path::new("docs/compare.svg"), &svg)?;
+            text = report::splice(&text, &measured.markdown());
+        }
+        if let Some(p) = &measured.peers {
+            text = peers::splice(&text, &p.markdown());
+        }
+        write(doc, &text)?;
+        eprintln!("compare: updated docs/BENCHMARKS.md (and docs/compare.svg with our paths)");
+    }
+    let peer_failed = measured
+        .peers
+        .as_ref()
+        .is_some_and(|p| p.entries.iter().any(|e| e.error.is_some()));
+    if peer_failed {
+        bail!("some peer runs failed (see the table and the JSON)");
     }
     if measured.entries.iter().any(|e| e.error.is_some()) {
         bail!("some runs failed (see the table and the JSON)");

@@ -320,6 +320,9 @@ pub struct Measured {
     pub repeat: u32,
     pub elapsed_s: f64,
     pub entries: Vec<Entry>,
+    /// `--peers`: GStreamer and PipeWire side by side with our zero-copy path.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub peers: Option<crate::peers::PeersReport>,
 }
 
 fn opt(v: Option<f64>, prec: usize) -> String {

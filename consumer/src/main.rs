@@ -360,6 +360,8 @@ fn run(args: &Args) -> Result<i32> {
             ImportPath::Copy,
         ]),
     };
+    // The per-frame CPU meters cost two system calls a frame: only for --stats-json.
+    dmabuf_core::time::set_metering(args.stats_json.is_some());
     let mut stats = stats::Stats::new(
         !args.quiet,
         args.report_every.map(Duration::from_secs_f64),

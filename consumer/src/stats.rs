@@ -242,11 +242,11 @@ struct Snapshot {
 }
 
 fn snap(frames: u64, gpu_cpu_ns: u64) -> Snapshot {
-    let (minflt, majflt) = dmabuf_core::time::page_faults();
+    let (minflt, majflt) = dmabuf_core::time::metered_page_faults();
     Snapshot {
         frames,
         wall_ns: monotonic_ns(),
-        cpu_ns: process_cpu_ns(),
+        cpu_ns: dmabuf_core::time::metered_cpu_ns(),
         gpu_cpu_ns,
         minflt,
         majflt,

@@ -10,7 +10,7 @@ use crate::source::{FrameSource, Host, Next, Written};
 use crate::transport::{Transport, TransportKind};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
-use dmabuf_core::format::{frame_checksum, FrameFormat, FrameLayout};
+use dmabuf_core::format::{FrameFormat, FrameLayout};
 use dmabuf_core::pool::Lease;
 use dmabuf_core::procstat;
 use dmabuf_core::proto::wire::{ColorInfo, Geometry, GoodbyeReason};
@@ -259,10 +259,8 @@ impl Host for Ctx<'_> {
             if checksum.is_some() || !want {
                 return Ok(checksum);
             }
-            let planes = &lease.buffer().layout.planes;
-            lease
-                .with_bytes(|data| frame_checksum(data, planes))
-                .context("reading the frame back")
+            // (Every fd of the buffer: a capture's planes may each be their own dma-buf.)
+            lease.checksum().context("reading the frame back")
         })
     }
 
@@ -520,6 +518,10 @@ impl Server<'_> {
             if self.ctx.opts.pace {
                 // Each frame at its own presentation time (see Pacer). The frame was made
                 // ready first; the latency it reports starts when it was ready, less the wait.
+                // One wake-up per frame: sleep to the deadline (nanosecond precision), then
+                // take the releases and arrivals that came meanwhile at the tick, rather than
+                // waking for each as it comes. Slow streams sleep in steps of at most 250 ms,
+                // so a signal is seen within that.
                 let before = dmabuf_core::time::monotonic_ns();
                 let due = pacer.due(filled.pts_ns, Instant::now());
                 loop {
@@ -527,11 +529,12 @@ impl Server<'_> {
                     if left.is_zero() || self.ctx.stopped() {
                         break;
                     }
-                    self.ctx.serve(None, left)?;
+                    std::thread::sleep(left.min(Duration::from_millis(250)));
                 }
                 if self.ctx.stopped() {
                     return Ok(StreamEnd::Interrupted);
                 }
+                self.ctx.serve(None, Duration::ZERO)?;
                 meta.publish_ns = Some(
                     filled.publish_ns + dmabuf_core::time::monotonic_ns().saturating_sub(before),
                 );

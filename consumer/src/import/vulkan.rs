@@ -333,9 +333,9 @@ impl Vulkan {
     /// Before the shaders: the copy path's CPU copy and upload (timed apart from the GPU's
     /// work), and the acquire from the foreign queue family.
     fn record_in(&self, slot: &Slot) -> Result<()> {
-        let t0 = dmabuf_core::time::process_cpu_ns();
+        let t0 = dmabuf_core::time::metered_cpu_ns();
         slot.imp.copy_in()?;
-        let spent = dmabuf_core::time::process_cpu_ns().saturating_sub(t0);
+        let spent = dmabuf_core::time::metered_cpu_ns().saturating_sub(t0);
         self.copy_ns.set(self.copy_ns.get() + spent);
         slot.imp.record_upload(self.cmd);
         slot.imp.record_acquire(self.cmd);
@@ -382,7 +382,7 @@ impl Vulkan {
     }
 
     fn begin(&self) -> Result<()> {
-        self.gpu_t0.set(dmabuf_core::time::process_cpu_ns());
+        self.gpu_t0.set(dmabuf_core::time::metered_cpu_ns());
         self.copy_ns.set(0);
         // SAFETY: the previous submit was waited for, so the command buffer and fence are idle.
         unsafe {
@@ -416,7 +416,7 @@ impl Vulkan {
                 .wait_for_fences(&[self.fence], true, GPU_TIMEOUT_NS)
                 .context("waiting for the GPU (60 s)")?;
         }
-        let spent = dmabuf_core::time::process_cpu_ns()
+        let spent = dmabuf_core::time::metered_cpu_ns()
             .saturating_sub(self.gpu_t0.get())
             .saturating_sub(self.copy_ns.get());
         self.gpu_cpu_ns.set(self.gpu_cpu_ns.get() + spent);

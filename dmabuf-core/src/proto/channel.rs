@@ -63,6 +63,9 @@ pub fn wait_readable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> Result<bo
 pub struct Channel {
     sock: OwnedFd,
     buf: Box<[u8]>,
+    /// The `SO_RCVTIMEO` set on the socket (`None`: the kernel's default, wait forever), so a
+    /// blocking receive sets it only when the timeout changes.
+    rcvtimeo: Option<Duration>,
 }
 
 impl AsFd for Channel {
@@ -77,6 +80,7 @@ impl Channel {
         Self {
             sock,
             buf: vec![0u8; MAX_MESSAGE_LEN].into_boxed_slice(),
+            rcvtimeo: None,
         }
     }
 
@@ -148,13 +152,29 @@ impl Channel {
         timeout: Option<Duration>,
         what: &'static str,
     ) -> Result<(Message, Vec<OwnedFd>), ProtoError> {
-        if !wait_readable(self.sock.as_fd(), timeout)? {
-            return Err(ProtoError::Timeout {
-                what,
-                ms: timeout.map_or(0, |t| t.as_millis() as u64),
-            });
+        let timed_out = ProtoError::Timeout {
+            what,
+            ms: timeout.map_or(0, |t| t.as_millis() as u64),
+        };
+        if timeout.is_some_and(|t| t.is_zero()) {
+            return self.recv_now()?.ok_or(timed_out);
         }
-        self.recv_now()?.ok_or(ProtoError::Timeout { what, ms: 0 })
+        // One syscall per message: a blocking `recvmsg` bounded by `SO_RCVTIMEO` (set only
+        // when the timeout changes), rather than a poll before every receive.
+        let timeo = timeout.map(|t| t.max(Duration::from_micros(1)));
+        if self.rcvtimeo != timeo {
+            let tv = match timeo {
+                Some(t) => nix::sys::time::TimeVal::new(
+                    t.as_secs().min(i64::MAX as u64 / 2) as _,
+                    t.subsec_micros() as _,
+                ),
+                None => nix::sys::time::TimeVal::new(0, 0),
+            };
+            nix::sys::socket::setsockopt(&self.sock, sockopt::ReceiveTimeout, &tv)
+                .map_err(ProtoError::io("setsockopt(SO_RCVTIMEO)"))?;
+            self.rcvtimeo = timeo;
+        }
+        self.recv_msg(false)?.ok_or(timed_out)
     }
 
     /// Receive one message if one is waiting.
@@ -201,9 +221,18 @@ impl Channel {
     }
 
     fn recv_now(&mut self) -> Result<Option<(Message, Vec<OwnedFd>)>, ProtoError> {
+        self.recv_msg(true)
+    }
+
+    /// One message; `Ok(None)` when none came (at once when `nonblocking`, else within the
+    /// socket's `SO_RCVTIMEO`).
+    fn recv_msg(
+        &mut self,
+        nonblocking: bool,
+    ) -> Result<Option<(Message, Vec<OwnedFd>)>, ProtoError> {
         let mut reset = false;
         let r = loop {
-            match scm::recv(self.sock.as_fd(), &mut self.buf, true) {
+            match scm::recv(self.sock.as_fd(), &mut self.buf, nonblocking || reset) {
                 Ok(r) => break r,
                 Err(Errno::EAGAIN) if reset => return Err(ProtoError::Closed),
                 Err(Errno::EAGAIN) => return Ok(None),
