@@ -9,6 +9,9 @@
 //! producer --socket /tmp/frames.sock --format NV12 &
 //! cargo run -p dmabuf-vulkan --features wgpu --example wgpu_receive -- /tmp/frames.sock 60 out.png
 //! ```
+//!
+//! A fourth argument forces an import path (`copy`, `host-pointer`, `dmabuf-buffer`,
+//! `dmabuf-image`) instead of the best the device has for the stream.
 
 use dmabuf_core::proto::wire::Welcome;
 use dmabuf_core::receiver::{Receiver, ReceiverEvent};
@@ -319,10 +322,21 @@ fn write_png(path: &str, w: u32, h: u32, rgba: &[u8]) -> Result<(), Box<dyn std:
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
     let (Some(sock), Some(frames), Some(out)) = (args.next(), args.next(), args.next()) else {
-        eprintln!("usage: wgpu_receive SOCKET FRAMES OUT.png");
+        eprintln!("usage: wgpu_receive SOCKET FRAMES OUT.png [IMPORT-PATH]");
         std::process::exit(2);
     };
     let frames: u64 = frames.parse()?;
+    // Optional: force an import path (dmabuf-image, dmabuf-buffer, host-pointer, copy) instead
+    // of the best one the device has for the stream.
+    let forced = match args.next() {
+        None => None,
+        Some(name) => Some(
+            ImportPath::ALL
+                .into_iter()
+                .find(|p| p.name() == name)
+                .ok_or_else(|| format!("unknown import path {name}"))?,
+        ),
+    };
 
     let wi = WgpuImporter::new()?;
     let importer = wi.importer();
@@ -333,7 +347,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Duration::from_secs(5),
     )?;
     let mut w = rx.welcome();
-    let mut path = importer.best_path(w.pixel, w.modifier, w.memory);
+    let best =
+        |w: &Welcome| forced.unwrap_or_else(|| importer.best_path(w.pixel, w.modifier, w.memory));
+    let mut path = best(&w);
     let mut renderer = match Renderer::new(wi.device(), wi.queue(), &w) {
         Ok(r) => r,
         Err(why) => refuse(rx, &why),
@@ -374,7 +390,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             ReceiverEvent::Renegotiated(nw) => {
                 imports.clear();
                 w = *nw;
-                path = importer.best_path(w.pixel, w.modifier, w.memory);
+                path = best(&w);
                 renderer = match Renderer::new(wi.device(), wi.queue(), &w) {
                     Ok(r) => r,
                     Err(why) => refuse(rx, &why),
