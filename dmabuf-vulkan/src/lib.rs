@@ -28,7 +28,7 @@
 //! dma-buf's exported sync file ([`Importer::implicit_sync`]). The caller keeps the frame (its
 //! `FrameGuard`) until the GPU work reading it has finished.
 //!
-//! With the `wgpu` feature, module [`wgpu`] hands the planes to a wgpu device on the same
+//! With the `wgpu` feature, module `wgpu` hands the planes to a wgpu device on the same
 //! Vulkan device as `wgpu::Texture`s (zero copy for `dmabuf-image`, a GPU copy otherwise).
 #![allow(unsafe_code)]
 #![warn(missing_docs)]
