@@ -27,10 +27,14 @@ cargo fmt --all -- --check
 
 step "cargo clippy --all-targets -D warnings"
 cargo clippy --workspace --all-targets -- -D warnings
+# dmabuf-vulkan's optional wgpu module and its example (wgpu is checked once, here).
+step "cargo clippy -p dmabuf-vulkan --features wgpu --all-targets -D warnings"
+cargo clippy -p dmabuf-vulkan --features wgpu --all-targets -- -D warnings
 
 # The libraries' public docs: complete (missing_docs) and with no broken links.
 step "cargo doc (dmabuf-core, dmabuf-vulkan) with -D warnings"
 RUSTDOCFLAGS="-D warnings" cargo doc -p dmabuf-core -p dmabuf-vulkan --no-deps -q
+RUSTDOCFLAGS="-D warnings" cargo doc -p dmabuf-vulkan --features wgpu --no-deps -q
 
 # A receiver can leave GBM out: keep that build compiling (check only: seconds).
 step "cargo check -p dmabuf-core --no-default-features"
@@ -40,6 +44,10 @@ cargo check -p dmabuf-core --no-default-features
 # none is stale.
 step "cargo build --workspace --bins --examples"
 cargo build --workspace --bins --examples
+# The wgpu example (required-features = ["wgpu"]; consumer/tests/wgpu_example.rs runs it). Only
+# dmabuf-vulkan is built again with the feature; wgpu itself once.
+step "cargo build -p dmabuf-vulkan --features wgpu --examples"
+cargo build -p dmabuf-vulkan --features wgpu --examples
 
 step "cargo test --workspace"
 # ci/setup.sh installed lavapipe: a missing Vulkan device is a failure here, not a skip.

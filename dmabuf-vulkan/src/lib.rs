@@ -27,8 +27,14 @@
 //! ([`Imported::record_acquire`], [`Imported::record_release`]); implicit sync through the
 //! dma-buf's exported sync file ([`Importer::implicit_sync`]). The caller keeps the frame (its
 //! `FrameGuard`) until the GPU work reading it has finished.
+//!
+//! With the `wgpu` feature, module `wgpu` hands the planes to a wgpu device on the same
+//! Vulkan device as `wgpu::Texture`s (zero copy for `dmabuf-image`, a GPU copy otherwise).
 #![allow(unsafe_code)]
 #![warn(missing_docs)]
+
+#[cfg(feature = "wgpu")]
+pub mod wgpu;
 
 use ash::vk;
 use dmabuf_core::buffer::MemoryKind;
@@ -553,9 +559,11 @@ impl Importer {
     ) -> Result<vk::Buffer, Error> {
         let mut ext =
             vk::ExternalMemoryBufferCreateInfo::default().handle_types(handle.unwrap_or_default());
-        let mut info = vk::BufferCreateInfo::default()
-            .size(size)
-            .usage(vk::BufferUsageFlags::STORAGE_BUFFER | vk::BufferUsageFlags::TRANSFER_DST);
+        let mut info = vk::BufferCreateInfo::default().size(size).usage(
+            vk::BufferUsageFlags::STORAGE_BUFFER
+                | vk::BufferUsageFlags::TRANSFER_SRC
+                | vk::BufferUsageFlags::TRANSFER_DST,
+        );
         if handle.is_some() {
             info = info.push_next(&mut ext);
         }
