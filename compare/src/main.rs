@@ -104,6 +104,11 @@ struct Args {
     #[arg(long)]
     peers_only: bool,
 
+    /// With --peers: also run an older build's producer and consumer (from this directory) as
+    /// `ours-before`, alternated with ours in every round (before/after figures of a change).
+    #[arg(long, value_name = "DIR")]
+    peers_before: Option<PathBuf>,
+
     /// Where the producer and consumer binaries are [default: next to this one].
     #[arg(long)]
     bin_dir: Option<PathBuf>,
@@ -349,6 +354,7 @@ fn run(mut args: Args) -> Result<()> {
             producer: runner.producer.clone(),
             consumer: runner.consumer.clone(),
             dir: tmp.clone(),
+            before: args.peers_before.clone(),
         })?;
         Some(report)
     } else {

@@ -33,6 +33,9 @@ use std::time::{Duration, Instant};
 pub enum Case {
     /// Our producer (pattern, sealed-memfd pool, zero-copy) → our consumer `--import cpu-map`.
     Ours,
+    /// `Ours` with the binaries of `--peers-before DIR` (an older build), alternated with ours
+    /// in every round: before/after figures of a change.
+    OursBefore,
     /// `videotestsrc pattern=smpte75 ! fakesink`: GStreamer's source alone.
     GstSource,
     /// `videotestsrc ! shmsink` → `shmsrc ! fakesink`.
@@ -42,11 +45,18 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 4] = [Case::Ours, Case::GstSource, Case::GstShm, Case::Pipewire];
+    pub const ALL: [Case; 5] = [
+        Case::Ours,
+        Case::OursBefore,
+        Case::GstSource,
+        Case::GstShm,
+        Case::Pipewire,
+    ];
 
     pub fn name(self) -> &'static str {
         match self {
             Case::Ours => "ours",
+            Case::OursBefore => "ours-before",
             Case::GstSource => "gst-source",
             Case::GstShm => "gst-shm",
             Case::Pipewire => "pipewire",
@@ -56,6 +66,7 @@ impl Case {
     fn describe(self) -> &'static str {
         match self {
             Case::Ours => "our producer → consumer (memfd, zero-copy, `--import cpu-map`)",
+            Case::OursBefore => "the same with an older build's binaries (`--peers-before`)",
             Case::GstSource => "`videotestsrc pattern=smpte75 ! fakesink` (the source alone)",
             Case::GstShm => "GStreamer `shmsink → shmsrc ! fakesink`",
             Case::Pipewire => "PipeWire `pipewiresink → pipewiresrc ! fakesink` (+ daemon)",
@@ -117,6 +128,8 @@ pub struct PeerEntry {
     pub latency_us: Option<(f64, f64)>,
     /// Every round's marginal (producer, consumer, daemon) µs per frame.
     pub rounds_us: Vec<(f64, f64, f64)>,
+    /// Runs that failed and were run again (once each).
+    pub retries: u32,
     pub error: Option<String>,
 }
 
@@ -144,6 +157,8 @@ pub struct PeerOptions {
     pub producer: PathBuf,
     pub consumer: PathBuf,
     pub dir: PathBuf,
+    /// `--peers-before DIR`: an older build's producer and consumer, run as `ours-before`.
+    pub before: Option<PathBuf>,
 }
 
 fn children_usage() -> Usage {
@@ -180,7 +195,9 @@ fn reap(child: &mut Child, limit: Duration, ok: &[i32]) -> Result<(Usage, bool)>
             break Some(s);
         }
         if Instant::now() >= deadline {
-            let _ = child.kill();
+            // Its whole group: a traced process must not outlive a killed strace.
+            let pg = nix::unistd::Pid::from_raw(child.id() as i32);
+            let _ = nix::sys::signal::killpg(pg, nix::sys::signal::Signal::SIGKILL);
             let _ = child.wait();
             break None;
         }
@@ -342,11 +359,19 @@ struct Runner<'a> {
     counter: u32,
 }
 
+/// How a producer shows it is ready for its consumer.
+enum Ready {
+    /// Its socket exists.
+    Path(PathBuf),
+    /// Its PipeWire node is in the daemon's graph.
+    Node(String),
+}
+
 /// The two command lines of a case, and how the producer says it is ready.
 struct Plan {
     producer: Vec<String>,
     consumer: Option<Vec<String>>,
-    ready: Option<PathBuf>,
+    ready: Option<Ready>,
     /// Exit codes accepted from the producer: shmsink's poll thread and pipewiresink end
     /// with an error once their consumer, having its N buffers, leaves.
     producer_ok: Vec<i32>,
@@ -358,7 +383,16 @@ fn gst_caps(w: u32, h: u32, fps: u32) -> String {
 }
 
 impl Runner<'_> {
-    fn plan(&mut self, case: Case, (w, h): (u32, u32), paced: bool, frames: u64) -> Plan {
+    /// `stats`: ours writes its `--stats-json` (its per-frame meters then cost two system calls
+    /// a frame on each side: left out of the syscall pass).
+    fn plan(
+        &mut self,
+        case: Case,
+        (w, h): (u32, u32),
+        paced: bool,
+        frames: u64,
+        stats: bool,
+    ) -> Plan {
         self.counter += 1;
         let dir = &self.opts.dir;
         let tag = format!("peer{}", self.counter);
@@ -374,14 +408,18 @@ impl Runner<'_> {
         let nb = format!("num-buffers={frames}");
         let src = ["videotestsrc", "pattern=smpte75", &nb, "!", &caps, "!"];
         match case {
-            Case::Ours => {
+            Case::Ours | Case::OursBefore => {
+                let (pbin, cbin) = match (&self.opts.before, case) {
+                    (Some(d), Case::OursBefore) => (d.join("producer"), d.join("consumer")),
+                    _ => (self.opts.producer.clone(), self.opts.consumer.clone()),
+                };
                 let sock = dir.join(format!("{tag}.sock"));
                 let (pj, cj) = (
                     dir.join(format!("{tag}-p.json")),
                     dir.join(format!("{tag}-c.json")),
                 );
                 let mut producer: Vec<String> = vec![
-                    self.opts.producer.display().to_string(),
+                    pbin.display().to_string(),
                     "--socket".into(),
                     sock.display().to_string(),
                     "--source".into(),
@@ -397,16 +435,17 @@ impl Runner<'_> {
                     "--stats-warmup".into(),
                     (frames / 10).clamp(2, 10).to_string(),
                     "--no-checksum".into(),
-                    "--stats-json".into(),
-                    pj.display().to_string(),
                 ];
+                if stats {
+                    producer.extend(["--stats-json".into(), pj.display().to_string()]);
+                }
                 if paced {
                     producer.extend(["--fps".into(), self.opts.fps.to_string()]);
                 } else {
                     producer.push("--no-pace".into());
                 }
-                let consumer = vec![
-                    self.opts.consumer.display().to_string(),
+                let mut consumer = vec![
+                    cbin.display().to_string(),
                     "--socket".into(),
                     sock.display().to_string(),
                     "--import".into(),
@@ -414,15 +453,16 @@ impl Runner<'_> {
                     "--stats-warmup".into(),
                     (frames / 10).clamp(2, 10).to_string(),
                     "--quiet".into(),
-                    "--stats-json".into(),
-                    cj.display().to_string(),
                 ];
+                if stats {
+                    consumer.extend(["--stats-json".into(), cj.display().to_string()]);
+                }
                 Plan {
                     producer,
                     consumer: Some(consumer),
-                    ready: Some(sock),
+                    ready: Some(Ready::Path(sock)),
                     producer_ok: vec![0],
-                    jsons: Some((pj, cj)),
+                    jsons: stats.then_some((pj, cj)),
                 }
             }
             Case::GstSource => Plan {
@@ -457,12 +497,18 @@ impl Runner<'_> {
                         "fakesink",
                         "sync=false",
                     ])),
-                    ready: Some(sock),
+                    ready: Some(Ready::Path(sock)),
                     producer_ok: vec![0, 1],
                     jsons: None,
                 }
             }
             Case::Pipewire => {
+                // pipewiresink publishes whether or not a consumer is linked yet: frames made
+                // before the link are lost. It makes 4 s of frames more than the consumer
+                // takes, and ends (an error, accepted) when the consumer leaves with its N;
+                // the extra cancels between the N and N/10 runs.
+                let more = format!("num-buffers={}", frames + 4 * u64::from(self.opts.fps));
+                let src = ["videotestsrc", "pattern=smpte75", &more, "!", &caps, "!"];
                 let node = format!("compare-{}-{tag}", std::process::id());
                 let props = format!(
                     "stream-properties=props,node.name={node},media.type=Video,\
@@ -480,12 +526,35 @@ impl Runner<'_> {
                         "fakesink",
                         "sync=false",
                     ])),
-                    ready: None,
+                    ready: Some(Ready::Node(node)),
                     producer_ok: vec![0, 1],
                     jsons: None,
                 }
             }
         }
+    }
+
+    /// Poll the daemon's graph (`pw-cli ls Node`) until node `name` is in it.
+    fn wait_for_node(&self, name: &str, limit: Duration) -> bool {
+        let Some(pw) = &self.pw else {
+            return false;
+        };
+        let deadline = Instant::now() + limit;
+        let want = format!("node.name = \"{name}\"");
+        while Instant::now() < deadline {
+            let mut cmd = Command::new("pw-cli");
+            cmd.args(["ls", "Node"]);
+            for (k, v) in pw.env() {
+                cmd.env(k, v);
+            }
+            if let Ok(out) = cmd.stderr(Stdio::null()).output() {
+                if String::from_utf8_lossy(&out.stdout).contains(&want) {
+                    return true;
+                }
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
     }
 
     fn command(&self, argv: &[String], log: &Path, strace: Option<&Path>) -> Result<Command> {
@@ -509,6 +578,7 @@ impl Runner<'_> {
         cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(log)?);
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         Ok(cmd)
     }
 
@@ -522,7 +592,7 @@ impl Runner<'_> {
         frames: u64,
         strace: bool,
     ) -> Result<(Run, Option<(u64, u64)>)> {
-        let plan = self.plan(case, size, paced, frames);
+        let plan = self.plan(case, size, paced, frames, !strace);
         let dir = self.opts.dir.clone();
         let n = self.counter;
         let (plog, clog) = (dir.join(format!("p{n}.log")), dir.join(format!("c{n}.log")));
@@ -530,7 +600,7 @@ impl Runner<'_> {
             dir.join(format!("p{n}.strace")),
             dir.join(format!("c{n}.strace")),
         );
-        if let Some(r) = &plan.ready {
+        if let Some(Ready::Path(r)) = &plan.ready {
             let _ = std::fs::remove_file(r);
         }
         let limit = Duration::from_secs(60 + frames / 10);
@@ -547,12 +617,9 @@ impl Runner<'_> {
         let mut consumer_ok = true;
         if let Some(cargv) = &plan.consumer {
             let ready = match &plan.ready {
-                Some(p) => wait_for_path(p, Duration::from_secs(20)),
-                None => {
-                    // pipewiresink: its node must exist before the consumer asks for it.
-                    std::thread::sleep(Duration::from_millis(700));
-                    true
-                }
+                Some(Ready::Path(p)) => wait_for_path(p, Duration::from_secs(20)),
+                Some(Ready::Node(n)) => self.wait_for_node(n, Duration::from_secs(20)),
+                None => true,
             };
             if !ready {
                 let _ = producer.kill();
@@ -659,6 +726,14 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
     let mut versions = Vec::new();
     let gst = which("gst-launch-1.0");
     let mut cases = vec![Case::Ours];
+    if let Some(d) = &opts.before {
+        for b in ["producer", "consumer"] {
+            if !d.join(b).exists() {
+                bail!("--peers-before: {} not found", d.join(b).display());
+            }
+        }
+        cases.push(Case::OursBefore);
+    }
     if gst {
         versions.extend(version(&["gst-launch-1.0", "--version"], 1));
         cases.extend([Case::GstSource, Case::GstShm]);
@@ -726,6 +801,7 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
                 .collect();
             let mut per_case: Vec<(Pairs, Option<String>)> =
                 here.iter().map(|_| (Vec::new(), None)).collect();
+            let mut retries = vec![0u32; here.len()];
             for round in 0..opts.rounds {
                 for (i, &case) in here.iter().enumerate() {
                     if per_case[i].1.is_some() {
@@ -740,9 +816,18 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
                         opts.rounds,
                         case.name()
                     );
-                    let pair = runner
-                        .run(case, size, paced, big, false)
-                        .and_then(|(a, _)| Ok((a, runner.run(case, size, paced, small, false)?.0)));
+                    let mut once = |frames: u64| -> Result<Run> {
+                        match runner.run(case, size, paced, frames, false) {
+                            Ok((r, _)) => Ok(r),
+                            Err(e) => {
+                                // A failed run is run again once, and counted.
+                                eprintln!("compare: {}: {e:#}; running it again", case.name());
+                                retries[i] += 1;
+                                Ok(runner.run(case, size, paced, frames, false)?.0)
+                            }
+                        }
+                    };
+                    let pair = once(big).and_then(|a| Ok((a, once(small)?)));
                     match pair {
                         Ok(p) => per_case[i].0.push(p),
                         Err(e) => per_case[i].1 = Some(format!("{e:#}")),
@@ -807,12 +892,13 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
                     producer_syscalls: syscalls.map(|s| s.0),
                     consumer_syscalls: syscalls.map(|s| s.1).filter(|_| case != Case::GstSource),
                     producer_beyond_source_us: match case {
-                        Case::Ours => internal_source.map(|s| producer_us - s),
+                        Case::Ours | Case::OursBefore => internal_source.map(|s| producer_us - s),
                         _ => None,
                     },
                     internal_transport_us: internal_transport,
                     latency_us: latency,
                     rounds_us,
+                    retries: retries[i],
                     error: error.clone(),
                 });
             }
@@ -857,7 +943,11 @@ impl PeersReport {
         );
         for e in &self.entries {
             if let Some(err) = &e.error {
-                let first = err.lines().next().unwrap_or("");
+                let first = err
+                    .lines()
+                    .skip(1)
+                    .find(|l| !l.trim().is_empty())
+                    .unwrap_or(err);
                 s += &format!(
                     "| {}x{} | {} | {} | failed: {first} | | | | | | | | |\n",
                     e.width,
@@ -922,7 +1012,7 @@ impl PeersReport {
         {
             let ours_total = ours.producer_us + ours.consumer_us;
             for peer in self.entries.iter().filter(|e| {
-                matches!(e.case, Case::GstShm | Case::Pipewire)
+                matches!(e.case, Case::GstShm | Case::Pipewire | Case::OursBefore)
                     && e.error.is_none()
                     && (e.width, e.height, e.paced) == (ours.width, ours.height, ours.paced)
             }) {

@@ -174,3 +174,91 @@ fn bad_arguments_are_refused_clearly() {
         assert!(err.contains(want), "{args:?}: {err}");
     }
 }
+
+/// `--peers`: GStreamer's shm and PipeWire (private daemon) run beside our zero-copy path with
+/// the same frames, each process measured from outside; every figure present, syscalls and
+/// wake-ups per frame reported. ci/setup.sh installs the peers, so a missing one is a failure
+/// here, not a skip. (CPU figures of one short round are noisy — a marginal figure of a cheap
+/// process can even come out slightly negative — so only their presence is asserted; the
+/// syscall counts are exact.)
+#[test]
+fn peers_run_side_by_side_with_every_figure() {
+    let v = compare(
+        "peers",
+        &[
+            "--peers-only",
+            "--sizes",
+            "640x360",
+            "--frames",
+            "120",
+            "--paced-frames",
+            "60",
+            "--repeat",
+            "1",
+        ],
+    );
+    let p = &v["peers"];
+    assert!(
+        p["skipped"].as_array().unwrap().is_empty(),
+        "skipped: {p:#}"
+    );
+    let entries = p["entries"].as_array().unwrap();
+    let find = |case: &str, paced: bool| {
+        entries
+            .iter()
+            .find(|e| e["case"] == case && e["paced"] == paced)
+            .unwrap_or_else(|| panic!("no {case} paced={paced} in {p:#}"))
+    };
+    for (case, paced) in [
+        ("ours", false),
+        ("ours", true),
+        ("gst-source", false),
+        ("gst-source", true),
+        ("gst-shm", false),
+        ("gst-shm", true),
+        ("pipewire", true),
+    ] {
+        let e = find(case, paced);
+        assert!(e["error"].is_null(), "{case}: {}", e["error"]);
+        for k in [
+            "producer_us",
+            "consumer_us",
+            "daemon_us",
+            "producer_wakeups",
+            "producer_syscalls",
+        ] {
+            assert!(
+                e[k].as_f64().is_some_and(f64::is_finite),
+                "{case} paced={paced}: {k} in {e}"
+            );
+        }
+        if case != "gst-source" {
+            // Every frame costs the consumer at least one receive.
+            let sys = e["consumer_syscalls"].as_f64().unwrap();
+            assert!(
+                sys >= 0.9,
+                "{case} paced={paced}: consumer syscalls per frame {sys}"
+            );
+        }
+    }
+    // Ours: its own figures next to the external ones, and the transport's floor: unpaced, at
+    // most about two system calls per frame per side (send the Frame and take the Release;
+    // receive the Frame and send the Release), paced one wake-up per frame per side.
+    let ours = find("ours", false);
+    assert!(
+        ours["internal_transport_us"][0].as_f64().unwrap() > 0.0,
+        "{ours}"
+    );
+    let (ps, cs) = (
+        ours["producer_syscalls"].as_f64().unwrap(),
+        ours["consumer_syscalls"].as_f64().unwrap(),
+    );
+    assert!(
+        ps <= 2.5 && cs <= 2.5,
+        "unpaced syscalls per frame {ps} / {cs}"
+    );
+    let paced = find("ours", true);
+    assert!(paced["latency_us"][0].as_f64().unwrap() > 0.0, "{paced}");
+    let wake = paced["producer_wakeups"].as_f64().unwrap();
+    assert!(wake < 2.0, "paced producer wakes {wake} times a frame");
+}

@@ -817,7 +817,7 @@ impl Stream<'_> {
                             g.vk.present(id, buf, w.color, w.geometry)?;
                         }
                         if let Some(n) = args.snapshot_every {
-                            if stats.report.frames % n == 0 {
+                            if stats.report.frames.is_multiple_of(n) {
                                 snapshot = Some(g.vk.convert(id, buf, w.color, w.geometry)?);
                             }
                         }
@@ -831,7 +831,9 @@ impl Stream<'_> {
                     // The producer reuses a buffer a consumer holds only after dropping it and
                     // closing its connection: if the connection was still open now, after every
                     // read above (or ended with the stream), nothing was overwritten meanwhile.
-                    if self.client.frames_reclaimed() {
+                    // The Release itself is the check: it goes out only on an open connection.
+                    let sent = self.client.release_sent(id)?;
+                    if !sent && self.client.frames_reclaimed() {
                         stats.report.reclaimed += 1;
                         tracing::warn!(
                             "frame {}: the producer ended the connection while it was in use \
@@ -868,7 +870,6 @@ impl Stream<'_> {
                             e.check(f.seq, &scratch);
                         }
                     }
-                    self.client.release(id)?;
                     stats.frame(f.seq, f.pts_ns, f.publish_ns, received_ns);
                     stats.steady(
                         f.publish_ns,

@@ -39,6 +39,10 @@ use std::time::{Duration, Instant};
 /// reading) before that consumer is dropped; the others are not held up longer than this.
 const SEND_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// How often a zero-timeout [`Fanout::wait`] polls everything (the listener, connections
+/// owing a Hello); between, it only receives from the members without a poll.
+const FULL_POLL_EVERY: Duration = Duration::from_millis(10);
+
 /// A consumer being served.
 pub struct Member {
     /// Connection number (1, 2, …) for the logs.
@@ -80,6 +84,8 @@ pub struct Fanout {
     /// After `accept` ran out of descriptors: do not poll the listener until then.
     listen_backoff: Option<(Instant, Duration)>,
     shed: RateLimited,
+    /// The last full poll (see [`FULL_POLL_EVERY`]).
+    last_poll: Instant,
 }
 
 /// Connections waiting for their `Hello` at once; more are accepted and closed at once (shed).
@@ -137,6 +143,7 @@ impl Fanout {
             hello_timeout,
             listen_backoff: None,
             shed: RateLimited::new(),
+            last_poll: Instant::now(),
         }
     }
 
@@ -210,6 +217,20 @@ impl Fanout {
         timeout: Duration,
     ) -> Result<(Vec<Arrival>, bool), ProtoError> {
         let now = Instant::now();
+        if timeout.is_zero()
+            && extra.is_none()
+            && self.pending.is_empty()
+            && now.saturating_duration_since(self.last_poll) < FULL_POLL_EVERY
+        {
+            // The per-frame check of a busy stream: one non-blocking receive per member (its
+            // Release, or nothing), no poll; the listener and everything else are polled at
+            // least every FULL_POLL_EVERY.
+            for i in (0..self.members.len()).rev() {
+                self.pump_member(i);
+            }
+            return Ok((Vec::new(), false));
+        }
+        self.last_poll = now;
         // A pending Hello's deadline shortens the wait.
         let timeout = self
             .pending

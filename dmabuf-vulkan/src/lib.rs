@@ -693,7 +693,7 @@ impl Importer {
         imp: &mut Imported,
     ) -> Result<(), Error> {
         let size = buf.fd_sizes[k];
-        if size % self.host_align != 0 {
+        if !size.is_multiple_of(self.host_align) {
             return Err(Error::Unsupported(format!(
                 "host-pointer import needs a size that is a multiple of {} bytes; the buffer has {size}",
                 self.host_align

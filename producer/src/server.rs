@@ -148,7 +148,7 @@ impl Pacer {
     fn discontinuity(&mut self, what: String) {
         self.discontinuities += 1;
         let n = self.discontinuities;
-        if n <= 3 || n % 100 == 0 {
+        if n <= 3 || n.is_multiple_of(100) {
             tracing::warn!(
                 "timestamp discontinuity #{n}: {what}; carrying on at the nominal rate ({:.3} ms a frame)",
                 self.period_ns as f64 / 1e6

@@ -282,6 +282,15 @@ impl Client {
 
     /// Hand the frame in `buffer_id` back to the producer.
     pub fn release(&mut self, buffer_id: u32) -> Result<(), ProtoError> {
+        self.release_sent(buffer_id).map(|_| ())
+    }
+
+    /// [`Client::release`], saying whether the `Release` went out: `true` proves that the
+    /// connection was still open when the frame was done with, so the producer had not reused
+    /// its buffer (it closes a consumer's connection before reusing what it held: PROTOCOL.md,
+    /// "Reclaimed buffers") — the check after use, at no cost beyond the release itself.
+    /// `false`: the producer has closed; see [`Client::frames_reclaimed`].
+    pub fn release_sent(&mut self, buffer_id: u32) -> Result<bool, ProtoError> {
         let seq = self
             .held
             .get_mut(buffer_id as usize)
@@ -291,9 +300,10 @@ impl Client {
             .chan
             .send(&Message::Release(Release { buffer_id, seq }))
         {
+            Ok(()) => Ok(true),
             // The producer may already be gone at the end of a stream.
-            Err(ProtoError::Closed) => Ok(()),
-            other => other,
+            Err(ProtoError::Closed) => Ok(false),
+            Err(e) => Err(e),
         }
     }
 

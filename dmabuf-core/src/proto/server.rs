@@ -189,6 +189,12 @@ impl<T> Session<T> {
                         self.held.remove(&r.buffer_id);
                         self.releases += 1;
                         released += 1;
+                        if timeout.is_zero() {
+                            // One message per call without a wait: no further receive just
+                            // to learn that nothing more is queued (a caller that polls sees
+                            // the socket readable again if something is).
+                            return Ok(Pumped::Released(released));
+                        }
                     }
                     Some((seq, _)) => {
                         return Err(fail(

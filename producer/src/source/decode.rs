@@ -666,7 +666,7 @@ impl Decoder {
         self.decode_errors += 1;
         let n = self.decode_errors;
         // Rate-limited: the first few, then every 100th.
-        if n <= 3 || n % 100 == 0 {
+        if n <= 3 || n.is_multiple_of(100) {
             tracing::warn!(
                 "{}: decode error #{n} (packet skipped, as ffmpeg does): {e}",
                 self.path.display()

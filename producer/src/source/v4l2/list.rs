@@ -57,7 +57,7 @@ fn fps_text(num: u32, den: u32) -> String {
     if num == 0 {
         return "?".into();
     }
-    if den % num == 0 {
+    if den.is_multiple_of(num) {
         format!("{}", den / num)
     } else {
         format!("{:.2}", f64::from(den) / f64::from(num))
