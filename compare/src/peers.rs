@@ -1072,12 +1072,7 @@ pub const END: &str = "<!-- compare-peers:end -->";
 
 /// Replace the peers section of `doc` (between [`BEGIN`] and [`END`]), or append it.
 pub fn splice(doc: &str, section: &str) -> String {
-    if let (Some(a), Some(b)) = (doc.find(BEGIN), doc.find(END)) {
-        if a < b {
-            return format!("{}{BEGIN}\n{section}{}", &doc[..a], &doc[b..]);
-        }
-    }
-    format!("{doc}\n## Peers side by side\n\n{BEGIN}\n{section}{END}\n")
+    crate::report::splice_between(doc, BEGIN, END, "Peers side by side", section)
 }
 
 #[cfg(test)]

@@ -463,12 +463,18 @@ pub const END: &str = "<!-- compare:end -->";
 /// `doc` with the text between the markers replaced by `section` (appended with its own
 /// heading if the markers are missing).
 pub fn splice(doc: &str, section: &str) -> String {
-    if let (Some(a), Some(b)) = (doc.find(BEGIN), doc.find(END)) {
+    splice_between(doc, BEGIN, END, "CPU-usage comparison", section)
+}
+
+/// `doc` with the text between `begin` and `end` replaced by `section`, or, without the
+/// markers, `doc` followed by `## heading`, the markers and `section`.
+pub fn splice_between(doc: &str, begin: &str, end: &str, heading: &str, section: &str) -> String {
+    if let (Some(a), Some(b)) = (doc.find(begin), doc.find(end)) {
         if a < b {
-            return format!("{}{BEGIN}\n{section}{}", &doc[..a], &doc[b..]);
+            return format!("{}{begin}\n{section}{}", &doc[..a], &doc[b..]);
         }
     }
-    format!("{doc}\n## CPU-usage comparison\n\n{BEGIN}\n{section}{END}\n")
+    format!("{doc}\n## {heading}\n\n{begin}\n{section}{end}\n")
 }
 
 #[cfg(test)]

@@ -15,8 +15,7 @@
 use ash::vk;
 use dmabuf_core::mapping::CpuMapping;
 use dmabuf_core::receiver::{Receiver, ReceiverEvent};
-use dmabuf_vulkan::{ImportPath, Imported, OwnedDevice};
-use std::collections::HashMap;
+use dmabuf_vulkan::{ImportCache, ImportPath, Imported, OwnedDevice};
 use std::time::Duration;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -63,36 +62,39 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let (readback, rb_mem, rb_ptr) =
         importer.host_buffer(1 << 16, vk::BufferUsageFlags::TRANSFER_DST)?;
 
-    let mut imports: HashMap<u32, (Imported, Vec<CpuMapping>)> = HashMap::new();
+    // Each buffer imported once (with the CPU's view of the same memory, for the comparison),
+    // dropped when the producer removes it or renegotiates.
+    let mut imports: ImportCache<(Imported, Vec<CpuMapping>)> = ImportCache::new();
     let (mut seen, mut good, mut bad) = (0u64, 0u64, 0u64);
     while seen < frames {
-        match rx.next_event(Some(Duration::from_secs(30)))? {
-            ReceiverEvent::BufferAdded(id) => {
-                let buf = rx.buffer(id).expect("just added");
-                let imp = importer.import(&buf, path)?;
-                // The CPU's view of the same memory, for the comparison.
+        let event = rx.next_event(Some(Duration::from_secs(30)))?;
+        if let ReceiverEvent::Renegotiated(w) = &event {
+            path = importer.best_path(w.pixel, w.modifier, w.memory);
+        }
+        imports.update(
+            &rx,
+            &event,
+            |buf| -> Result<_, Box<dyn std::error::Error>> {
+                let imp = importer.import(buf, path)?;
                 let maps = buf
                     .fds
                     .iter()
                     .zip(&buf.fd_sizes)
                     .map(|(fd, &n)| CpuMapping::new(fd.clone(), n, false, buf.memory))
                     .collect::<Result<_, _>>()?;
-                imports.insert(id, (imp, maps));
-            }
-            ReceiverEvent::BufferRemoved(id) => {
-                imports.remove(&id);
-            }
-            ReceiverEvent::Renegotiated(w) => {
-                imports.clear();
-                path = importer.best_path(w.pixel, w.modifier, w.memory);
-            }
+                Ok((imp, maps))
+            },
+        )?;
+        match event {
             ReceiverEvent::End(g) => {
                 println!("producer ended the stream: {:?}", g.reason);
                 break;
             }
             ReceiverEvent::Frame(frame) => {
                 seen += 1;
-                let (imp, maps) = &imports[&frame.buffer_id()];
+                let (imp, maps) = imports
+                    .get(frame.buffer_id())
+                    .ok_or("a frame in a buffer that was never added")?;
                 let buf = frame.buffer();
                 imp.copy_in()?; // the copy path's CPU copy; nothing on the zero-copy paths
                                 // SAFETY: the previous submit was waited for: the fence and buffer are idle.
@@ -185,6 +187,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 }
                 // `frame` drops here: the Release goes back to the producer.
             }
+            // Buffers and renegotiations: the cache followed them above.
+            _ => {}
         }
     }
     println!("received {seen} frames through {path}: {good} matched, {bad} differed");

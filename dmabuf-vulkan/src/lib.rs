@@ -33,6 +33,9 @@
 #![allow(unsafe_code)]
 #![warn(missing_docs)]
 
+mod cache;
+pub use cache::ImportCache;
+
 #[cfg(feature = "wgpu")]
 pub mod wgpu;
 

@@ -54,6 +54,20 @@ pub struct Written {
     pub publish_ns: u64,
 }
 
+impl Written {
+    /// The frame this buffer holds, presented at `pts_ns`.
+    fn frame(self, pts_ns: i64, corrupted: bool) -> Next {
+        Next::Frame(Filled {
+            lease: self.lease,
+            pts_ns,
+            checksum: self.checksum,
+            copied: self.copied,
+            corrupted,
+            publish_ns: self.publish_ns,
+        })
+    }
+}
+
 /// What a source may ask of the producer while it makes a frame. Every wait serves the
 /// consumers meanwhile (connections, releases, stalls).
 pub trait Host {
@@ -163,21 +177,11 @@ impl FrameSource for PatternSource {
         let (num, den) = self.fps;
         let pts_ns = (seq * 1_000_000_000 * u64::from(den) / u64::from(num.max(1))) as i64;
         let pattern = &mut self.pattern;
-        let Some(w) = host.write(&mut |data, layout| {
+        let written = host.write(&mut |data, layout| {
             pattern.fill(seq, data, layout);
             Ok(false)
-        })?
-        else {
-            return Ok(host.why_not());
-        };
-        Ok(Next::Frame(Filled {
-            lease: w.lease,
-            pts_ns,
-            checksum: w.checksum,
-            copied: w.copied,
-            corrupted: false,
-            publish_ns: w.publish_ns,
-        }))
+        })?;
+        Ok(written.map_or_else(|| host.why_not(), |w| w.frame(pts_ns, false)))
     }
 }
 
@@ -303,20 +307,10 @@ impl FrameSource for FileSource {
             }));
         }
         let dec = &mut self.dec;
-        let Some(w) = host.write(&mut |data, layout| {
+        let written = host.write(&mut |data, layout| {
             dec.write(data, layout)?;
             Ok(true)
-        })?
-        else {
-            return Ok(host.why_not());
-        };
-        Ok(Next::Frame(Filled {
-            lease: w.lease,
-            pts_ns,
-            checksum: w.checksum,
-            copied: w.copied,
-            corrupted,
-            publish_ns: w.publish_ns,
-        }))
+        })?;
+        Ok(written.map_or_else(|| host.why_not(), |w| w.frame(pts_ns, corrupted)))
     }
 }
