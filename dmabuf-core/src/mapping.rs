@@ -90,6 +90,29 @@ impl CpuMapping {
         self.sync(SyncAccess::ReadWrite, true)
     }
 
+    /// Open a read bracket that no guard tracks: for a reader outside Rust's borrows (a
+    /// Python array viewing the mapping while the frame is held). Close it with
+    /// [`CpuMapping::end_raw_read`].
+    pub fn begin_raw_read(&self) -> Result<(), MapError> {
+        self.sync(SyncAccess::Read, false)
+    }
+
+    /// Close the bracket [`CpuMapping::begin_raw_read`] opened.
+    pub fn end_raw_read(&self) -> Result<(), MapError> {
+        self.sync(SyncAccess::Read, true)
+    }
+
+    /// The mapped bytes, for a reader inside a bracket opened with
+    /// [`CpuMapping::begin_raw_read`] (or over memfd memory, which needs none).
+    pub fn bytes(&self) -> &[u8] {
+        self.region.as_slice()
+    }
+
+    /// The kind of memory mapped (dma-buf accesses are bracketed with `DMA_BUF_IOCTL_SYNC`).
+    pub fn memory(&self) -> MemoryKind {
+        self.memory
+    }
+
     fn sync(&self, access: SyncAccess, end: bool) -> Result<(), MapError> {
         if self.memory == MemoryKind::DmaBuf {
             dma_buf::sync(self.fd.as_fd(), access, end).map_err(|source| MapError::Sync {

@@ -1,0 +1,905 @@
+//! `dmabuf_pipeline._native`: the Rust half of the Python package, over `dmabuf-core`'s
+//! [`Receiver`] and [`Publisher`].
+//!
+//! It hands Python *plane memories*: small objects with an `__array_interface__` that numpy
+//! turns into arrays viewing the shared mapping (no copy). Each keeps the mapping it points into
+//! alive, so an array can never dangle; `dmabuf_pipeline/__init__.py` wraps them in a guarded
+//! ndarray subclass that refuses access once the frame is released (the buffer then belongs to
+//! the producer again). The GIL is released while waiting, in slices of 100 ms between which
+//! signals are checked, so Ctrl-C interrupts a wait.
+
+use dmabuf_core::alloc::AllocChoice;
+use dmabuf_core::format::{plane_geometry, ColorModel, FrameLayout, PlaneLayout};
+use dmabuf_core::mapping::CpuMapping;
+use dmabuf_core::pool::{Lease, Pool};
+use dmabuf_core::proto::wire::{ColorInfo, GoodbyeReason, Welcome};
+use dmabuf_core::proto::ProtoError;
+use dmabuf_core::publisher::{
+    FrameMeta, PublishError, Publisher as CorePublisher, PublisherOptions,
+};
+use dmabuf_core::receiver::{linear_caps, FrameGuard, Receiver as CoreReceiver, ReceiverEvent};
+use dmabuf_core::{FrameBuffer, FrameFormat, MemoryKind, PixelFormat};
+use pyo3::exceptions::{PyConnectionError, PyTimeoutError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyTuple};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+pyo3::create_exception!(
+    _native,
+    Error,
+    pyo3::exceptions::PyException,
+    "Base class of this package's errors; the message is the library's."
+);
+pyo3::create_exception!(
+    _native,
+    ProducerGone,
+    PyConnectionError,
+    "The producer closed the connection, or broke the protocol, mid-stream."
+);
+pyo3::create_exception!(
+    _native,
+    FrameReleased,
+    PyValueError,
+    "A frame's pixels were touched after the frame was released (or published)."
+);
+
+/// A Goodbye reason as Python sees it.
+fn reason_name(r: GoodbyeReason) -> &'static str {
+    match r {
+        GoodbyeReason::EndOfStream => "end-of-stream",
+        GoodbyeReason::ProtocolError => "protocol-error",
+        GoodbyeReason::Unsupported => "unsupported",
+        GoodbyeReason::VersionMismatch => "version-mismatch",
+        GoodbyeReason::Leaving => "leaving",
+        GoodbyeReason::InternalError => "internal-error",
+    }
+}
+
+/// How long the GIL is released at a time while waiting (signals are checked in between).
+const SLICE: Duration = Duration::from_millis(100);
+
+fn proto_err(e: ProtoError) -> PyErr {
+    match e {
+        ProtoError::Timeout { .. } => PyTimeoutError::new_err(e.to_string()),
+        ProtoError::Path { .. } => PyConnectionError::new_err(e.to_string()),
+        ProtoError::Closed
+        | ProtoError::Io { .. }
+        | ProtoError::Wire(_)
+        | ProtoError::BadBuffer { .. }
+        | ProtoError::BadFrame(_)
+        | ProtoError::Unexpected { .. } => ProducerGone::new_err(e.to_string()),
+        _ => Error::new_err(e.to_string()),
+    }
+}
+
+fn publish_err(e: PublishError) -> PyErr {
+    match e {
+        PublishError::Proto(p) => proto_err(p),
+        PublishError::Buffers(_) => PyValueError::new_err(e.to_string()),
+        e => Error::new_err(e.to_string()),
+    }
+}
+
+fn seconds(t: Option<f64>) -> PyResult<Option<Duration>> {
+    match t {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
+        Some(s) => Err(PyValueError::new_err(format!(
+            "timeout must be a non-negative number of seconds, not {s}"
+        ))),
+    }
+}
+
+/// Wait in GIL-free slices until `step` gives a value, the deadline passes (`Ok(None)`), or a
+/// signal handler raises.
+fn wait_sliced<T: Send>(
+    py: Python<'_>,
+    timeout: Option<Duration>,
+    mut step: impl FnMut(Duration) -> PyResult<Option<T>> + Send,
+) -> PyResult<Option<T>> {
+    let deadline = timeout.map(|t| Instant::now() + t);
+    loop {
+        let slice = match deadline {
+            Some(d) => d.saturating_duration_since(Instant::now()).min(SLICE),
+            None => SLICE,
+        };
+        if let Some(v) = py.detach(|| step(slice))? {
+            return Ok(Some(v));
+        }
+        py.check_signals()?;
+        if deadline.is_some_and(|d| Instant::now() >= d) {
+            return Ok(None);
+        }
+    }
+}
+
+/// What keeps a plane's memory mapped (held, never read).
+#[allow(dead_code)]
+enum Keeper {
+    /// A receiver's read-only mappings of one buffer (one per fd).
+    Mapped(Arc<Vec<Arc<CpuMapping>>>),
+    /// A publisher's pool (its buffers stay mapped while any clone lives).
+    Pool(Pool),
+}
+
+/// One plane of a frame, as numpy's array interface: a view of the shared mapping. Holds the
+/// mapping (never a dangling pointer); the guard against reading reused memory is the frame's.
+#[pyclass(module = "dmabuf_pipeline._native", frozen)]
+struct PlaneMemory {
+    _keeper: Keeper,
+    addr: usize,
+    shape: Vec<usize>,
+    strides: Vec<usize>,
+    typestr: &'static str,
+    readonly: bool,
+    /// Start and length of the whole mapping the plane lies in (for zero-copy checks).
+    mapping: (usize, usize),
+}
+
+#[pymethods]
+impl PlaneMemory {
+    /// numpy's array interface (version 3): shape, strides in bytes, typestr, data address.
+    #[getter]
+    fn __array_interface__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("version", 3)?;
+        d.set_item("shape", PyTuple::new(py, &self.shape)?)?;
+        d.set_item("strides", PyTuple::new(py, &self.strides)?)?;
+        d.set_item("typestr", self.typestr)?;
+        d.set_item("data", (self.addr, self.readonly))?;
+        Ok(d)
+    }
+
+    /// `(start, length)` of the mapping the plane lies in.
+    #[getter]
+    fn mapping(&self) -> (usize, usize) {
+        self.mapping
+    }
+}
+
+/// Shape, strides and typestr of plane `i`: `(rows, pixels)` for one sample per pixel,
+/// `(rows, pixels, channels)` for interleaved samples; 16-bit samples as `<u2`.
+fn plane_shape(
+    pixel: PixelFormat,
+    i: usize,
+    pl: &PlaneLayout,
+) -> (Vec<usize>, Vec<usize>, &'static str) {
+    let info = pixel.planes()[i];
+    let sb = pixel.sampling().sample_bytes;
+    let channels = (info.block_bytes / sb / info.block_w).max(1) as usize;
+    let elems = (pl.row_bytes / sb) as usize;
+    let pixels = elems / channels;
+    let sb = sb as usize;
+    let typestr = if sb == 2 { "<u2" } else { "|u1" };
+    if channels == 1 {
+        (
+            vec![pl.rows as usize, pixels],
+            vec![pl.stride as usize, sb],
+            typestr,
+        )
+    } else {
+        (
+            vec![pl.rows as usize, pixels, channels],
+            vec![pl.stride as usize, channels * sb, sb],
+            typestr,
+        )
+    }
+}
+
+fn color_dict<'py>(py: Python<'py>, c: &ColorInfo) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("matrix", c.matrix)?;
+    d.set_item("range", c.range)?;
+    d.set_item("primaries", c.primaries)?;
+    d.set_item("transfer", c.transfer)?;
+    d.set_item("chroma_location", c.chroma_location)?;
+    Ok(d)
+}
+
+/// What a frame's format says, for Python.
+fn stream_dict<'py>(py: Python<'py>, w: &Welcome) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("format", w.pixel.name())?;
+    d.set_item("fourcc", w.pixel.fourcc())?;
+    d.set_item("width", w.width)?;
+    d.set_item("height", w.height)?;
+    d.set_item("fps", (w.fps_num, w.fps_den))?;
+    d.set_item("modifier", w.modifier)?;
+    d.set_item("memory", w.memory.name())?;
+    d.set_item("allocator", w.allocator.name())?;
+    d.set_item("buffer_count", w.buffer_count)?;
+    d.set_item("colorimetry", color_dict(py, &w.color)?)?;
+    d.set_item("sar", (w.geometry.sar_num, w.geometry.sar_den))?;
+    d.set_item("rotation", u32::from(w.geometry.rotation) * 90)?;
+    d.set_item("mirror", w.geometry.mirror)?;
+    Ok(d)
+}
+
+/// How the format's samples are laid out, for the numpy conversion in `to_rgb`.
+#[pyfunction]
+fn format_info<'py>(py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyDict>> {
+    let pixel: PixelFormat = name
+        .parse()
+        .map_err(|e| PyValueError::new_err(format!("{e}")))?;
+    let s = pixel.sampling();
+    let d = PyDict::new(py);
+    d.set_item("name", pixel.name())?;
+    d.set_item(
+        "model",
+        match s.model {
+            ColorModel::Yuv => "yuv",
+            ColorModel::Grey => "grey",
+            ColorModel::Rgb => "rgb",
+        },
+    )?;
+    let planes: Vec<_> = pixel
+        .planes()
+        .iter()
+        .map(|p| (p.hsub, p.vsub, p.block_w, p.block_bytes))
+        .collect();
+    d.set_item("planes", planes)?;
+    let comps: Vec<_> = s
+        .components
+        .iter()
+        .map(|c| (c.plane, c.offset, c.step))
+        .collect();
+    d.set_item("components", comps)?;
+    d.set_item("sample_bytes", s.sample_bytes)?;
+    d.set_item("bits", s.bits)?;
+    d.set_item("shift", s.shift)?;
+    Ok(d)
+}
+
+/// The formats carried, by DRM name.
+#[pyfunction]
+fn formats() -> Vec<&'static str> {
+    PixelFormat::ALL.iter().map(|p| p.name()).collect()
+}
+
+// --- receiving -------------------------------------------------------------------------
+
+/// The consumer's end (see `dmabuf_pipeline.Receiver`).
+#[pyclass(module = "dmabuf_pipeline._native")]
+struct Receiver {
+    rx: Option<CoreReceiver>,
+    /// Each added buffer mapped once (read-only), by id: the same address every frame.
+    maps: HashMap<u32, Arc<Vec<Arc<CpuMapping>>>>,
+    welcome: Welcome,
+    ended: Option<(GoodbyeReason, String)>,
+}
+
+fn map_buffer(b: &FrameBuffer) -> Result<Vec<Arc<CpuMapping>>, String> {
+    b.fds
+        .iter()
+        .zip(&b.fd_sizes)
+        .map(|(fd, &len)| {
+            CpuMapping::new(fd.clone(), len, false, b.memory)
+                .map(Arc::new)
+                .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+#[pymethods]
+impl Receiver {
+    #[new]
+    #[pyo3(signature = (path, formats=None, memory=None, timeout=5.0))]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        formats: Option<Vec<String>>,
+        memory: Option<Vec<String>>,
+        timeout: f64,
+    ) -> PyResult<Self> {
+        let formats = match formats {
+            None => PixelFormat::ALL.to_vec(),
+            Some(names) => names
+                .iter()
+                .map(|n| {
+                    n.parse::<PixelFormat>()
+                        .map_err(|e| PyValueError::new_err(format!("{e}")))
+                })
+                .collect::<PyResult<Vec<_>>>()?,
+        };
+        let memory = match memory {
+            None => MemoryKind::ALL.to_vec(),
+            Some(kinds) => kinds
+                .iter()
+                .map(|k| match k.as_str() {
+                    "memfd" => Ok(MemoryKind::Memfd),
+                    "dma-buf" | "dmabuf" => Ok(MemoryKind::DmaBuf),
+                    other => Err(PyValueError::new_err(format!(
+                        "unknown memory kind {other:?}: expected \"memfd\" or \"dma-buf\""
+                    ))),
+                })
+                .collect::<PyResult<Vec<_>>>()?,
+        };
+        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        let caps = linear_caps(&formats, &memory);
+        let rx = py
+            .detach(|| CoreReceiver::connect(&path, caps, timeout))
+            .map_err(|e| match e {
+                ProtoError::Goodbye { .. } => Error::new_err(format!("{}: {e}", path.display())),
+                e => proto_err(e),
+            })?;
+        let welcome = rx.welcome();
+        Ok(Self {
+            rx: Some(rx),
+            maps: HashMap::new(),
+            welcome,
+            ended: None,
+        })
+    }
+
+    /// The stream: format, size, fps, memory, allocator, colorimetry, geometry.
+    #[getter]
+    fn stream<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stream_dict(py, &self.welcome)
+    }
+
+    /// Why the stream ended (`(reason, message)`), or None while it runs.
+    #[getter]
+    fn ended(&self) -> Option<(String, String)> {
+        self.ended
+            .as_ref()
+            .map(|(r, m)| (reason_name(*r).to_string(), m.clone()))
+    }
+
+    /// The socket, for `select`/`poll`/asyncio: readable when an event waits.
+    fn fileno(&self) -> PyResult<i32> {
+        use std::os::fd::{AsFd, AsRawFd};
+        Ok(self.live()?.as_fd().as_raw_fd())
+    }
+
+    /// The next frame, or None when the producer ended the stream.
+    #[pyo3(signature = (timeout=None))]
+    fn next_frame(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Frame>> {
+        let timeout = seconds(timeout)?;
+        if self.ended.is_some() {
+            return Ok(None);
+        }
+        let deadline = timeout.map(|t| Instant::now() + t);
+        loop {
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            let rx = self.live()?;
+            let got = wait_sliced(py, left, |slice| match rx.next_event(Some(slice)) {
+                Ok(ev) => Ok(Some(ev)),
+                Err(ProtoError::Timeout { .. }) => Ok(None),
+                Err(e) => Err(proto_err(e)),
+            })?;
+            let Some(ev) = got else {
+                return Err(PyTimeoutError::new_err(format!(
+                    "no frame within {:.3} s",
+                    timeout.unwrap_or_default().as_secs_f64()
+                )));
+            };
+            match ev {
+                ReceiverEvent::BufferAdded(id) => {
+                    let buffer = rx
+                        .buffer(id)
+                        .ok_or_else(|| Error::new_err(format!("buffer {id} vanished")))?;
+                    let maps = map_buffer(&buffer)
+                        .map_err(|e| Error::new_err(format!("mapping buffer {id}: {e}")))?;
+                    self.maps.insert(id, Arc::new(maps));
+                }
+                ReceiverEvent::BufferRemoved(id) => {
+                    self.maps.remove(&id);
+                }
+                ReceiverEvent::Renegotiated(w) => {
+                    self.maps.clear();
+                    self.welcome = *w;
+                }
+                ReceiverEvent::End(g) => {
+                    self.ended = Some((g.reason, g.message));
+                    return Ok(None);
+                }
+                ReceiverEvent::Frame(guard) => {
+                    let id = guard.buffer_id();
+                    let maps = self.maps.get(&id).cloned().ok_or_else(|| {
+                        ProducerGone::new_err(format!(
+                            "frame in buffer {id}, which was never added"
+                        ))
+                    })?;
+                    return Frame::new(guard, maps, &self.welcome).map(Some);
+                }
+            }
+        }
+    }
+
+    /// Leave: tell the producer (Goodbye `Leaving`) and close. Frames still held stay readable
+    /// until released.
+    fn close(&mut self) {
+        if let Some(rx) = self.rx.take() {
+            rx.close("closed by the Python receiver");
+        }
+        self.maps.clear();
+    }
+
+    /// Frames held now (not yet released).
+    #[getter]
+    fn held(&self) -> usize {
+        self.rx.as_ref().map_or(0, |r| r.held_count())
+    }
+}
+
+impl Receiver {
+    fn live(&self) -> PyResult<&CoreReceiver> {
+        self.rx
+            .as_ref()
+            .ok_or_else(|| Error::new_err("the receiver is closed"))
+    }
+}
+
+/// One received frame (see `dmabuf_pipeline.Frame`).
+#[pyclass(module = "dmabuf_pipeline._native")]
+struct Frame {
+    guard: Option<FrameGuard>,
+    maps: Arc<Vec<Arc<CpuMapping>>>,
+    layout: FrameLayout,
+    plane_fds: Vec<usize>,
+    welcome: Welcome,
+    /// dma-buf read brackets opened (closed on release).
+    bracketed: bool,
+    #[pyo3(get)]
+    seq: u64,
+    #[pyo3(get)]
+    pts_ns: i64,
+    #[pyo3(get)]
+    publish_ns: u64,
+    #[pyo3(get)]
+    buffer_id: u32,
+    #[pyo3(get)]
+    flags: u32,
+    checksum: Option<u32>,
+}
+
+impl Frame {
+    fn new(
+        guard: FrameGuard,
+        maps: Arc<Vec<Arc<CpuMapping>>>,
+        welcome: &Welcome,
+    ) -> PyResult<Self> {
+        let f = guard.frame();
+        let buffer = guard.buffer();
+        let mut frame = Frame {
+            seq: f.seq,
+            pts_ns: f.pts_ns,
+            publish_ns: f.publish_ns,
+            buffer_id: f.buffer_id,
+            flags: f.flags,
+            checksum: (f.flags & dmabuf_core::proto::wire::FRAME_FLAG_CHECKSUM != 0)
+                .then_some(f.checksum),
+            layout: buffer.layout.clone(),
+            plane_fds: buffer.plane_fds.clone(),
+            welcome: welcome.clone(),
+            maps,
+            guard: Some(guard),
+            bracketed: false,
+        };
+        for m in frame.maps.iter() {
+            m.begin_raw_read()
+                .map_err(|e| Error::new_err(format!("buffer {}: {e}", frame.buffer_id)))?;
+        }
+        frame.bracketed = true;
+        Ok(frame)
+    }
+
+    fn held(&self) -> PyResult<()> {
+        if self.guard.is_none() {
+            return Err(FrameReleased::new_err(format!(
+                "frame {} was released: its buffer belongs to the producer again",
+                self.seq
+            )));
+        }
+        Ok(())
+    }
+
+    fn plane_bytes(&self, i: usize) -> &[u8] {
+        let pl = &self.layout.planes[i];
+        let m = &self.maps[self.plane_fds[i]];
+        // The receiver checked every plane against its fd's size (docs/PROTOCOL.md).
+        let all = m.bytes();
+        let start = pl.offset as usize;
+        let end = start + pl.extent().unwrap_or(0) as usize;
+        &all[start.min(all.len())..end.min(all.len())]
+    }
+
+    fn do_release(&mut self) -> PyResult<()> {
+        if self.bracketed {
+            self.bracketed = false;
+            for m in self.maps.iter() {
+                if let Err(e) = m.end_raw_read() {
+                    tracing::warn!("buffer {}: {e}", self.buffer_id);
+                }
+            }
+        }
+        match self.guard.take() {
+            Some(g) => g.release().map_err(proto_err),
+            None => Ok(()),
+        }
+    }
+}
+
+#[pymethods]
+impl Frame {
+    /// The stream this frame belongs to (format, size, colorimetry …).
+    #[getter]
+    fn stream<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stream_dict(py, &self.welcome)
+    }
+
+    /// Whether the frame was released.
+    #[getter]
+    fn released(&self) -> bool {
+        self.guard.is_none()
+    }
+
+    /// The checksum the producer sent, or None.
+    #[getter]
+    fn checksum(&self) -> Option<u32> {
+        self.checksum
+    }
+
+    /// One plane memory per plane (numpy array interfaces over the mapping).
+    fn planes(&self) -> PyResult<Vec<PlaneMemory>> {
+        self.held()?;
+        let pixel = self.welcome.pixel;
+        Ok(self
+            .layout
+            .planes
+            .iter()
+            .enumerate()
+            .map(|(i, pl)| {
+                let m = &self.maps[self.plane_fds[i]];
+                let (shape, strides, typestr) = plane_shape(pixel, i, pl);
+                PlaneMemory {
+                    _keeper: Keeper::Mapped(self.maps.clone()),
+                    addr: m.as_ptr() as usize + pl.offset as usize,
+                    shape,
+                    strides,
+                    typestr,
+                    readonly: true,
+                    mapping: (m.as_ptr() as usize, m.len()),
+                }
+            })
+            .collect())
+    }
+
+    /// The visible bytes, plane after plane, without row padding (FFmpeg's `rawvideo`
+    /// layout, as `consumer --dump-raw` writes): a copy.
+    fn tobytes(&self) -> PyResult<Vec<u8>> {
+        self.held()?;
+        let mut out = Vec::with_capacity(self.layout.packed_size() as usize);
+        for (i, pl) in self.layout.planes.iter().enumerate() {
+            let bytes = self.plane_bytes(i);
+            for r in 0..pl.rows as usize {
+                let s = r * pl.stride as usize;
+                out.extend_from_slice(&bytes[s..s + pl.row_bytes as usize]);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Recompute the frame's checksum over the shared memory and compare it with the one the
+    /// producer sent: True (match), False (mismatch) or None (no checksum sent).
+    fn verify(&self) -> PyResult<Option<bool>> {
+        self.held()?;
+        let Some(want) = self.checksum else {
+            return Ok(None);
+        };
+        let mut total = 0u32;
+        for (i, pl) in self.layout.planes.iter().enumerate() {
+            let bytes = self.plane_bytes(i);
+            let local = PlaneLayout { offset: 0, ..*pl };
+            match dmabuf_core::format::plane_checksum(i as u32, bytes, &local) {
+                Some(sum) => total = total.wrapping_add(sum),
+                None => return Ok(Some(false)),
+            }
+        }
+        Ok(Some(
+            total == want && self.guard.as_ref().is_some_and(|g| g.is_intact()),
+        ))
+    }
+
+    /// Give the buffer back to the producer; the planes' arrays refuse access from now on.
+    /// Releasing twice is harmless.
+    fn release(&mut self) -> PyResult<()> {
+        self.do_release()
+    }
+}
+
+impl Drop for Frame {
+    fn drop(&mut self) {
+        let _ = self.do_release();
+    }
+}
+
+// --- publishing ------------------------------------------------------------------------
+
+/// The producer's end (see `dmabuf_pipeline.Publisher`).
+#[pyclass(module = "dmabuf_pipeline._native")]
+struct Publisher {
+    publisher: Option<CorePublisher>,
+    started: Instant,
+}
+
+#[pymethods]
+impl Publisher {
+    #[new]
+    #[pyo3(signature = (path, width, height, format="NV12", fps=30.0, buffers=4, alloc="auto", checksum=true))]
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        py: Python<'_>,
+        path: std::path::PathBuf,
+        width: u32,
+        height: u32,
+        format: &str,
+        fps: f64,
+        buffers: usize,
+        alloc: &str,
+        checksum: bool,
+    ) -> PyResult<Self> {
+        let pixel: PixelFormat = format
+            .parse()
+            .map_err(|e| PyValueError::new_err(format!("{e}")))?;
+        let alloc: AllocChoice = alloc.parse().map_err(PyValueError::new_err)?;
+        if !(fps.is_finite() && fps >= 0.0) {
+            return Err(PyValueError::new_err(format!(
+                "fps must be >= 0, not {fps}"
+            )));
+        }
+        let format = FrameFormat::linear(pixel, width, height);
+        FrameLayout::packed(format).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        let opts = PublisherOptions {
+            buffers,
+            alloc,
+            fps: (
+                (fps * 1000.0).round() as u32,
+                if fps > 0.0 { 1000 } else { 1 },
+            ),
+            checksum,
+            ..PublisherOptions::default()
+        };
+        let publisher = py
+            .detach(|| CorePublisher::bind(&path, format, opts))
+            .map_err(publish_err)?;
+        Ok(Self {
+            publisher: Some(publisher),
+            started: Instant::now(),
+        })
+    }
+
+    /// The stream: format, size, fps, memory, allocator …
+    #[getter]
+    fn stream<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stream_dict(py, &self.live()?.welcome())
+    }
+
+    /// Consumers connected now.
+    #[getter]
+    fn consumers(&self) -> PyResult<usize> {
+        Ok(self.live()?.consumers())
+    }
+
+    /// Frames published so far.
+    #[getter]
+    fn frames(&self) -> PyResult<u64> {
+        Ok(self.live()?.frames())
+    }
+
+    /// Serve connections (accept consumers, take their releases) for up to `timeout` seconds.
+    #[pyo3(signature = (timeout=0.0))]
+    fn serve(&mut self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let t = seconds(Some(timeout))?.unwrap_or_default();
+        let p = self.live_mut()?;
+        let done = wait_sliced(py, Some(t), |slice| {
+            p.serve(slice).map_err(publish_err)?;
+            Ok(None::<()>)
+        })?;
+        let _ = done;
+        Ok(())
+    }
+
+    /// A free pool buffer to draw the next frame into, waiting up to `timeout` seconds (None:
+    /// until one is free); None on timeout.
+    #[pyo3(signature = (timeout=None))]
+    fn acquire(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<WritableFrame>> {
+        let timeout = seconds(timeout)?;
+        let p = self.live_mut()?;
+        let lease = wait_sliced(py, timeout, |slice| p.acquire(slice).map_err(publish_err))?;
+        let Some(lease) = lease else {
+            return Ok(None);
+        };
+        let pool = p.pool().clone();
+        let ptr = lease
+            .begin_raw_write()
+            .map_err(|e| Error::new_err(format!("buffer {}: {e}", lease.id())))?
+            as usize;
+        let welcome = p.welcome();
+        Ok(Some(WritableFrame {
+            lease: Some(lease),
+            pool,
+            base: ptr,
+            welcome,
+        }))
+    }
+
+    /// Publish a frame filled through its planes; `pts` in seconds (None: time since the
+    /// publisher started). Returns the number of consumers it went to.
+    #[pyo3(signature = (frame, pts=None))]
+    fn publish(
+        &mut self,
+        py: Python<'_>,
+        frame: &mut WritableFrame,
+        pts: Option<f64>,
+    ) -> PyResult<usize> {
+        let lease = frame.take()?;
+        let pts_ns = match pts {
+            Some(s) if s.is_finite() => (s * 1e9).round() as i64,
+            Some(s) => {
+                return Err(PyValueError::new_err(format!(
+                    "pts must be finite, not {s}"
+                )))
+            }
+            None => self.started.elapsed().as_nanos() as i64,
+        };
+        let p = self.live_mut()?;
+        py.detach(|| {
+            p.publish_shared(
+                Arc::new(lease),
+                FrameMeta {
+                    pts_ns,
+                    ..FrameMeta::default()
+                },
+            )
+        })
+        .map_err(publish_err)
+    }
+
+    /// End the stream (Goodbye end-of-stream to every consumer) and close the socket, giving
+    /// consumers up to `grace` seconds to release what they hold.
+    #[pyo3(signature = (grace=1.0))]
+    fn close(&mut self, py: Python<'_>, grace: f64) -> PyResult<()> {
+        let g = seconds(Some(grace))?.unwrap_or_default();
+        if let Some(p) = self.publisher.take() {
+            py.detach(|| p.finish(g));
+        }
+        Ok(())
+    }
+}
+
+impl Publisher {
+    fn live(&self) -> PyResult<&CorePublisher> {
+        self.publisher
+            .as_ref()
+            .ok_or_else(|| Error::new_err("the publisher is closed"))
+    }
+    fn live_mut(&mut self) -> PyResult<&mut CorePublisher> {
+        self.publisher
+            .as_mut()
+            .ok_or_else(|| Error::new_err("the publisher is closed"))
+    }
+}
+
+/// A pool buffer being drawn (see `dmabuf_pipeline.Publisher.frame`).
+#[pyclass(module = "dmabuf_pipeline._native")]
+struct WritableFrame {
+    lease: Option<Lease>,
+    pool: Pool,
+    base: usize,
+    welcome: Welcome,
+}
+
+impl WritableFrame {
+    fn take(&mut self) -> PyResult<Lease> {
+        let lease = self
+            .lease
+            .take()
+            .ok_or_else(|| FrameReleased::new_err("this frame was already published or dropped"))?;
+        lease
+            .end_raw_write()
+            .map_err(|e| Error::new_err(format!("buffer {}: {e}", lease.id())))?;
+        Ok(lease)
+    }
+}
+
+#[pymethods]
+impl WritableFrame {
+    /// Whether the frame was published or dropped.
+    #[getter]
+    fn released(&self) -> bool {
+        self.lease.is_none()
+    }
+
+    /// The pool buffer's id.
+    #[getter]
+    fn buffer_id(&self) -> PyResult<u32> {
+        self.lease
+            .as_ref()
+            .map(|l| l.id())
+            .ok_or_else(|| FrameReleased::new_err("this frame was already published or dropped"))
+    }
+
+    /// The stream (format, size …).
+    #[getter]
+    fn stream<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        stream_dict(py, &self.welcome)
+    }
+
+    /// Writable plane memories over the pool buffer.
+    fn planes(&self) -> PyResult<Vec<PlaneMemory>> {
+        let lease = self
+            .lease
+            .as_ref()
+            .ok_or_else(|| FrameReleased::new_err("this frame was already published or dropped"))?;
+        let b = lease.buffer();
+        let size = b.fd_sizes.first().copied().unwrap_or(0) as usize;
+        Ok(b.layout
+            .planes
+            .iter()
+            .enumerate()
+            .map(|(i, pl)| {
+                let (shape, strides, typestr) = plane_shape(self.welcome.pixel, i, pl);
+                PlaneMemory {
+                    _keeper: Keeper::Pool(self.pool.clone()),
+                    addr: self.base + pl.offset as usize,
+                    shape,
+                    strides,
+                    typestr,
+                    readonly: false,
+                    mapping: (self.base, size),
+                }
+            })
+            .collect())
+    }
+
+    /// Give the buffer back unpublished.
+    fn drop_unpublished(&mut self) -> PyResult<()> {
+        if self.lease.is_some() {
+            drop(self.take()?);
+        }
+        Ok(())
+    }
+}
+
+impl Drop for WritableFrame {
+    fn drop(&mut self) {
+        if let Some(l) = self.lease.take() {
+            let _ = l.end_raw_write();
+        }
+    }
+}
+
+/// Geometry of plane `i` for `format` at `width`x`height`: `(row_bytes, rows)`.
+#[pyfunction]
+fn plane_size(format: &str, i: usize, width: u32, height: u32) -> PyResult<(u32, u32)> {
+    let pixel: PixelFormat = format
+        .parse()
+        .map_err(|e| PyValueError::new_err(format!("{e}")))?;
+    if i >= pixel.planes().len() {
+        return Err(PyValueError::new_err(format!(
+            "{pixel} has {} planes",
+            pixel.planes().len()
+        )));
+    }
+    Ok(plane_geometry(pixel, i, width, height))
+}
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("Error", py.get_type::<Error>())?;
+    m.add("ProducerGone", py.get_type::<ProducerGone>())?;
+    m.add("FrameReleased", py.get_type::<FrameReleased>())?;
+    m.add_class::<Receiver>()?;
+    m.add_class::<Frame>()?;
+    m.add_class::<Publisher>()?;
+    m.add_class::<WritableFrame>()?;
+    m.add_class::<PlaneMemory>()?;
+    m.add_function(wrap_pyfunction!(format_info, m)?)?;
+    m.add_function(wrap_pyfunction!(formats, m)?)?;
+    m.add_function(wrap_pyfunction!(plane_size, m)?)?;
+    Ok(())
+}
