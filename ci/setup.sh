@@ -24,6 +24,7 @@ BASE_PKGS=(
   libx11-xcb1 libxcursor1 libxi6 libxrandr2 libxkbcommon-x11-0
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   dbus strace
+  python3 python3-venv
 )
 # Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import;
 # linux-libc-dev >= 6.5: the V4L2 UAPI headers v4l2r generates its bindings from).
@@ -70,6 +71,15 @@ fi
 if command -v rustup >/dev/null; then
   rustup component list --installed 2>/dev/null | grep -q '^rustfmt' || rustup component add rustfmt
   rustup component list --installed 2>/dev/null | grep -q '^clippy' || rustup component add clippy
+fi
+
+# The Python package's build and test tools (maturin, numpy, pytest from PyPI) in a venv under
+# target/, so nothing is installed into the system's Python.
+PYENV=${DMABUF_PYENV:-$(cd "$(dirname "$0")/.." && pwd)/target/pyenv}
+if [ ! -x "$PYENV/bin/maturin" ] || [ ! -x "$PYENV/bin/pytest" ]; then
+  log "creating $PYENV (maturin, numpy, pytest from PyPI)"
+  python3 -m venv "$PYENV"
+  "$PYENV/bin/pip" install -q --disable-pip-version-check -r "$(dirname "$0")/../python/requirements-dev.txt"
 fi
 
 log "ok: mesa-vulkan-drivers $(dpkg-query -W -f='${Version}' mesa-vulkan-drivers), ffmpeg $(dpkg-query -W -f='${Version}' ffmpeg)"

@@ -49,6 +49,11 @@ cargo build --workspace --bins --examples
 step "cargo build -p dmabuf-vulkan --features wgpu --examples"
 cargo build -p dmabuf-vulkan --features wgpu --examples
 
+# The Python package, built (dev profile, the workspace's target/) into the venv ci/setup.sh
+# made; consumer/tests/hw_python.rs and the pytest suite below use it.
+step "maturin develop (python/ into target/pyenv)"
+VIRTUAL_ENV=$PWD/target/pyenv target/pyenv/bin/maturin develop -q -m python/Cargo.toml
+
 step "cargo test --workspace"
 # ci/setup.sh installed lavapipe: a missing Vulkan device is a failure here, not a skip.
 export DMABUF_REQUIRE_VULKAN=1
@@ -62,6 +67,19 @@ rc=${PIPESTATUS[0]}
 set -e
 passed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -oE 'test result: [a-zA-Z]+\. [0-9]+ passed; [0-9]+ failed' "$log" | awk '{s+=$6} END {print s+0}')
+
+# The Python package's tests: real producer and consumer processes, real sockets, numpy.
+step "pytest python/tests"
+pylog=$(mktemp)
+set +e
+(cd python && PYTHONDONTWRITEBYTECODE=1 ../target/pyenv/bin/python -m pytest -q -rs -p no:cacheprovider tests) 2>&1 | tee "$pylog"
+pyrc=${PIPESTATUS[0]}
+set -e
+pypassed=$(grep -oE '[0-9]+ passed' "$pylog" | tail -1 | awk '{print $1+0}')
+pyfailed=$(grep -oE '[0-9]+ (failed|error)' "$pylog" | awk '{s+=$1} END {print s+0}')
+passed=$((passed + ${pypassed:-0}))
+failed=$((failed + pyfailed))
+rm -f "$pylog"
 skips=$(sort -u "$DMABUF_SKIP_LOG" | wc -l)
 echo
 echo "Skipped here (run for real by ci/vm-lane):"
@@ -70,6 +88,10 @@ echo "host lane: $passed passed, $failed failed ($skips hardware checks skipped:
 if [ "$rc" != 0 ]; then
   echo "FAILED: cargo test exited $rc" >&2
   exit "$rc"
+fi
+if [ "$pyrc" != 0 ]; then
+  echo "FAILED: pytest exited $pyrc" >&2
+  exit "$pyrc"
 fi
 
 if [ $lane = 1 ]; then

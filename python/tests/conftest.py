@@ -142,3 +142,20 @@ def open_fds() -> dict:
         except OSError:
             pass  # the directory's own fd, closed meanwhile
     return fds
+
+
+def require_device(test: str, path: str) -> None:
+    """Skip loudly when a kernel device is missing (this host); fail instead inside the
+    real-kernel lane (DMABUF_REQUIRE_HW=1), where it must exist."""
+    if os.path.exists(path):
+        return
+    why = f"{path} does not exist on this kernel"
+    if os.environ.get("DMABUF_REQUIRE_HW") == "1":
+        pytest.fail(f"{test}: {why} (DMABUF_REQUIRE_HW=1: the real-kernel lane must have it)")
+    line = f"SKIP {test}: {why}"
+    print(line, file=sys.stderr)
+    log = os.environ.get("DMABUF_SKIP_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(line + "\n")
+    pytest.skip(why)
