@@ -36,6 +36,7 @@ fn the_python_package_on_dma_bufs() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
+    println!("{text}");
     assert!(out.status.success(), "pytest failed:\n{text}");
     assert!(text.contains("5 passed"), "expected 5 passed:\n{text}");
 }

@@ -20,9 +20,10 @@ Publish::
 A plane is a :class:`PlaneArray`, an ``numpy.ndarray`` subclass over the shared mapping. Its
 memory stays mapped as long as any array lives (never a dangling pointer), but once the frame
 is released the buffer belongs to the producer again, so touching the array raises
-:class:`FrameReleased` instead of reading memory that is being reused. ``numpy.asarray(plane)``
-and ``numpy.array(plane, copy=False)`` return an unguarded plain ``ndarray`` view: keep those
-inside the frame's ``with`` block, or copy (``plane.copy()``) what must outlive it.
+:class:`FrameReleased` instead of reading memory that is being reused. What numpy does in C
+without asking the subclass is not guarded: ``numpy.asarray(plane)``, ``numpy.array(plane)``
+and ``memoryview(plane)`` read or view the memory directly; use them inside the frame's
+``with`` block, or copy (``plane.copy()``) what must outlive it.
 
 Planes support DLPack (``numpy.from_dlpack(plane)``, ``torch.from_dlpack(plane)``), on the CPU
 device, without a copy. Received planes are read-only: the export carries DLPack 1.0's
@@ -269,7 +270,7 @@ class Frame:
     def tobytes(self) -> bytes:
         """A copy of the visible pixels, plane after plane without row padding (FFmpeg's
         ``rawvideo`` layout, as ``consumer --dump-raw`` writes)."""
-        return bytes(self._f.tobytes())
+        return self._f.tobytes()
 
     def verify(self) -> Optional[bool]:
         """Recompute the producer's checksum over the shared memory: True, False, or None when

@@ -21,7 +21,7 @@ use dmabuf_core::receiver::{linear_caps, FrameGuard, Receiver as CoreReceiver, R
 use dmabuf_core::{FrameBuffer, FrameFormat, MemoryKind, PixelFormat};
 use pyo3::exceptions::{PyConnectionError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -569,17 +569,22 @@ impl Frame {
 
     /// The visible bytes, plane after plane, without row padding (FFmpeg's `rawvideo`
     /// layout, as `consumer --dump-raw` writes): a copy.
-    fn tobytes(&self) -> PyResult<Vec<u8>> {
+    fn tobytes<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyBytes>> {
         self.held()?;
-        let mut out = Vec::with_capacity(self.layout.packed_size() as usize);
-        for (i, pl) in self.layout.planes.iter().enumerate() {
-            let bytes = self.plane_bytes(i);
-            for r in 0..pl.rows as usize {
-                let s = r * pl.stride as usize;
-                out.extend_from_slice(&bytes[s..s + pl.row_bytes as usize]);
+        // One copy, straight into the new bytes object.
+        PyBytes::new_with(py, self.layout.packed_size() as usize, |out| {
+            let mut at = 0;
+            for (i, pl) in self.layout.planes.iter().enumerate() {
+                let bytes = self.plane_bytes(i);
+                let n = pl.row_bytes as usize;
+                for r in 0..pl.rows as usize {
+                    let s = r * pl.stride as usize;
+                    out[at..at + n].copy_from_slice(&bytes[s..s + n]);
+                    at += n;
+                }
             }
-        }
-        Ok(out)
+            Ok(())
+        })
     }
 
     /// Recompute the frame's checksum over the shared memory and compare it with the one the
