@@ -25,6 +25,7 @@ BASE_PKGS=(
   gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad
   dbus strace
   python3 python3-venv
+  libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev
 )
 # Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import;
 # linux-libc-dev >= 6.5: the V4L2 UAPI headers v4l2r generates its bindings from).

@@ -42,8 +42,9 @@ cargo check -p dmabuf-core --no-default-features
 
 # The integration tests run both binaries and the library examples; build them all first so
 # none is stale.
-step "cargo build --workspace --bins --examples"
+step "cargo build --workspace --bins --examples (and the GStreamer plugin)"
 cargo build --workspace --bins --examples
+cargo build -p gst-plugin-dmabufpipe
 # The wgpu example (required-features = ["wgpu"]; consumer/tests/wgpu_example.rs runs it). Only
 # dmabuf-vulkan is built again with the feature; wgpu itself once.
 step "cargo build -p dmabuf-vulkan --features wgpu --examples"
