@@ -355,6 +355,7 @@ fn run(mut args: Args) -> Result<()> {
             consumer: runner.consumer.clone(),
             dir: tmp.clone(),
             before: args.peers_before.clone(),
+            gst_plugin: Some(runner.producer.with_file_name("libgstdmabufpipe.so")),
         })?;
         Some(report)
     } else {

@@ -40,16 +40,20 @@ pub enum Case {
     GstSource,
     /// `videotestsrc ! shmsink` → `shmsrc ! fakesink`.
     GstShm,
+    /// `videotestsrc ! dmabufpipesink` → `dmabufpipesrc ! fakesink`: our GStreamer elements
+    /// (`gst/`), the same frames and pacing as `GstShm`.
+    GstPipe,
     /// `videotestsrc ! pipewiresink mode=provide` → `pipewiresrc ! fakesink`, private daemon.
     Pipewire,
 }
 
 impl Case {
-    pub const ALL: [Case; 5] = [
+    pub const ALL: [Case; 6] = [
         Case::Ours,
         Case::OursBefore,
         Case::GstSource,
         Case::GstShm,
+        Case::GstPipe,
         Case::Pipewire,
     ];
 
@@ -59,6 +63,7 @@ impl Case {
             Case::OursBefore => "ours-before",
             Case::GstSource => "gst-source",
             Case::GstShm => "gst-shm",
+            Case::GstPipe => "gst-dmabufpipe",
             Case::Pipewire => "pipewire",
         }
     }
@@ -69,6 +74,10 @@ impl Case {
             Case::OursBefore => "the same with an older build's binaries (`--peers-before`)",
             Case::GstSource => "`videotestsrc pattern=smpte75 ! fakesink` (the source alone)",
             Case::GstShm => "GStreamer `shmsink → shmsrc ! fakesink`",
+            Case::GstPipe => {
+                "our GStreamer elements `dmabufpipesink → dmabufpipesrc ! fakesink` (memfd pool \
+                 proposed upstream: videotestsrc draws into it)"
+            }
             Case::Pipewire => "PipeWire `pipewiresink → pipewiresrc ! fakesink` (+ daemon)",
         }
     }
@@ -159,6 +168,8 @@ pub struct PeerOptions {
     pub dir: PathBuf,
     /// `--peers-before DIR`: an older build's producer and consumer, run as `ours-before`.
     pub before: Option<PathBuf>,
+    /// Our GStreamer plugin (`libgstdmabufpipe.so`), for `gst-dmabufpipe`; skipped when absent.
+    pub gst_plugin: Option<PathBuf>,
 }
 
 fn children_usage() -> Usage {
@@ -502,6 +513,45 @@ impl Runner<'_> {
                     jsons: None,
                 }
             }
+            Case::GstPipe => {
+                let sock = dir.join(format!("{tag}.pipe"));
+                let sp = format!("socket={}", sock.display());
+                let env = |mut argv: Vec<String>| -> Vec<String> {
+                    // GStreamer scans every .so of a GST_PLUGIN_PATH directory: a directory
+                    // with only this plugin in it (made by `run`).
+                    let mut v = vec![
+                        "env".to_string(),
+                        format!("GST_PLUGIN_PATH={}", dir.join("gst-plugin").display()),
+                    ];
+                    v.append(&mut argv);
+                    v
+                };
+                Plan {
+                    producer: env(gst(&[
+                        &src[..],
+                        &[
+                            "dmabufpipesink",
+                            &sp,
+                            "wait-consumers=1",
+                            "alloc=memfd",
+                            "checksum=false",
+                            sync,
+                        ],
+                    ]
+                    .concat())),
+                    consumer: Some(env(gst(&[
+                        "dmabufpipesrc",
+                        &sp,
+                        &nb,
+                        "!",
+                        "fakesink",
+                        "sync=false",
+                    ]))),
+                    ready: Some(Ready::Path(sock)),
+                    producer_ok: vec![0],
+                    jsons: None,
+                }
+            }
             Case::Pipewire => {
                 // pipewiresink publishes whether or not a consumer is linked yet: frames made
                 // before the link are lost. It makes 4 s of frames more than the consumer
@@ -737,8 +787,24 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
     if gst {
         versions.extend(version(&["gst-launch-1.0", "--version"], 1));
         cases.extend([Case::GstSource, Case::GstShm]);
+        match &opts.gst_plugin {
+            Some(so) if so.exists() => {
+                let d = opts.dir.join("gst-plugin");
+                std::fs::create_dir_all(&d)?;
+                let link = d.join("libgstdmabufpipe.so");
+                let _ = std::fs::remove_file(&link);
+                std::os::unix::fs::symlink(std::fs::canonicalize(so)?, &link)?;
+                cases.push(Case::GstPipe);
+            }
+            _ => skipped.push((
+                Case::GstPipe.name().to_string(),
+                "libgstdmabufpipe.so not found beside compare (cargo build -p \
+                 gst-plugin-dmabufpipe)"
+                    .to_string(),
+            )),
+        }
     } else {
-        for c in [Case::GstSource, Case::GstShm, Case::Pipewire] {
+        for c in [Case::GstSource, Case::GstShm, Case::GstPipe, Case::Pipewire] {
             skipped.push((
                 c.name().to_string(),
                 "gst-launch-1.0 not found (ci/setup.sh installs gstreamer1.0-tools)".to_string(),
@@ -908,7 +974,7 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
                 .find(|e| e.case == Case::GstSource && e.error.is_none())
                 .map(|e| e.producer_us);
             for e in &mut made {
-                if matches!(e.case, Case::GstShm | Case::Pipewire) {
+                if matches!(e.case, Case::GstShm | Case::GstPipe | Case::Pipewire) {
                     e.producer_beyond_source_us = gst_src.map(|s| e.producer_us - s);
                 }
             }
@@ -1012,8 +1078,10 @@ impl PeersReport {
         {
             let ours_total = ours.producer_us + ours.consumer_us;
             for peer in self.entries.iter().filter(|e| {
-                matches!(e.case, Case::GstShm | Case::Pipewire | Case::OursBefore)
-                    && e.error.is_none()
+                matches!(
+                    e.case,
+                    Case::GstShm | Case::GstPipe | Case::Pipewire | Case::OursBefore
+                ) && e.error.is_none()
                     && (e.width, e.height, e.paced) == (ours.width, ours.height, ours.paced)
             }) {
                 let total = peer.producer_us + peer.consumer_us + peer.daemon_us;
@@ -1026,6 +1094,32 @@ impl PeersReport {
                     total,
                     ours_total,
                     total / ours_total.max(0.01)
+                ));
+            }
+        }
+        // GStreamer's own cross-process path against our elements, same pipeline otherwise.
+        for pipe in self
+            .entries
+            .iter()
+            .filter(|e| e.case == Case::GstPipe && e.error.is_none())
+        {
+            if let Some(shm) = self.entries.iter().find(|e| {
+                e.case == Case::GstShm
+                    && e.error.is_none()
+                    && (e.width, e.height, e.paced) == (pipe.width, pipe.height, pipe.paced)
+            }) {
+                out.push(format!(
+                    "{}x{} {}: gst-shm producer {:.1} / consumer {:.1} µs/frame vs \
+                     gst-dmabufpipe {:.1} / {:.1}: {:.1}x the CPU in all",
+                    pipe.width,
+                    pipe.height,
+                    if pipe.paced { "paced" } else { "unpaced" },
+                    shm.producer_us,
+                    shm.consumer_us,
+                    pipe.producer_us,
+                    pipe.consumer_us,
+                    (shm.producer_us + shm.consumer_us)
+                        / (pipe.producer_us + pipe.consumer_us).max(0.01)
                 ));
             }
         }

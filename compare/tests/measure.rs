@@ -216,6 +216,8 @@ fn peers_run_side_by_side_with_every_figure() {
         ("gst-source", true),
         ("gst-shm", false),
         ("gst-shm", true),
+        ("gst-dmabufpipe", false),
+        ("gst-dmabufpipe", true),
         ("pipewire", true),
     ] {
         let e = find(case, paced);

@@ -84,6 +84,16 @@ fn the_elements_carry_dma_bufs() {
         .unwrap()
         .static_pad("sink")
         .unwrap();
+    // fakesink takes no GstVideoMeta (the source would copy into the default layout for it):
+    // answer the allocation query as a display or GPU sink does.
+    sinkpad.add_probe(gst::PadProbeType::QUERY_DOWNSTREAM, |_, info| {
+        if let Some(q) = info.query_mut() {
+            if let gst::QueryViewMut::Allocation(a) = q.view_mut() {
+                a.add_allocation_meta::<gst_video::VideoMeta>(None);
+            }
+        }
+        gst::PadProbeReturn::Ok
+    });
     {
         let (dmabuf, other, frames) = (dmabuf.clone(), other.clone(), frames.clone());
         sinkpad.add_probe(gst::PadProbeType::BUFFER, move |_, info| {
@@ -96,9 +106,10 @@ fn the_elements_carry_dma_bufs() {
                 });
                 if all { &dmabuf } else { &other }.fetch_add(1, Ordering::Relaxed);
                 // The pixels, packed, read through GStreamer's mapping of the dma-buf.
-                let vmeta = buffer
-                    .meta::<gst_video::VideoMeta>()
-                    .expect("a GstVideoMeta");
+                let Some(vmeta) = buffer.meta::<gst_video::VideoMeta>() else {
+                    other.fetch_add(1, Ordering::Relaxed);
+                    return gst::PadProbeReturn::Ok;
+                };
                 let map = buffer.map_readable().unwrap();
                 let mut out = frames.lock().unwrap();
                 for (i, rows, row_bytes) in [(0usize, 360usize, 640usize), (1, 180, 640)] {
