@@ -192,6 +192,13 @@ impl Receiver {
 
     /// Leave: say goodbye (`Leaving`) so that the producer reads why, and close.
     pub fn close(self, message: &str) {
+        self.leave(message);
+    }
+
+    /// [`Receiver::close`] through a shared reference: say goodbye and shut the connection
+    /// down, so that a thread waiting in [`Receiver::next_event`] wakes up with
+    /// [`ProtoError::Closed`]. Frame guards dropped afterwards send nothing.
+    pub fn leave(&self, message: &str) {
         lock(&self.client).goodbye(GoodbyeReason::Leaving, message);
     }
 }

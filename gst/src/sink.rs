@@ -4,9 +4,11 @@ use crate::caps;
 use crate::pool::{lock, SharedPool, SharedPublisher};
 use crate::CAT;
 use dmabuf_core::alloc::AllocChoice;
+use dmabuf_core::format::{plane_geometry, PlaneLayout};
+use dmabuf_core::pool::Pool;
 use dmabuf_core::proto::channel::ListenerOptions;
 use dmabuf_core::publisher::{FrameMeta, Publisher, PublisherOptions};
-use dmabuf_core::{FrameFormat, FrameLayout};
+use dmabuf_core::{AllocatorKind, FrameFormat, FrameLayout};
 use gst::glib;
 use gst::prelude::*;
 use gst::subclass::prelude::*;
@@ -62,6 +64,41 @@ struct Negotiated {
     info: gst_video::VideoInfo,
     layout: FrameLayout,
     pool: Option<SharedPool>,
+}
+
+/// The pool for `info`: in sealed memfds, laid out exactly as GStreamer lays the format out
+/// by default (so that elements without `GstVideoMeta` support read and write it, and a
+/// `dmabufpipesrc` downstream can pass it on without a copy); dma-bufs keep the allocator's
+/// GPU-friendly layout (importers need its alignments).
+fn make_pool(
+    alloc: AllocChoice,
+    info: &gst_video::VideoInfo,
+    format: FrameFormat,
+    buffers: usize,
+) -> Result<Pool, String> {
+    let (allocator, _why) = dmabuf_core::alloc::select(alloc, format).map_err(|e| e.to_string())?;
+    if allocator.kind() == AllocatorKind::Memfd {
+        let planes = (0..info.n_planes() as usize)
+            .map(|i| {
+                let (row_bytes, rows) =
+                    plane_geometry(format.pixel, i, format.width, format.height);
+                PlaneLayout {
+                    offset: info.offset()[i] as u64,
+                    stride: info.stride()[i] as u32,
+                    row_bytes,
+                    rows,
+                }
+            })
+            .collect();
+        let layout = FrameLayout {
+            format,
+            planes,
+            size: (info.size() as u64).div_ceil(4096) * 4096,
+        };
+        Pool::with_layout(allocator.as_ref(), &layout, buffers).map_err(|e| e.to_string())
+    } else {
+        Pool::new(allocator.as_ref(), format, buffers).map_err(|e| e.to_string())
+    }
 }
 
 mod imp {
@@ -364,20 +401,22 @@ mod imp {
             let color = caps::color_info(&info);
             let geometry = caps::geometry(&info);
             let mut guard = lock(&self.publisher);
+            let alloc: AllocChoice = settings.alloc.parse().map_err(|e: String| {
+                gst::element_imp_error!(self, gst::ResourceError::Settings, ["alloc: {e}"]);
+                gst::loggable_error!(CAT, "alloc: {e}")
+            })?;
             match guard.as_mut() {
                 Some(p) if p.format() == format && p.stream_info() == (color, geometry) => {}
                 Some(p) => {
                     // Renegotiate: every consumer gets the new format and buffers.
                     p.set_stream_info(color, geometry);
-                    p.set_format(format, Duration::from_secs(5))
+                    let pool = make_pool(alloc, &info, format, settings.buffers as usize)
+                        .map_err(|e| gst::loggable_error!(CAT, "renegotiating to {format}: {e}"))?;
+                    p.replace_pool(pool)
                         .map_err(|e| gst::loggable_error!(CAT, "renegotiating to {format}: {e}"))?;
                     gst::info!(CAT, imp = self, "renegotiated to {format}");
                 }
                 None => {
-                    let alloc: AllocChoice = settings.alloc.parse().map_err(|e: String| {
-                        gst::element_imp_error!(self, gst::ResourceError::Settings, ["alloc: {e}"]);
-                        gst::loggable_error!(CAT, "alloc: {e}")
-                    })?;
                     let fps = info.fps();
                     let opts = PublisherOptions {
                         buffers: settings.buffers as usize,
@@ -396,14 +435,19 @@ mod imp {
                         },
                         ..PublisherOptions::default()
                     };
-                    let p = Publisher::bind(&settings.socket, format, opts).map_err(|e| {
-                        gst::element_imp_error!(
-                            self,
-                            gst::ResourceError::OpenWrite,
-                            ["{}: {e}", settings.socket]
-                        );
-                        gst::loggable_error!(CAT, "{}: {e}", settings.socket)
-                    })?;
+                    let p = make_pool(alloc, &info, format, settings.buffers as usize)
+                        .and_then(|pool| {
+                            Publisher::with_pool(&settings.socket, pool, opts)
+                                .map_err(|e| e.to_string())
+                        })
+                        .map_err(|e| {
+                            gst::element_imp_error!(
+                                self,
+                                gst::ResourceError::OpenWrite,
+                                ["{}: {e}", settings.socket]
+                            );
+                            gst::loggable_error!(CAT, "{}: {e}", settings.socket)
+                        })?;
                     gst::info!(
                         CAT,
                         imp = self,

@@ -306,6 +306,14 @@ mod imp {
                     for m in mems {
                         bm.append_memory(m.clone());
                     }
+                    if fb.fds.len() == 1 {
+                        // The frame, not the page-rounded descriptor: a reader without
+                        // GstVideoMeta (filesink) takes the buffer's size as the frame's.
+                        let end = fb.layout.planes.iter().map(|p| p.offset + p.size()).max();
+                        if let Some(end) = end.filter(|&e| e <= bm.size() as u64) {
+                            bm.set_size(end as usize);
+                        }
+                    }
                     let (offsets, strides) = fdmem::plane_offsets(&fb);
                     gst_video::VideoMeta::add_full(
                         bm,
@@ -393,6 +401,19 @@ mod imp {
                 }
             }
             Ok(out)
+        }
+    }
+
+    impl DmabufPipeSrc {
+        /// An element message `dmabufpipesrc-stats` (frames pushed, frames copied).
+        fn post_stats(&self) {
+            let s = gst::Structure::builder("dmabufpipesrc-stats")
+                .field("frames", self.frames.load(Ordering::Relaxed))
+                .field("frames-copied", self.copied.load(Ordering::Relaxed))
+                .build();
+            let _ = self
+                .obj()
+                .post_message(gst::message::Element::builder(s).src(&*self.obj()).build());
         }
     }
 
@@ -543,8 +564,10 @@ mod imp {
                             CAT,
                             imp = self,
                             "the producer ended the stream: {}",
-                            g.message
+                            dmabuf_core::proto::wire::printable(&g.message)
                         );
+                        drop(guard);
+                        self.post_stats();
                         return Err(gst::FlowError::Eos);
                     }
                     ReceiverEvent::Frame(frame) => {

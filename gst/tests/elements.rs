@@ -121,6 +121,9 @@ fn the_clip_through_the_source_is_byte_exact() {
     ]))
     .finish(LIMIT);
     assert!(ok, "{out}");
+    // The decoder's layout (aligned strides, room for its references) is not GStreamer's
+    // default and filesink takes no GstVideoMeta: each frame copied once, and counted.
+    assert_eq!(src_stats(&out), Some((30, 30)), "{out}");
     let got = std::fs::read(&out_file).unwrap();
     let want = ffmpeg_raw(&clip, "yuv420p", 30);
     assert_eq!(got.len(), want.len(), "30 frames of 1920x1080 I420");
@@ -261,6 +264,8 @@ fn sink_to_source_across_two_processes() {
     ]))
     .finish(LIMIT);
     assert!(ok, "{out}");
+    // The sink's pool has GStreamer's own layout: passed on to filesink with no copy.
+    assert_eq!(src_stats(&out), Some((n as u64, 0)), "{out}");
     let (ok, sout) = sink.finish(LIMIT);
     assert!(ok, "{sout}");
     assert_eq!(sink_stats(&sout), Some((n as u64, 0)), "{sout}");

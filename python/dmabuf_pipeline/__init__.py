@@ -18,12 +18,17 @@ Publish::
                 f.planes[1][:] = 128
 
 A plane is a :class:`PlaneArray`, an ``numpy.ndarray`` subclass over the shared mapping. Its
-memory stays mapped as long as any array lives (never a dangling pointer), but once the frame
-is released the buffer belongs to the producer again, so touching the array raises
-:class:`FrameReleased` instead of reading memory that is being reused. What numpy does in C
-without asking the subclass is not guarded: ``numpy.asarray(plane)``, ``numpy.array(plane)``
-and ``memoryview(plane)`` read or view the memory directly; use them inside the frame's
-``with`` block, or copy (``plane.copy()``) what must outlive it.
+memory stays mapped as long as any array lives (never a dangling pointer), but the frame, not
+its arrays, decides how long the buffer is held: release it (``with frame:``,
+``frame.release()``, or drop every reference to the frame) and the buffer belongs to the
+producer again, so touching a plane array (or a view of it) raises :class:`FrameReleased`
+instead of reading memory that is being reused. Closing the receiver, or being dropped by the
+producer, revokes held frames the same way. Copies (``plane.copy()``, ``astype``, fancy
+indexing, arithmetic results) are plain arrays of your own. What numpy does in C without asking
+the subclass is not guarded: ``numpy.asarray(plane)``, ``numpy.array(plane, copy=False)``,
+``numpy.ascontiguousarray``, ``memoryview(plane)``, ``plane.base``, ``plane.data``,
+``plane.ctypes``, ``as_strided``, and arrays a DLPack consumer made (``np.from_dlpack``,
+``torch.from_dlpack``) read the memory directly: use them while the frame is held.
 
 Planes support DLPack (``numpy.from_dlpack(plane)``, ``torch.from_dlpack(plane)``), on the CPU
 device, without a copy. Received planes are read-only: the export carries DLPack 1.0's
@@ -33,6 +38,7 @@ do); DLPack 0.x cannot say "read-only" and is refused with ``BufferError``.
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Iterator, Optional, Sequence
 
@@ -98,40 +104,46 @@ class PlaneArray(np.ndarray):
     producer's layout (rows may be padded). Slices and views of a plane are guarded too.
     """
 
-    _owner = None  # the frame (anything with a ``released`` attribute)
+    _owner = None  # the frame's token (``released``, ``seq``, ``what``)
 
     def __array_finalize__(self, obj):
-        self._owner = getattr(obj, "_owner", None)
+        # Views of the shared buffer stay guarded; copies (copy(), astype(), fancy indexing …)
+        # are the caller's own memory and are not tied to the frame.
+        owner = getattr(obj, "_owner", None)
+        if owner is not None and isinstance(obj, np.ndarray) and np.may_share_memory(self, obj):
+            self._owner = owner
+        else:
+            self._owner = None
 
     def _check(self):
         owner = self._owner
         if owner is not None and owner.released:
             raise FrameReleased(
-                f"frame {getattr(owner, 'seq', '?')} was released: its buffer belongs to the "
-                "producer again (copy what must outlive the frame)"
+                f"{owner.what} {owner.seq} was released (or its receiver closed): its buffer "
+                "belongs to the producer again (copy() what must outlive the frame)"
             )
+
+    @property
+    def flat(self):
+        self._check()
+        return np.ndarray.flat.__get__(self)
 
     def __repr__(self):
         owner = self._owner
         if owner is not None and owner.released:
-            return f"<PlaneArray {self.shape} {self.dtype} of released frame {getattr(owner, 'seq', '?')}>"
-        return np.ndarray.__repr__(self.view(np.ndarray)).replace("array(", "PlaneArray(", 1)
+            return f"<PlaneArray {self.shape} {self.dtype} of released {owner.what} {owner.seq}>"
+        return np.ndarray.__repr__(np.ndarray.view(self, np.ndarray)).replace("array(", "PlaneArray(", 1)
 
     __str__ = __repr__
 
     def __array_ufunc__(self, ufunc, method, *inputs, **kwargs):
-        for x in inputs + tuple(kwargs.get("out", ())):
-            if isinstance(x, PlaneArray):
-                x._check()
-        inputs = tuple(x.view(np.ndarray) if isinstance(x, PlaneArray) else x for x in inputs)
-        if "out" in kwargs:
-            kwargs["out"] = tuple(
-                x.view(np.ndarray) if isinstance(x, PlaneArray) else x for x in kwargs["out"]
-            )
+        inputs = tuple(_plain(x) for x in inputs)
+        kwargs = {k: _plain(v) for k, v in kwargs.items()}
         return getattr(ufunc, method)(*inputs, **kwargs)
 
     def __array_function__(self, func, types, args, kwargs):
-        self._check()
+        _check_all(args)
+        _check_all(kwargs.values())
         return super().__array_function__(func, types, args, kwargs)
 
     def __dlpack__(self, *, stream=None, max_version=None, dl_device=None, copy=None):
@@ -150,12 +162,34 @@ class PlaneArray(np.ndarray):
             return np.ndarray.__dlpack__(self.view(np.ndarray), stream=stream)
 
 
+def _plain(x):
+    """A PlaneArray (checked) as a plain ndarray view; tuples (ufunc ``out``) likewise."""
+    if isinstance(x, PlaneArray):
+        x._check()
+        return np.ndarray.view(x, np.ndarray)
+    if isinstance(x, tuple):
+        return tuple(_plain(y) for y in x)
+    return x
+
+
+def _check_all(xs):
+    """Check every PlaneArray among numpy-function arguments (lists and tuples of them too)."""
+    for x in xs:
+        if isinstance(x, PlaneArray):
+            x._check()
+        elif isinstance(x, (list, tuple)):
+            _check_all(x)
+
+
 def _guard(name):
     base = getattr(np.ndarray, name)
 
     def guarded(self, *args, **kwargs):
         self._check()
-        return base(self, *args, **kwargs)
+        r = base(self, *args, **kwargs)
+        if isinstance(r, PlaneArray) and r._owner is None:
+            return np.ndarray.view(r, np.ndarray)  # a copy: the caller's own, plain array
+        return r
 
     guarded.__name__ = name
     guarded.__doc__ = base.__doc__
@@ -187,7 +221,8 @@ def _plane_arrays(owner, memories) -> tuple:
 
 class Frame:
     """A received frame. Its planes view the producer's buffer; release it (``with frame:``,
-    ``frame.release()``, or let it be garbage-collected) to give the buffer back.
+    ``frame.release()``, or drop every reference to the frame — its plane arrays do not hold
+    it) to give the buffer back.
 
     Attributes: ``seq`` (sequence number; a gap is frames this receiver did not get),
     ``pts`` (seconds, float) and ``pts_ns`` (int, the stream's clock), ``publish_ns``
@@ -258,8 +293,15 @@ class Frame:
         if self._f.released:
             raise FrameReleased(f"frame {self.seq} was released")
         if self._planes is None:
-            self._planes = _plane_arrays(self._f, self._f.planes())
+            self._planes = _plane_arrays(self._f.token, self._f.planes())
         return self._planes
+
+    def intact(self) -> bool:
+        """Whether the frame is still intact: False once the producer dropped this receiver
+        (for holding frames too long) and may reuse the buffer. Ask after using the pixels;
+        False means throw the result away. (The drop also revokes the frame at the receiver's
+        next read.)"""
+        return self._f.intact()
 
     def plane_mappings(self) -> list:
         """``(start, length)`` of the mapping each plane lies in (to check zero-copy)."""
@@ -308,8 +350,10 @@ class Receiver:
     listens there, :class:`Error` when the producer refuses (no format in common, full),
     ``TimeoutError``.
 
-    Iterating yields :class:`Frame` objects until the producer ends the stream; a producer that
-    dies or breaks the protocol raises :class:`ProducerGone`. Release each frame (``with
+    Iterating yields :class:`Frame` objects until the producer ends the stream (or the
+    receiver is closed, from any thread); a producer that dies, breaks the protocol or drops
+    this receiver (it held every buffer past the producer's stall timeout) raises
+    :class:`ProducerGone`. Release each frame (``with
     frame:``) before asking for many more: the producer's pool is small (``stream
     ["buffer_count"]``) and a receiver holding every buffer stalls the stream.
     """
@@ -322,7 +366,7 @@ class Receiver:
         timeout: float = 5.0,
     ):
         self._rx = _native.Receiver(
-            str(path),
+            os.fsdecode(path),
             list(formats) if formats is not None else None,
             list(memory) if memory is not None else None,
             timeout,
@@ -399,7 +443,7 @@ class WritableFrame:
         if self._w.released:
             raise FrameReleased("this frame was already published")
         if self._planes is None:
-            self._planes = _plane_arrays(self._w, self._w.planes())
+            self._planes = _plane_arrays(self._w.token, self._w.planes())
         return self._planes
 
     def publish(self, pts: Optional[float] = None) -> int:
@@ -447,7 +491,7 @@ class Publisher:
         checksum: bool = True,
     ):
         self._pub = _native.Publisher(
-            str(path), width, height, format, fps, buffers, alloc, checksum
+            os.fsdecode(path), width, height, format, fps, buffers, alloc, checksum
         )
 
     @property
@@ -482,18 +526,26 @@ class Publisher:
         (None: until consumers release one); raises ``TimeoutError`` after."""
         w = self._pub.acquire(timeout)
         if w is None:
-            raise TimeoutError(f"no free buffer within {timeout} s (consumers hold them all)")
+            raise TimeoutError(
+                f"no free buffer within {timeout} s: consumers hold them all, or frames of yours "
+                "not yet published do"
+            )
         return WritableFrame(w, self)
 
-    def close(self, grace: float = 1.0) -> None:
-        """End the stream (consumers get end-of-stream) and remove the socket."""
-        self._pub.close(grace)
+    def close(self, grace: float = 1.0, error: Optional[str] = None) -> None:
+        """End the stream and remove the socket: consumers get end-of-stream, or with
+        ``error`` an internal-error Goodbye carrying that text (the publisher failed)."""
+        self._pub.close(grace, error)
 
     def __enter__(self) -> "Publisher":
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            # Consumers must not take a crash for a clean end of stream.
+            self.close(error=f"the Python publisher failed: {exc_type.__name__}: {exc}"[:100])
 
 
 # --- conversion (a copy, for convenience) -----------------------------------------------------

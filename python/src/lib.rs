@@ -12,7 +12,7 @@ use dmabuf_core::alloc::AllocChoice;
 use dmabuf_core::format::{plane_geometry, ColorModel, FrameLayout, PlaneLayout};
 use dmabuf_core::mapping::CpuMapping;
 use dmabuf_core::pool::{Lease, Pool};
-use dmabuf_core::proto::wire::{ColorInfo, GoodbyeReason, Welcome};
+use dmabuf_core::proto::wire::{printable, ColorInfo, GoodbyeReason, Welcome};
 use dmabuf_core::proto::ProtoError;
 use dmabuf_core::publisher::{
     FrameMeta, PublishError, Publisher as CorePublisher, PublisherOptions,
@@ -23,7 +23,8 @@ use pyo3::exceptions::{PyConnectionError, PyTimeoutError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 pyo3::create_exception!(
@@ -60,36 +61,60 @@ fn reason_name(r: GoodbyeReason) -> &'static str {
 /// How long the GIL is released at a time while waiting (signals are checked in between).
 const SLICE: Duration = Duration::from_millis(100);
 
-fn proto_err(e: ProtoError) -> PyErr {
+/// An error while connecting: nothing listens (`ConnectionError`), no answer in time
+/// (`TimeoutError`), or a refusal (`Error`, with the producer's reason).
+fn connect_err(path: &std::path::Path, e: ProtoError) -> PyErr {
+    match e {
+        ProtoError::Timeout { .. } => PyTimeoutError::new_err(format!("{}: {e}", path.display())),
+        ProtoError::Path { .. } => PyConnectionError::new_err(e.to_string()),
+        e => Error::new_err(format!("{}: {e}", path.display())),
+    }
+}
+
+/// An error mid-stream: the producer died, hung up or broke the protocol.
+fn stream_err(e: ProtoError) -> PyErr {
     match e {
         ProtoError::Timeout { .. } => PyTimeoutError::new_err(e.to_string()),
-        ProtoError::Path { .. } => PyConnectionError::new_err(e.to_string()),
-        ProtoError::Closed
-        | ProtoError::Io { .. }
-        | ProtoError::Wire(_)
-        | ProtoError::BadBuffer { .. }
-        | ProtoError::BadFrame(_)
-        | ProtoError::Unexpected { .. } => ProducerGone::new_err(e.to_string()),
-        _ => Error::new_err(e.to_string()),
+        e => ProducerGone::new_err(e.to_string()),
     }
 }
 
 fn publish_err(e: PublishError) -> PyErr {
     match e {
-        PublishError::Proto(p) => proto_err(p),
+        PublishError::Proto(ProtoError::Timeout { .. }) => PyTimeoutError::new_err(e.to_string()),
         PublishError::Buffers(_) => PyValueError::new_err(e.to_string()),
         e => Error::new_err(e.to_string()),
     }
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Longest wait handed to the library; longer ones (and `inf`) mean "no limit" where the
+/// call takes one, this otherwise (a deadline past it would overflow the clock).
+const LONGEST: f64 = 1e6;
+
+/// A timeout in seconds: `None` (and anything beyond [`LONGEST`]) is no limit.
 fn seconds(t: Option<f64>) -> PyResult<Option<Duration>> {
     match t {
         None => Ok(None),
-        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s))),
-        Some(s) => Err(PyValueError::new_err(format!(
+        Some(s) if s.is_nan() || s < 0.0 => Err(PyValueError::new_err(format!(
             "timeout must be a non-negative number of seconds, not {s}"
         ))),
+        Some(s) if s > LONGEST => Ok(None),
+        Some(s) => Ok(Some(Duration::from_secs_f64(s))),
     }
+}
+
+/// A bounded duration in seconds (connect timeouts, grace periods): capped at [`LONGEST`].
+fn bounded(s: f64, what: &str) -> PyResult<Duration> {
+    if s.is_nan() || s < 0.0 {
+        return Err(PyValueError::new_err(format!(
+            "{what} must be a non-negative number of seconds, not {s}"
+        )));
+    }
+    Ok(Duration::from_secs_f64(s.min(LONGEST)))
 }
 
 /// Wait in GIL-free slices until `step` gives a value, the deadline passes (`Ok(None)`), or a
@@ -111,6 +136,32 @@ fn wait_sliced<T: Send>(
         py.check_signals()?;
         if deadline.is_some_and(|d| Instant::now() >= d) {
             return Ok(None);
+        }
+    }
+}
+
+/// Run a blocking library call that cannot be sliced (a handshake, a publisher's last grace
+/// period) on its own thread, waiting for it GIL-free in slices between which signals are
+/// checked: Ctrl-C interrupts the wait (the call finishes on its thread and is dropped).
+fn interruptible<T: Send + 'static>(
+    py: Python<'_>,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> PyResult<T> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    // (A Mutex makes the receiving end shareable with the GIL-free closure.)
+    let rx = Mutex::new(rx);
+    loop {
+        match py.detach(|| lock(&rx).recv_timeout(SLICE)) {
+            Ok(v) => return Ok(v),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => py.check_signals()?,
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                return Err(Error::new_err(
+                    "the library call's thread ended without an answer",
+                ))
+            }
         }
     }
 }
@@ -260,14 +311,44 @@ fn formats() -> Vec<&'static str> {
 
 // --- receiving -------------------------------------------------------------------------
 
-/// The consumer's end (see `dmabuf_pipeline.Receiver`).
-#[pyclass(module = "dmabuf_pipeline._native")]
-struct Receiver {
-    rx: Option<CoreReceiver>,
+/// Whether a frame may still be read: false once it is released (or dropped), or once its
+/// receiver is closed or was dropped by the producer (the buffers are the producer's again).
+/// Plane arrays hold this, not the frame: dropping the frame releases it.
+#[pyclass(module = "dmabuf_pipeline._native", frozen)]
+struct FrameToken {
+    released: Arc<AtomicBool>,
+    session: Arc<AtomicBool>,
+    #[pyo3(get)]
+    seq: u64,
+    #[pyo3(get)]
+    what: &'static str,
+}
+
+#[pymethods]
+impl FrameToken {
+    /// True once the pixels must not be read any more.
+    #[getter]
+    fn released(&self) -> bool {
+        self.released.load(Ordering::Acquire) || !self.session.load(Ordering::Acquire)
+    }
+}
+
+struct RxState {
     /// Each added buffer mapped once (read-only), by id: the same address every frame.
     maps: HashMap<u32, Arc<Vec<Arc<CpuMapping>>>>,
     welcome: Welcome,
     ended: Option<(GoodbyeReason, String)>,
+}
+
+/// The consumer's end (see `dmabuf_pipeline.Receiver`). Its methods may be called from any
+/// thread; `close()` from another thread wakes a `next_frame()` waiting in this one.
+#[pyclass(module = "dmabuf_pipeline._native", frozen)]
+struct Receiver {
+    rx: Mutex<Option<Arc<CoreReceiver>>>,
+    state: Mutex<RxState>,
+    /// Cleared when the session ends other than by end of stream: held frames are revoked.
+    session: Arc<AtomicBool>,
+    closed: AtomicBool,
 }
 
 fn map_buffer(b: &FrameBuffer) -> Result<Vec<Arc<CpuMapping>>, String> {
@@ -278,6 +359,45 @@ fn map_buffer(b: &FrameBuffer) -> Result<Vec<Arc<CpuMapping>>, String> {
             CpuMapping::new(fd.clone(), len, false, b.memory)
                 .map(Arc::new)
                 .map_err(|e| e.to_string())
+        })
+        .collect()
+}
+
+fn memory_kinds(kinds: Option<Vec<String>>) -> PyResult<Vec<MemoryKind>> {
+    let Some(kinds) = kinds else {
+        return Ok(MemoryKind::ALL.to_vec());
+    };
+    if kinds.is_empty() {
+        return Err(PyValueError::new_err(
+            "memory must name at least one kind: \"memfd\", \"dma-buf\"",
+        ));
+    }
+    kinds
+        .iter()
+        .map(|k| match k.as_str() {
+            "memfd" => Ok(MemoryKind::Memfd),
+            "dma-buf" | "dmabuf" => Ok(MemoryKind::DmaBuf),
+            other => Err(PyValueError::new_err(format!(
+                "unknown memory kind {other:?}: expected \"memfd\" or \"dma-buf\""
+            ))),
+        })
+        .collect()
+}
+
+fn pixel_formats(names: Option<Vec<String>>) -> PyResult<Vec<PixelFormat>> {
+    let Some(names) = names else {
+        return Ok(PixelFormat::ALL.to_vec());
+    };
+    if names.is_empty() {
+        return Err(PyValueError::new_err(
+            "formats must name at least one pixel format",
+        ));
+    }
+    names
+        .iter()
+        .map(|n| {
+            n.parse::<PixelFormat>()
+                .map_err(|e| PyValueError::new_err(format!("{e}")))
         })
         .collect()
 }
@@ -293,58 +413,41 @@ impl Receiver {
         memory: Option<Vec<String>>,
         timeout: f64,
     ) -> PyResult<Self> {
-        let formats = match formats {
-            None => PixelFormat::ALL.to_vec(),
-            Some(names) => names
-                .iter()
-                .map(|n| {
-                    n.parse::<PixelFormat>()
-                        .map_err(|e| PyValueError::new_err(format!("{e}")))
-                })
-                .collect::<PyResult<Vec<_>>>()?,
-        };
-        let memory = match memory {
-            None => MemoryKind::ALL.to_vec(),
-            Some(kinds) => kinds
-                .iter()
-                .map(|k| match k.as_str() {
-                    "memfd" => Ok(MemoryKind::Memfd),
-                    "dma-buf" | "dmabuf" => Ok(MemoryKind::DmaBuf),
-                    other => Err(PyValueError::new_err(format!(
-                        "unknown memory kind {other:?}: expected \"memfd\" or \"dma-buf\""
-                    ))),
-                })
-                .collect::<PyResult<Vec<_>>>()?,
-        };
-        let timeout = seconds(Some(timeout))?.unwrap_or_default();
+        let formats = pixel_formats(formats)?;
+        let memory = memory_kinds(memory)?;
+        let timeout = bounded(timeout, "timeout")?;
         let caps = linear_caps(&formats, &memory);
-        let rx = py
-            .detach(|| CoreReceiver::connect(&path, caps, timeout))
-            .map_err(|e| match e {
-                ProtoError::Goodbye { .. } => Error::new_err(format!("{}: {e}", path.display())),
-                e => proto_err(e),
-            })?;
+        let p = path.clone();
+        let rx = interruptible(py, move || CoreReceiver::connect(&p, caps, timeout))?
+            .map_err(|e| connect_err(&path, e))?;
         let welcome = rx.welcome();
         Ok(Self {
-            rx: Some(rx),
-            maps: HashMap::new(),
-            welcome,
-            ended: None,
+            rx: Mutex::new(Some(Arc::new(rx))),
+            state: Mutex::new(RxState {
+                maps: HashMap::new(),
+                welcome,
+                ended: None,
+            }),
+            session: Arc::new(AtomicBool::new(true)),
+            closed: AtomicBool::new(false),
         })
     }
 
     /// The stream: format, size, fps, memory, allocator, colorimetry, geometry.
     #[getter]
     fn stream<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stream_dict(py, &self.welcome)
+        let w = lock(&self.state).welcome.clone();
+        stream_dict(py, &w)
     }
 
-    /// Why the stream ended (`(reason, message)`), or None while it runs.
+    /// Why the stream ended (`(reason, message)`, the message with control characters
+    /// escaped), or None while it runs.
     #[getter]
     fn ended(&self) -> Option<(String, String)> {
-        self.ended
+        lock(&self.state)
+            .ended
             .as_ref()
-            .map(|(r, m)| (reason_name(*r).to_string(), m.clone()))
+            .map(|(r, m)| (reason_name(*r).to_string(), printable(m)))
     }
 
     /// The socket, for `select`/`poll`/asyncio: readable when an event waits.
@@ -353,95 +456,155 @@ impl Receiver {
         Ok(self.live()?.as_fd().as_raw_fd())
     }
 
-    /// The next frame, or None when the producer ended the stream.
+    /// The next frame, or None when the producer ended the stream (or the receiver was
+    /// closed).
     #[pyo3(signature = (timeout=None))]
-    fn next_frame(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Frame>> {
+    fn next_frame(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<Frame>> {
         let timeout = seconds(timeout)?;
-        if self.ended.is_some() {
-            return Ok(None);
-        }
         let deadline = timeout.map(|t| Instant::now() + t);
         loop {
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if lock(&self.state).ended.is_some() || self.closed.load(Ordering::Acquire) {
+                return Ok(None);
+            }
             let rx = self.live()?;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             let got = wait_sliced(py, left, |slice| match rx.next_event(Some(slice)) {
-                Ok(ev) => Ok(Some(ev)),
+                Ok(ev) => Ok(Some(Ok(ev))),
                 Err(ProtoError::Timeout { .. }) => Ok(None),
-                Err(e) => Err(proto_err(e)),
+                Err(e) => Ok(Some(Err(e))),
             })?;
-            let Some(ev) = got else {
-                return Err(PyTimeoutError::new_err(format!(
-                    "no frame within {:.3} s",
-                    timeout.unwrap_or_default().as_secs_f64()
-                )));
+            let ev = match got {
+                None => {
+                    return Err(PyTimeoutError::new_err(format!(
+                        "no frame within {:.3} s",
+                        timeout.unwrap_or_default().as_secs_f64()
+                    )))
+                }
+                Some(Ok(ev)) => ev,
+                Some(Err(_)) if self.closed.load(Ordering::Acquire) => return Ok(None),
+                Some(Err(e)) => {
+                    // The connection is over: let the producer see EOF, revoke held frames
+                    // only if it may reuse them (it did not just die).
+                    self.drop_connection("");
+                    return Err(stream_err(e));
+                }
             };
             match ev {
                 ReceiverEvent::BufferAdded(id) => {
                     let buffer = rx
                         .buffer(id)
                         .ok_or_else(|| Error::new_err(format!("buffer {id} vanished")))?;
-                    let maps = map_buffer(&buffer)
-                        .map_err(|e| Error::new_err(format!("mapping buffer {id}: {e}")))?;
-                    self.maps.insert(id, Arc::new(maps));
+                    match map_buffer(&buffer) {
+                        Ok(maps) => {
+                            lock(&self.state).maps.insert(id, Arc::new(maps));
+                        }
+                        Err(e) => {
+                            // Frames would come in a buffer this process cannot read: leave.
+                            self.session.store(false, Ordering::Release);
+                            self.drop_connection(&format!("cannot map buffer {id}: {e}"));
+                            return Err(Error::new_err(format!(
+                                "mapping buffer {id}: {e}; the receiver left the stream"
+                            )));
+                        }
+                    }
                 }
                 ReceiverEvent::BufferRemoved(id) => {
-                    self.maps.remove(&id);
+                    lock(&self.state).maps.remove(&id);
                 }
                 ReceiverEvent::Renegotiated(w) => {
-                    self.maps.clear();
-                    self.welcome = *w;
+                    let mut st = lock(&self.state);
+                    st.maps.clear();
+                    st.welcome = *w;
                 }
                 ReceiverEvent::End(g) => {
-                    self.ended = Some((g.reason, g.message));
-                    return Ok(None);
+                    let normal = matches!(
+                        g.reason,
+                        GoodbyeReason::EndOfStream | GoodbyeReason::Leaving
+                    );
+                    let text = printable(&g.message);
+                    lock(&self.state).ended = Some((g.reason, g.message));
+                    if normal {
+                        return Ok(None);
+                    }
+                    // Dropped (held buffers too long, broke a rule): the producer takes its
+                    // buffers back, so frames still held here must not be read.
+                    self.session.store(false, Ordering::Release);
+                    self.drop_connection("");
+                    return Err(ProducerGone::new_err(format!(
+                        "the producer ended this receiver's stream ({}): {text}",
+                        reason_name(g.reason)
+                    )));
                 }
                 ReceiverEvent::Frame(guard) => {
                     let id = guard.buffer_id();
-                    let maps = self.maps.get(&id).cloned().ok_or_else(|| {
+                    let (maps, welcome) = {
+                        let st = lock(&self.state);
+                        (st.maps.get(&id).cloned(), st.welcome.clone())
+                    };
+                    let maps = maps.ok_or_else(|| {
                         ProducerGone::new_err(format!(
                             "frame in buffer {id}, which was never added"
                         ))
                     })?;
-                    return Frame::new(guard, maps, &self.welcome).map(Some);
+                    return Frame::new(guard, maps, welcome, self.session.clone()).map(Some);
                 }
             }
         }
     }
 
-    /// Leave: tell the producer (Goodbye `Leaving`) and close. Frames still held stay readable
-    /// until released.
-    fn close(&mut self) {
-        if let Some(rx) = self.rx.take() {
-            rx.close("closed by the Python receiver");
-        }
-        self.maps.clear();
+    /// Leave: tell the producer (Goodbye `Leaving`) and close. Frames still held are revoked
+    /// (their arrays raise): the producer reuses their buffers once this receiver is gone. A
+    /// `next_frame()` waiting in another thread returns None.
+    fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.session.store(false, Ordering::Release);
+        self.drop_connection("closed by the Python receiver");
     }
 
     /// Frames held now (not yet released).
     #[getter]
     fn held(&self) -> usize {
-        self.rx.as_ref().map_or(0, |r| r.held_count())
+        lock(&self.rx).as_ref().map_or(0, |r| r.held_count())
     }
 }
 
 impl Receiver {
-    fn live(&self) -> PyResult<&CoreReceiver> {
-        self.rx
-            .as_ref()
+    fn live(&self) -> PyResult<Arc<CoreReceiver>> {
+        lock(&self.rx)
+            .clone()
             .ok_or_else(|| Error::new_err("the receiver is closed"))
+    }
+
+    /// Say goodbye (when `message` is not empty) and shut the connection down.
+    fn drop_connection(&self, message: &str) {
+        if let Some(rx) = lock(&self.rx).take() {
+            rx.leave(if message.is_empty() {
+                "leaving"
+            } else {
+                message
+            });
+        }
+        lock(&self.state).maps.clear();
+    }
+}
+
+impl Drop for Receiver {
+    fn drop(&mut self) {
+        self.session.store(false, Ordering::Release);
     }
 }
 
 /// One received frame (see `dmabuf_pipeline.Frame`).
-#[pyclass(module = "dmabuf_pipeline._native")]
+#[pyclass(module = "dmabuf_pipeline._native", frozen)]
 struct Frame {
-    guard: Option<FrameGuard>,
+    guard: Mutex<Option<FrameGuard>>,
     maps: Arc<Vec<Arc<CpuMapping>>>,
     layout: FrameLayout,
     plane_fds: Vec<usize>,
     welcome: Welcome,
-    /// dma-buf read brackets opened (closed on release).
-    bracketed: bool,
+    token: Py<FrameToken>,
+    released: Arc<AtomicBool>,
+    session: Arc<AtomicBool>,
     #[pyo3(get)]
     seq: u64,
     #[pyo3(get)]
@@ -459,11 +622,28 @@ impl Frame {
     fn new(
         guard: FrameGuard,
         maps: Arc<Vec<Arc<CpuMapping>>>,
-        welcome: &Welcome,
+        welcome: Welcome,
+        session: Arc<AtomicBool>,
     ) -> PyResult<Self> {
         let f = guard.frame();
         let buffer = guard.buffer();
-        let mut frame = Frame {
+        for m in maps.iter() {
+            m.begin_raw_read()
+                .map_err(|e| Error::new_err(format!("buffer {}: {e}", f.buffer_id)))?;
+        }
+        let released = Arc::new(AtomicBool::new(false));
+        let token = Python::attach(|py| {
+            Py::new(
+                py,
+                FrameToken {
+                    released: released.clone(),
+                    session: session.clone(),
+                    seq: f.seq,
+                    what: "frame",
+                },
+            )
+        })?;
+        Ok(Frame {
             seq: f.seq,
             pts_ns: f.pts_ns,
             publish_ns: f.publish_ns,
@@ -473,23 +653,23 @@ impl Frame {
                 .then_some(f.checksum),
             layout: buffer.layout.clone(),
             plane_fds: buffer.plane_fds.clone(),
-            welcome: welcome.clone(),
+            welcome,
             maps,
-            guard: Some(guard),
-            bracketed: false,
-        };
-        for m in frame.maps.iter() {
-            m.begin_raw_read()
-                .map_err(|e| Error::new_err(format!("buffer {}: {e}", frame.buffer_id)))?;
-        }
-        frame.bracketed = true;
-        Ok(frame)
+            token,
+            released,
+            session,
+            guard: Mutex::new(Some(guard)),
+        })
+    }
+
+    fn is_released(&self) -> bool {
+        self.released.load(Ordering::Acquire) || !self.session.load(Ordering::Acquire)
     }
 
     fn held(&self) -> PyResult<()> {
-        if self.guard.is_none() {
+        if self.is_released() {
             return Err(FrameReleased::new_err(format!(
-                "frame {} was released: its buffer belongs to the producer again",
+                "frame {} was released (or its receiver closed): its buffer belongs to the producer again",
                 self.seq
             )));
         }
@@ -506,18 +686,21 @@ impl Frame {
         &all[start.min(all.len())..end.min(all.len())]
     }
 
-    fn do_release(&mut self) -> PyResult<()> {
-        if self.bracketed {
-            self.bracketed = false;
-            for m in self.maps.iter() {
-                if let Err(e) = m.end_raw_read() {
-                    tracing::warn!("buffer {}: {e}", self.buffer_id);
-                }
+    fn do_release(&self) -> PyResult<()> {
+        let Some(g) = lock(&self.guard).take() else {
+            return Ok(());
+        };
+        self.released.store(true, Ordering::Release);
+        for m in self.maps.iter() {
+            if let Err(e) = m.end_raw_read() {
+                tracing::warn!("buffer {}: {e}", self.buffer_id);
             }
         }
-        match self.guard.take() {
-            Some(g) => g.release().map_err(proto_err),
-            None => Ok(()),
+        match g.release() {
+            Ok(()) => Ok(()),
+            // The connection is gone (closed, producer dead): nothing to give back.
+            Err(_) if !self.session.load(Ordering::Acquire) => Ok(()),
+            Err(e) => Err(stream_err(e)),
         }
     }
 }
@@ -530,16 +713,28 @@ impl Frame {
         stream_dict(py, &self.welcome)
     }
 
-    /// Whether the frame was released.
+    /// Whether the frame was released (or revoked: its receiver closed or was dropped).
     #[getter]
     fn released(&self) -> bool {
-        self.guard.is_none()
+        self.is_released()
+    }
+
+    /// What the plane arrays hold to know whether they may still be read.
+    #[getter]
+    fn token(&self, py: Python<'_>) -> Py<FrameToken> {
+        self.token.clone_ref(py)
     }
 
     /// The checksum the producer sent, or None.
     #[getter]
     fn checksum(&self) -> Option<u32> {
         self.checksum
+    }
+
+    /// Whether the frame is intact now: False once the producer dropped this receiver (it may
+    /// reuse the buffer). Ask after using the pixels; False means discard the result.
+    fn intact(&self) -> bool {
+        !self.is_released() && lock(&self.guard).as_ref().is_some_and(|g| g.is_intact())
     }
 
     /// One plane memory per plane (numpy array interfaces over the mapping).
@@ -588,7 +783,8 @@ impl Frame {
     }
 
     /// Recompute the frame's checksum over the shared memory and compare it with the one the
-    /// producer sent: True (match), False (mismatch) or None (no checksum sent).
+    /// producer sent: True (match, and the frame still intact), False, or None (no checksum
+    /// sent).
     fn verify(&self) -> PyResult<Option<bool>> {
         self.held()?;
         let Some(want) = self.checksum else {
@@ -603,14 +799,12 @@ impl Frame {
                 None => return Ok(Some(false)),
             }
         }
-        Ok(Some(
-            total == want && self.guard.as_ref().is_some_and(|g| g.is_intact()),
-        ))
+        Ok(Some(total == want && self.intact()))
     }
 
     /// Give the buffer back to the producer; the planes' arrays refuse access from now on.
     /// Releasing twice is harmless.
-    fn release(&mut self) -> PyResult<()> {
+    fn release(&self) -> PyResult<()> {
         self.do_release()
     }
 }
@@ -623,12 +817,15 @@ impl Drop for Frame {
 
 // --- publishing ------------------------------------------------------------------------
 
-/// The producer's end (see `dmabuf_pipeline.Publisher`).
-#[pyclass(module = "dmabuf_pipeline._native")]
+/// The producer's end (see `dmabuf_pipeline.Publisher`). Methods may be called from any
+/// thread; a wait for a free buffer lets other threads publish between its 20 ms slices.
+#[pyclass(module = "dmabuf_pipeline._native", frozen)]
 struct Publisher {
-    publisher: Option<CorePublisher>,
+    publisher: Mutex<Option<CorePublisher>>,
     started: Instant,
 }
+
+const ACQUIRE_SLICE: Duration = Duration::from_millis(20);
 
 #[pymethods]
 impl Publisher {
@@ -650,20 +847,23 @@ impl Publisher {
             .parse()
             .map_err(|e| PyValueError::new_err(format!("{e}")))?;
         let alloc: AllocChoice = alloc.parse().map_err(PyValueError::new_err)?;
-        if !(fps.is_finite() && fps >= 0.0) {
+        if !(fps.is_finite() && (0.0..=1e6).contains(&fps)) {
             return Err(PyValueError::new_err(format!(
-                "fps must be >= 0, not {fps}"
+                "fps must be between 0 (no nominal rate) and 1e6, not {fps}"
             )));
         }
         let format = FrameFormat::linear(pixel, width, height);
         FrameLayout::packed(format).map_err(|e| PyValueError::new_err(e.to_string()))?;
+        // The nominal rate as a fraction with a millisecond-per-second precision.
+        let fps = if fps > 0.0 {
+            ((fps * 1000.0).round().max(1.0) as u32, 1000)
+        } else {
+            (0, 1)
+        };
         let opts = PublisherOptions {
             buffers,
             alloc,
-            fps: (
-                (fps * 1000.0).round() as u32,
-                if fps > 0.0 { 1000 } else { 1 },
-            ),
+            fps,
             checksum,
             ..PublisherOptions::default()
         };
@@ -671,7 +871,7 @@ impl Publisher {
             .detach(|| CorePublisher::bind(&path, format, opts))
             .map_err(publish_err)?;
         Ok(Self {
-            publisher: Some(publisher),
+            publisher: Mutex::new(Some(publisher)),
             started: Instant::now(),
         })
     }
@@ -679,130 +879,145 @@ impl Publisher {
     /// The stream: format, size, fps, memory, allocator …
     #[getter]
     fn stream<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        stream_dict(py, &self.live()?.welcome())
+        let w = self.with(|p| Ok(p.welcome()))?;
+        stream_dict(py, &w)
     }
 
     /// Consumers connected now.
     #[getter]
     fn consumers(&self) -> PyResult<usize> {
-        Ok(self.live()?.consumers())
+        self.with(|p| Ok(p.consumers()))
     }
 
     /// Frames published so far.
     #[getter]
     fn frames(&self) -> PyResult<u64> {
-        Ok(self.live()?.frames())
+        self.with(|p| Ok(p.frames()))
     }
 
     /// Serve connections (accept consumers, take their releases) for up to `timeout` seconds.
     #[pyo3(signature = (timeout=0.0))]
-    fn serve(&mut self, py: Python<'_>, timeout: f64) -> PyResult<()> {
-        let t = seconds(Some(timeout))?.unwrap_or_default();
-        let p = self.live_mut()?;
-        let done = wait_sliced(py, Some(t), |slice| {
-            p.serve(slice).map_err(publish_err)?;
+    fn serve(&self, py: Python<'_>, timeout: f64) -> PyResult<()> {
+        let t = bounded(timeout, "timeout")?;
+        wait_sliced(py, Some(t), |slice| {
+            self.with(|p| p.serve(slice.min(ACQUIRE_SLICE)).map_err(publish_err))?;
             Ok(None::<()>)
         })?;
-        let _ = done;
         Ok(())
     }
 
     /// A free pool buffer to draw the next frame into, waiting up to `timeout` seconds (None:
     /// until one is free); None on timeout.
     #[pyo3(signature = (timeout=None))]
-    fn acquire(&mut self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<WritableFrame>> {
+    fn acquire(&self, py: Python<'_>, timeout: Option<f64>) -> PyResult<Option<WritableFrame>> {
         let timeout = seconds(timeout)?;
-        let p = self.live_mut()?;
-        let lease = wait_sliced(py, timeout, |slice| p.acquire(slice).map_err(publish_err))?;
-        let Some(lease) = lease else {
+        let got = wait_sliced(py, timeout, |slice| {
+            self.with(|p| {
+                Ok(p.acquire(slice.min(ACQUIRE_SLICE))
+                    .map_err(publish_err)?
+                    .map(|l| (l, p.pool().clone(), p.welcome())))
+            })
+        })?;
+        let Some((lease, pool, welcome)) = got else {
             return Ok(None);
         };
-        let pool = p.pool().clone();
         let ptr = lease
             .begin_raw_write()
             .map_err(|e| Error::new_err(format!("buffer {}: {e}", lease.id())))?
             as usize;
-        let welcome = p.welcome();
+        let released = Arc::new(AtomicBool::new(false));
+        let token = Py::new(
+            py,
+            FrameToken {
+                released: released.clone(),
+                session: Arc::new(AtomicBool::new(true)),
+                seq: u64::from(lease.id()),
+                what: "writable frame (buffer)",
+            },
+        )?;
         Ok(Some(WritableFrame {
-            lease: Some(lease),
+            lease: Mutex::new(Some(lease)),
             pool,
             base: ptr,
             welcome,
+            token,
+            released,
         }))
     }
 
     /// Publish a frame filled through its planes; `pts` in seconds (None: time since the
     /// publisher started). Returns the number of consumers it went to.
     #[pyo3(signature = (frame, pts=None))]
-    fn publish(
-        &mut self,
-        py: Python<'_>,
-        frame: &mut WritableFrame,
-        pts: Option<f64>,
-    ) -> PyResult<usize> {
-        let lease = frame.take()?;
+    fn publish(&self, py: Python<'_>, frame: &WritableFrame, pts: Option<f64>) -> PyResult<usize> {
         let pts_ns = match pts {
-            Some(s) if s.is_finite() => (s * 1e9).round() as i64,
+            Some(s) if s.is_finite() && s.abs() < 9.2e9 => (s * 1e9).round() as i64,
             Some(s) => {
                 return Err(PyValueError::new_err(format!(
-                    "pts must be finite, not {s}"
+                    "pts must be finite seconds within ±9.2e9, not {s}"
                 )))
             }
             None => self.started.elapsed().as_nanos() as i64,
         };
-        let p = self.live_mut()?;
+        let lease = frame.take()?;
         py.detach(|| {
-            p.publish_shared(
-                Arc::new(lease),
-                FrameMeta {
-                    pts_ns,
-                    ..FrameMeta::default()
-                },
-            )
+            self.with(|p| {
+                p.publish_shared(
+                    Arc::new(lease),
+                    FrameMeta {
+                        pts_ns,
+                        ..FrameMeta::default()
+                    },
+                )
+                .map_err(publish_err)
+            })
         })
-        .map_err(publish_err)
     }
 
-    /// End the stream (Goodbye end-of-stream to every consumer) and close the socket, giving
-    /// consumers up to `grace` seconds to release what they hold.
-    #[pyo3(signature = (grace=1.0))]
-    fn close(&mut self, py: Python<'_>, grace: f64) -> PyResult<()> {
-        let g = seconds(Some(grace))?.unwrap_or_default();
-        if let Some(p) = self.publisher.take() {
-            py.detach(|| p.finish(g));
+    /// End the stream and close the socket, giving consumers up to `grace` seconds to release
+    /// what they hold: end-of-stream, or with `error` an internal-error Goodbye carrying that
+    /// text (a publisher that failed). Ctrl-C interrupts the grace period.
+    #[pyo3(signature = (grace=1.0, error=None))]
+    fn close(&self, py: Python<'_>, grace: f64, error: Option<String>) -> PyResult<()> {
+        let g = bounded(grace, "grace")?;
+        if let Some(mut p) = lock(&self.publisher).take() {
+            interruptible(py, move || match error {
+                None => p.finish(g),
+                Some(text) => {
+                    p.end_stream(GoodbyeReason::InternalError, &text, g);
+                }
+            })?;
         }
         Ok(())
     }
 }
 
 impl Publisher {
-    fn live(&self) -> PyResult<&CorePublisher> {
-        self.publisher
-            .as_ref()
-            .ok_or_else(|| Error::new_err("the publisher is closed"))
-    }
-    fn live_mut(&mut self) -> PyResult<&mut CorePublisher> {
-        self.publisher
+    fn with<T>(&self, f: impl FnOnce(&mut CorePublisher) -> PyResult<T>) -> PyResult<T> {
+        let mut guard = lock(&self.publisher);
+        let p = guard
             .as_mut()
-            .ok_or_else(|| Error::new_err("the publisher is closed"))
+            .ok_or_else(|| Error::new_err("the publisher is closed"))?;
+        f(p)
     }
 }
 
 /// A pool buffer being drawn (see `dmabuf_pipeline.Publisher.frame`).
-#[pyclass(module = "dmabuf_pipeline._native")]
+#[pyclass(module = "dmabuf_pipeline._native", frozen)]
 struct WritableFrame {
-    lease: Option<Lease>,
+    lease: Mutex<Option<Lease>>,
     pool: Pool,
     base: usize,
     welcome: Welcome,
+    token: Py<FrameToken>,
+    released: Arc<AtomicBool>,
 }
 
 impl WritableFrame {
-    fn take(&mut self) -> PyResult<Lease> {
-        let lease = self
-            .lease
+    fn take(&self) -> PyResult<Lease> {
+        let lease = lock(&self.lease)
             .take()
             .ok_or_else(|| FrameReleased::new_err("this frame was already published or dropped"))?;
+        self.released.store(true, Ordering::Release);
         lease
             .end_raw_write()
             .map_err(|e| Error::new_err(format!("buffer {}: {e}", lease.id())))?;
@@ -815,13 +1030,19 @@ impl WritableFrame {
     /// Whether the frame was published or dropped.
     #[getter]
     fn released(&self) -> bool {
-        self.lease.is_none()
+        self.released.load(Ordering::Acquire)
+    }
+
+    /// What the plane arrays hold to know whether they may still be written.
+    #[getter]
+    fn token(&self, py: Python<'_>) -> Py<FrameToken> {
+        self.token.clone_ref(py)
     }
 
     /// The pool buffer's id.
     #[getter]
     fn buffer_id(&self) -> PyResult<u32> {
-        self.lease
+        lock(&self.lease)
             .as_ref()
             .map(|l| l.id())
             .ok_or_else(|| FrameReleased::new_err("this frame was already published or dropped"))
@@ -835,8 +1056,8 @@ impl WritableFrame {
 
     /// Writable plane memories over the pool buffer.
     fn planes(&self) -> PyResult<Vec<PlaneMemory>> {
-        let lease = self
-            .lease
+        let guard = lock(&self.lease);
+        let lease = guard
             .as_ref()
             .ok_or_else(|| FrameReleased::new_err("this frame was already published or dropped"))?;
         let b = lease.buffer();
@@ -861,8 +1082,8 @@ impl WritableFrame {
     }
 
     /// Give the buffer back unpublished.
-    fn drop_unpublished(&mut self) -> PyResult<()> {
-        if self.lease.is_some() {
+    fn drop_unpublished(&self) -> PyResult<()> {
+        if lock(&self.lease).is_some() {
             drop(self.take()?);
         }
         Ok(())
@@ -871,7 +1092,8 @@ impl WritableFrame {
 
 impl Drop for WritableFrame {
     fn drop(&mut self) {
-        if let Some(l) = self.lease.take() {
+        self.released.store(true, Ordering::Release);
+        if let Some(l) = lock(&self.lease).take() {
             let _ = l.end_raw_write();
         }
     }
@@ -903,6 +1125,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Publisher>()?;
     m.add_class::<WritableFrame>()?;
     m.add_class::<PlaneMemory>()?;
+    m.add_class::<FrameToken>()?;
     m.add_function(wrap_pyfunction!(format_info, m)?)?;
     m.add_function(wrap_pyfunction!(formats, m)?)?;
     m.add_function(wrap_pyfunction!(plane_size, m)?)?;

@@ -184,3 +184,37 @@ def test_to_rgb_is_a_converted_copy(producer, sock):
     diff = np.abs(yuv_rgb - rgb.astype(int))
     assert np.median(diff) <= 2, np.median(diff)
     assert np.percentile(diff, 95) <= 8, np.percentile(diff, 95)
+
+
+def test_a_size_change_mid_stream(producer, sock, tmp_path):
+    # Two H.264 segments of different sizes, concatenated: the producer renegotiates, the
+    # receiver drops its old mappings and maps the new buffers; frames match the ffmpeg CLI
+    # (-autoscale 0: each picture at its own size).
+    stream = b""
+    for i, size in enumerate(["320x240", "482x272"]):
+        seg = tmp_path / f"seg{i}.h264"
+        subprocess.run(
+            ["ffmpeg", "-loglevel", "error", "-f", "lavfi", "-i", f"testsrc2=size={size}:rate=30",
+             "-frames:v", "8", "-pix_fmt", "yuv420p", "-c:v", "libx264", "-bsf:v", "h264_mp4toannexb",
+             "-f", "h264", str(seg)],
+            check=True,
+        )
+        stream += seg.read_bytes()
+    clip = tmp_path / "sizes.h264"
+    clip.write_bytes(stream)
+    producer("--source", f"file:{clip}", "--frames", 16, "--no-pace")
+    ref = subprocess.run(
+        ["ffmpeg", "-loglevel", "error", "-i", str(clip), "-autoscale", "0", "-fps_mode", "passthrough",
+         "-pix_fmt", "yuv420p", "-f", "framemd5", "-"],
+        capture_output=True, check=True,
+    ).stdout.decode()
+    want = [l.split(",")[-1].strip() for l in ref.splitlines() if l and not l.startswith("#")]
+    sizes = []
+    with dp.Receiver(sock) as rx:
+        for f in rx:
+            with f:
+                sizes.append((f.width, f.height))
+                assert f.planes[0].shape == (f.height, f.width)
+                assert hashlib.md5(packed_from_views(f)).hexdigest() == want[f.seq], f"frame {f.seq}"
+        assert rx.stream["width"] == 482
+    assert sizes == [(320, 240)] * 8 + [(482, 272)] * 8

@@ -195,3 +195,18 @@ pub fn sink_stats(out: &str) -> Option<(u64, u64)> {
     };
     Some((num("frames-in-place=")?, num("frames-copied=")?))
 }
+
+/// The `dmabufpipesrc-stats` message gst-launch -m printed: (frames, copied).
+pub fn src_stats(out: &str) -> Option<(u64, u64)> {
+    let line = out.lines().find(|l| l.contains("dmabufpipesrc-stats"))?;
+    let num = |key: &str| -> Option<u64> {
+        let at = line.find(key)? + key.len();
+        let rest = &line[at..];
+        let rest = rest.split_once(')').map_or(rest, |(_, r)| r);
+        rest.split(|c: char| !c.is_ascii_digit())
+            .next()?
+            .parse()
+            .ok()
+    };
+    Some((num(" frames=")?, num("frames-copied=")?))
+}
