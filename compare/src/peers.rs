@@ -1145,7 +1145,9 @@ impl PeersReport {
             }
         );
         for c in Case::ALL {
-            s += &format!("- `{}`: {}\n", c.name(), c.describe());
+            if self.entries.iter().any(|e| e.case == c) {
+                s += &format!("- `{}`: {}\n", c.name(), c.describe());
+            }
         }
         for (what, why) in &self.skipped {
             s += &format!("- skipped {what}: {why}\n");
