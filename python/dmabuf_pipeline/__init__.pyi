@@ -26,8 +26,10 @@ class FrameReleased(ValueError):
 
 class PlaneArray(np.ndarray):
     """A plane: an ndarray view of the shared buffer, refusing access once its frame is
-    released. ``numpy.asarray(plane)``, ``numpy.array(plane)`` and ``memoryview(plane)`` bypass
-    the guard (numpy reads the memory in C): use them while the frame is held."""
+    released (or its receiver closed). Copies are plain ndarrays. ``numpy.asarray(plane)``,
+    ``numpy.ascontiguousarray``, ``memoryview(plane)``, ``.base``, ``.data``, ``.ctypes`` and
+    arrays made by DLPack consumers bypass the guard (numpy reads the memory in C): use them
+    while the frame is held."""
 
     def __dlpack__(
         self,
@@ -79,6 +81,9 @@ class Frame:
         """A copy: visible bytes, plane after plane, no row padding (FFmpeg rawvideo)."""
     def verify(self) -> Optional[bool]:
         """The producer's checksum recomputed over the shared memory (None: none sent)."""
+    def intact(self) -> bool:
+        """False once the producer dropped this receiver (it may reuse the buffer): ask after
+        using the pixels."""
     def to_rgb(self) -> np.ndarray:
         """A converted copy: (height, width, 3) uint8 RGB."""
     def release(self) -> None: ...
@@ -86,7 +91,8 @@ class Frame:
     def __exit__(self, *exc: Any) -> None: ...
 
 class Receiver:
-    """Connect to a producer's socket and receive its frames."""
+    """Connect to a producer's socket and receive its frames. Methods may be called from any
+    thread; ``close()`` wakes a ``next_frame()`` waiting in another thread."""
 
     def __init__(
         self,
@@ -153,6 +159,7 @@ class Publisher:
     def wait_for_consumers(self, n: int = ..., timeout: Optional[float] = ...) -> bool: ...
     def frame(self, timeout: Optional[float] = ...) -> WritableFrame:
         """A free buffer (TimeoutError when none frees within timeout s)."""
-    def close(self, grace: float = ...) -> None: ...
+    def close(self, grace: float = ..., error: Optional[str] = ...) -> None:
+        """End the stream: end-of-stream, or with ``error`` an internal-error Goodbye."""
     def __enter__(self) -> "Publisher": ...
     def __exit__(self, *exc: Any) -> None: ...
