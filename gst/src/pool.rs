@@ -83,27 +83,36 @@ mod imp {
 
     impl SharedPool {
         fn wrap(&self, lease: &Lease, info: &gst_video::VideoInfo) -> Result<gst::Buffer, String> {
-            let b = lease.buffer();
             let mut buffer = gst::Buffer::new();
             {
                 let bm = buffer.get_mut().expect("a new buffer is writable");
-                for mem in fdmem::wrap(b, false)? {
+                for mem in fdmem::wrap(lease.buffer(), false)? {
                     bm.append_memory(mem);
                 }
-                let (offsets, strides) = fdmem::plane_offsets(b);
-                gst_video::VideoMeta::add_full(
-                    bm,
-                    gst_video::VideoFrameFlags::empty(),
-                    info.format(),
-                    info.width(),
-                    info.height(),
-                    &offsets,
-                    &strides,
-                )
-                .map_err(|e| e.to_string())?;
+                add_layout(bm, lease, info)?;
             }
             Ok(buffer)
         }
+    }
+
+    /// The shared buffer's layout as a `GstVideoMeta`.
+    fn add_layout(
+        bm: &mut gst::BufferRef,
+        lease: &Lease,
+        info: &gst_video::VideoInfo,
+    ) -> Result<(), String> {
+        let (offsets, strides) = fdmem::plane_offsets(lease.buffer());
+        gst_video::VideoMeta::add_full(
+            bm,
+            gst_video::VideoFrameFlags::empty(),
+            info.format(),
+            info.width(),
+            info.height(),
+            &offsets,
+            &strides,
+        )
+        .map(|_| ())
+        .map_err(|e| e.to_string())
     }
 
     impl BufferPoolImpl for SharedPool {
@@ -169,17 +178,8 @@ mod imp {
                 // GstBufferPool's reset on release strips metas that are not POOLED: the
                 // layout goes back on.
                 Some(mut b) if b.meta::<gst_video::VideoMeta>().is_none() => {
-                    let (offsets, strides) = fdmem::plane_offsets(lease.buffer());
                     if let Some(bm) = b.get_mut() {
-                        let _ = gst_video::VideoMeta::add_full(
-                            bm,
-                            gst_video::VideoFrameFlags::empty(),
-                            info.format(),
-                            info.width(),
-                            info.height(),
-                            &offsets,
-                            &strides,
-                        );
+                        let _ = add_layout(bm, &lease, &info);
                     }
                     b
                 }

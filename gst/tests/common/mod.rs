@@ -180,9 +180,9 @@ pub fn ffmpeg_raw(file: &Path, pix_fmt: &str, frames: u32) -> Vec<u8> {
     o.stdout
 }
 
-/// The `dmabufpipesink-stats` message gst-launch -m printed: (in place, copied).
-pub fn sink_stats(out: &str) -> Option<(u64, u64)> {
-    let line = out.lines().find(|l| l.contains("dmabufpipesink-stats"))?;
+/// Two counters of an element message gst-launch -m printed (`name, a=(guint64)N, b=…`).
+fn message_counts(out: &str, name: &str, a: &str, b: &str) -> Option<(u64, u64)> {
+    let line = out.lines().find(|l| l.contains(name))?;
     let num = |key: &str| -> Option<u64> {
         let at = line.find(key)? + key.len();
         // `key=(guint64)60`
@@ -193,20 +193,20 @@ pub fn sink_stats(out: &str) -> Option<(u64, u64)> {
             .parse()
             .ok()
     };
-    Some((num("frames-in-place=")?, num("frames-copied=")?))
+    Some((num(a)?, num(b)?))
 }
 
-/// The `dmabufpipesrc-stats` message gst-launch -m printed: (frames, copied).
+/// The `dmabufpipesink-stats` message: (frames in place, frames copied).
+pub fn sink_stats(out: &str) -> Option<(u64, u64)> {
+    message_counts(
+        out,
+        "dmabufpipesink-stats",
+        "frames-in-place=",
+        "frames-copied=",
+    )
+}
+
+/// The `dmabufpipesrc-stats` message: (frames, frames copied).
 pub fn src_stats(out: &str) -> Option<(u64, u64)> {
-    let line = out.lines().find(|l| l.contains("dmabufpipesrc-stats"))?;
-    let num = |key: &str| -> Option<u64> {
-        let at = line.find(key)? + key.len();
-        let rest = &line[at..];
-        let rest = rest.split_once(')').map_or(rest, |(_, r)| r);
-        rest.split(|c: char| !c.is_ascii_digit())
-            .next()?
-            .parse()
-            .ok()
-    };
-    Some((num(" frames=")?, num("frames-copied=")?))
+    message_counts(out, "dmabufpipesrc-stats", " frames=", "frames-copied=")
 }
