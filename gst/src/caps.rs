@@ -41,9 +41,18 @@ pub fn from_gst(g: VideoFormat) -> Option<PixelFormat> {
 
 /// `video/x-raw` in every carried format, any size and rate (the pad templates).
 pub fn template_caps() -> gst::Caps {
+    let max = dmabuf_core::format::MAX_DIMENSION as i32;
     gst_video::VideoCapsBuilder::new()
         .format_list(FORMATS.iter().map(|(_, g)| *g))
+        .width_range(1..=max)
+        .height_range(1..=max)
         .build()
+}
+
+/// A wire fraction as GStreamer's (which is i32/i32): None when it does not fit.
+fn fraction(num: u32, den: u32) -> Option<gst::Fraction> {
+    let (n, d) = (i32::try_from(num).ok()?, i32::try_from(den).ok()?);
+    (d > 0).then(|| gst::Fraction::new(n, d))
 }
 
 /// The carried formats that `caps` allows (all of them for ANY caps).
@@ -121,18 +130,14 @@ pub fn color_info(info: &VideoInfo) -> ColorInfo {
 /// The caps a producer's stream plays as.
 pub fn caps_of(w: &Welcome) -> gst::Caps {
     let mut b = gst_video::VideoInfo::builder(to_gst(w.pixel), w.width, w.height)
-        .fps(if w.fps_num == 0 {
-            gst::Fraction::new(0, 1)
-        } else {
-            gst::Fraction::new(w.fps_num as i32, w.fps_den.max(1) as i32)
-        })
+        // (A rate or aspect that does not fit GStreamer's fractions is left unknown.)
+        .fps(fraction(w.fps_num, w.fps_den).unwrap_or(gst::Fraction::new(0, 1)))
         .colorimetry(&colorimetry(&w.color))
         .chroma_site(chroma_site(w.color.chroma_location));
-    if w.geometry.sar_num != 0 && w.geometry.sar_den != 0 {
-        b = b.par(gst::Fraction::new(
-            w.geometry.sar_num as i32,
-            w.geometry.sar_den as i32,
-        ));
+    if w.geometry.sar_num != 0 {
+        if let Some(par) = fraction(w.geometry.sar_num, w.geometry.sar_den) {
+            b = b.par(par);
+        }
     }
     match b.build().and_then(|i| i.to_caps()) {
         Ok(c) => c,

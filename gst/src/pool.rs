@@ -37,6 +37,8 @@ impl SharedPool {
             idle: HashMap::new(),
             fd_ids: HashMap::new(),
             lent: HashMap::new(),
+            out: Default::default(),
+            parked: HashMap::new(),
         });
         pool
     }
@@ -63,6 +65,12 @@ mod imp {
         pub fd_ids: HashMap<i32, u32>,
         /// Leases of the buffers lent upstream, by buffer id.
         pub lent: HashMap<u32, Lease>,
+        /// Wrappers GStreamer still holds (lent, or published and kept: a sink's last sample,
+        /// a queue), by buffer id: such a buffer is not lent again until its wrapper is back.
+        pub out: std::collections::HashSet<u32>,
+        /// Leases the publisher gave while their wrapper was still out, kept from the pool
+        /// until it comes back.
+        pub parked: HashMap<u32, Lease>,
     }
 
     #[derive(Default)]
@@ -131,6 +139,8 @@ mod imp {
                 inner.idle.clear();
                 inner.fd_ids.clear();
                 inner.lent.clear();
+                inner.out.clear();
+                inner.parked.clear();
             }
             true
         }
@@ -162,7 +172,16 @@ mod imp {
                 let mut p = lock(&publisher);
                 let p = p.as_mut().ok_or(gst::FlowError::Flushing)?;
                 match p.acquire(Duration::from_millis(if dontwait { 0 } else { 20 })) {
-                    Ok(Some(lease)) => break lease,
+                    Ok(Some(lease)) => {
+                        let mut guard = lock(&self.inner);
+                        let inner = guard.as_mut().ok_or(gst::FlowError::Flushing)?;
+                        if inner.out.contains(&lease.id()) {
+                            // Its wrapper is still held downstream: not writable yet.
+                            inner.parked.insert(lease.id(), lease);
+                            continue;
+                        }
+                        break lease;
+                    }
                     Ok(None) if dontwait => return Err(gst::FlowError::Eos),
                     Ok(None) => continue,
                     Err(e) => {
@@ -196,6 +215,7 @@ mod imp {
                 }
             };
             inner.lent.insert(id, lease);
+            inner.out.insert(id);
             Ok(buffer)
         }
 
@@ -208,8 +228,11 @@ mod imp {
                 return;
             };
             if let Some(&id) = inner.fd_ids.get(&fd) {
-                // Not published (flushed, dropped upstream): the lease goes back to the pool.
+                // Not published (flushed, dropped upstream): the lease goes back to the pool;
+                // so does one parked while this wrapper was out.
                 inner.lent.remove(&id);
+                inner.parked.remove(&id);
+                inner.out.remove(&id);
                 inner.idle.insert(id, buffer);
             }
         }

@@ -124,6 +124,13 @@ mod imp {
     }
 
     impl ObjectImpl for DmabufPipeSink {
+        fn constructed(&self) {
+            self.parent_constructed();
+            // A last sample would keep a shared buffer from going back to the pool (and the
+            // consumers' back-pressure waiting on it): off unless asked for.
+            self.obj().set_enable_last_sample(false);
+        }
+
         fn properties() -> &'static [glib::ParamSpec] {
             static PROPS: LazyLock<Vec<glib::ParamSpec>> = LazyLock::new(|| {
                 vec![
@@ -162,7 +169,7 @@ mod imp {
                         .build(),
                     glib::ParamSpecUInt::builder("wait-consumers")
                         .nick("Wait for consumers")
-                        .blurb("Hold the first frame until this many consumers are connected (0: publish at once; frames with no consumer are dropped)")
+                        .blurb("Hold the first frame until this many consumers are connected (0: publish at once; frames with no consumer are dropped). At most `buffers`: the sink serves no more consumers than it has buffers")
                         .default_value(0)
                         .mutable_ready()
                         .build(),

@@ -5,7 +5,7 @@ use crate::fdmem;
 use crate::pool::lock;
 use crate::CAT;
 use dmabuf_core::mapping::CpuMapping;
-use dmabuf_core::proto::wire::Welcome;
+use dmabuf_core::proto::wire::{GoodbyeReason, Welcome};
 use dmabuf_core::proto::ProtoError;
 use dmabuf_core::receiver::{linear_caps, FrameGuard, Receiver, ReceiverEvent};
 use dmabuf_core::MemoryKind;
@@ -19,7 +19,7 @@ use gst_video::prelude::*;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 glib::wrapper! {
     /// `dmabufpipesrc` (see the module documentation).
@@ -119,7 +119,7 @@ mod imp {
                         .build(),
                     glib::ParamSpecUInt::builder("timeout")
                         .nick("Timeout")
-                        .blurb("Seconds to wait for the producer's welcome (and, with wait-for-producer, between attempts)")
+                        .blurb("Seconds to wait for the producer's welcome once connected (with wait-for-producer, a missing producer is retried every 200 ms without limit)")
                         .minimum(1)
                         .default_value(5)
                         .mutable_ready()
@@ -207,7 +207,7 @@ mod imp {
 
     impl DmabufPipeSrc {
         /// Connect, offering what downstream can take; retry while waiting for a producer.
-        fn connect(&self) -> Result<Stream, gst::ErrorMessage> {
+        fn connect(&self, retry: bool) -> Result<Stream, gst::ErrorMessage> {
             let s = lock(&self.settings).clone();
             let peer = self
                 .obj()
@@ -250,7 +250,7 @@ mod imp {
                         e @ (ProtoError::Path { .. }
                         | ProtoError::Closed
                         | ProtoError::Timeout { .. }),
-                    ) if s.wait_for_producer => {
+                    ) if s.wait_for_producer && retry => {
                         if !said {
                             gst::info!(
                                 CAT,
@@ -289,8 +289,14 @@ mod imp {
             let fb = guard.buffer().clone();
             let pts = guard.frame().pts_ns;
             let first = *st.first_pts.get_or_insert(pts);
-            let zero_copy = self.video_meta.load(Ordering::Relaxed)
-                || (fb.fds.len() == 1 && caps::is_default_layout(&fb.layout, &st.info));
+            // Wrapping holds the producer's buffer until GStreamer frees ours; when downstream
+            // already holds all but one (a filesink buffering small frames, a queue), copy
+            // instead, so that the producer always has a buffer to go on with.
+            let starving =
+                st.rx.held_count() >= (st.welcome.buffer_count as usize).saturating_sub(1).max(1);
+            let zero_copy = !starving
+                && (self.video_meta.load(Ordering::Relaxed)
+                    || (fb.fds.len() == 1 && caps::is_default_layout(&fb.layout, &st.info)));
             let mut out = if zero_copy {
                 let mems = st.memories.get(&id).ok_or_else(|| {
                     gst::element_imp_error!(
@@ -310,8 +316,10 @@ mod imp {
                         // The frame, not the page-rounded descriptor: a reader without
                         // GstVideoMeta (filesink) takes the buffer's size as the frame's.
                         let end = fb.layout.planes.iter().map(|p| p.offset + p.size()).max();
-                        if let Some(end) = end.filter(|&e| e <= bm.size() as u64) {
-                            bm.set_size(end as usize);
+                        // (At least GStreamer's own frame size: it rounds some chroma heights up.)
+                        if let Some(end) = end {
+                            let size = (end as usize).max(st.info.size()).min(bm.size());
+                            bm.set_size(size);
                         }
                     }
                     let (offsets, strides) = fdmem::plane_offsets(&fb);
@@ -391,7 +399,9 @@ mod imp {
             };
             {
                 let bm = out.get_mut().expect("a new buffer is writable");
-                bm.set_pts(gst::ClockTime::from_nseconds((pts - first).max(0) as u64));
+                bm.set_pts(gst::ClockTime::from_nseconds(
+                    pts.saturating_sub(first).max(0) as u64,
+                ));
                 let fps = st.info.fps();
                 if fps.numer() > 0 {
                     bm.set_duration(
@@ -405,6 +415,26 @@ mod imp {
     }
 
     impl DmabufPipeSrc {
+        /// Wait (interruptibly) for a producer, take its stream, and renegotiate downstream if
+        /// it differs from the last one.
+        fn reconnect(&self) -> Result<(), gst::FlowError> {
+            let st = self.connect(true).map_err(|m| {
+                if self.unlocked.load(Ordering::SeqCst) {
+                    return gst::FlowError::Flushing;
+                }
+                self.post_error_message(m);
+                gst::FlowError::Error
+            })?;
+            let renegotiate = lock(&self.stream)
+                .as_ref()
+                .is_none_or(|old| caps::caps_of(&old.welcome) != caps::caps_of(&st.welcome));
+            *lock(&self.stream) = Some(st);
+            if renegotiate && !self.obj().negotiate() {
+                return Err(gst::FlowError::NotNegotiated);
+            }
+            Ok(())
+        }
+
         /// An element message `dmabufpipesrc-stats` (frames pushed, frames copied).
         fn post_stats(&self) {
             let s = gst::Structure::builder("dmabufpipesrc-stats")
@@ -422,8 +452,16 @@ mod imp {
             self.unlocked.store(false, Ordering::SeqCst);
             self.frames.store(0, Ordering::Relaxed);
             self.copied.store(0, Ordering::Relaxed);
-            let st = self.connect()?;
-            *lock(&self.stream) = Some(st);
+            let wait = lock(&self.settings).wait_for_producer;
+            match self.connect(false) {
+                Ok(st) => *lock(&self.stream) = Some(st),
+                // Waited for in the streaming thread, where a state change can interrupt it.
+                Err(e) if wait => {
+                    gst::info!(CAT, imp = self, "no producer yet ({e}): waiting for one");
+                    *lock(&self.stream) = None;
+                }
+                Err(e) => return Err(e),
+            }
             Ok(())
         }
 
@@ -436,6 +474,24 @@ mod imp {
 
         fn is_seekable(&self) -> bool {
             false
+        }
+
+        fn query(&self, query: &mut gst::QueryRef) -> bool {
+            if let gst::QueryViewMut::Latency(q) = query.view_mut() {
+                // Live: a frame is pushed as it arrives, at most one frame period late.
+                let min = lock(&self.stream)
+                    .as_ref()
+                    .map(|st| st.info.fps())
+                    .filter(|f| f.numer() > 0)
+                    .map(|f| {
+                        gst::ClockTime::SECOND.mul_div_floor(f.denom() as u64, f.numer() as u64)
+                    })
+                    .unwrap_or(Some(gst::ClockTime::ZERO))
+                    .unwrap_or(gst::ClockTime::ZERO);
+                q.set(true, min, gst::ClockTime::NONE);
+                return true;
+            }
+            BaseSrcImplExt::parent_query(self, query)
         }
 
         fn caps(&self, filter: Option<&gst::Caps>) -> Option<gst::Caps> {
@@ -477,23 +533,27 @@ mod imp {
             &self,
             _buffer: Option<&mut gst::BufferRef>,
         ) -> Result<CreateSuccess, gst::FlowError> {
-            let mut lost_since: Option<Instant> = None;
+            let (socket, wait) = {
+                let s = lock(&self.settings);
+                (s.socket.clone(), s.wait_for_producer)
+            };
             loop {
                 if self.unlocked.load(Ordering::SeqCst) {
                     return Err(gst::FlowError::Flushing);
                 }
                 let mut guard = lock(&self.stream);
                 let Some(st) = guard.as_mut() else {
-                    return Err(gst::FlowError::Flushing);
+                    drop(guard);
+                    if !wait {
+                        return Err(gst::FlowError::Flushing);
+                    }
+                    self.reconnect()?;
+                    continue;
                 };
                 let ev = match st.rx.next_event(Some(SLICE)) {
                     Ok(ev) => ev,
                     Err(ProtoError::Timeout { .. }) => continue,
                     Err(e) => {
-                        let (socket, wait) = {
-                            let s = lock(&self.settings);
-                            (s.socket.clone(), s.wait_for_producer)
-                        };
                         if !wait {
                             gst::element_imp_error!(
                                 self,
@@ -502,26 +562,13 @@ mod imp {
                             );
                             return Err(gst::FlowError::Error);
                         }
-                        if lost_since.is_none() {
-                            gst::warning!(
-                                CAT,
-                                imp = self,
-                                "producer at {socket} lost ({e}): waiting for it"
-                            );
-                            lost_since = Some(Instant::now());
-                        }
+                        gst::warning!(
+                            CAT,
+                            imp = self,
+                            "producer at {socket} lost ({e}): waiting for it"
+                        );
                         drop(guard);
-                        let st = self.connect().map_err(|m| {
-                            self.post_error_message(m);
-                            gst::FlowError::Error
-                        })?;
-                        let renegotiate = lock(&self.stream).as_ref().is_none_or(|old| {
-                            caps::caps_of(&old.welcome) != caps::caps_of(&st.welcome)
-                        });
-                        *lock(&self.stream) = Some(st);
-                        if renegotiate && !self.obj().negotiate() {
-                            return Err(gst::FlowError::NotNegotiated);
-                        }
+                        self.reconnect()?;
                         continue;
                     }
                 };
@@ -549,26 +596,50 @@ mod imp {
                             .map_err(|_| gst::FlowError::NotNegotiated)?;
                         st.welcome = *w;
                         drop(guard);
-                        gst::info!(
-                            CAT,
-                            imp = self,
-                            "the producer renegotiated: {}",
-                            caps::caps_of(&lock(&self.stream).as_ref().expect("connected").welcome)
-                        );
+                        gst::info!(CAT, imp = self, "the producer renegotiated");
                         if !self.obj().negotiate() {
                             return Err(gst::FlowError::NotNegotiated);
                         }
                     }
                     ReceiverEvent::End(g) => {
-                        gst::info!(
-                            CAT,
-                            imp = self,
-                            "the producer ended the stream: {}",
-                            dmabuf_core::proto::wire::printable(&g.message)
-                        );
+                        let text = dmabuf_core::proto::wire::printable(&g.message);
                         drop(guard);
-                        self.post_stats();
-                        return Err(gst::FlowError::Eos);
+                        match g.reason {
+                            GoodbyeReason::EndOfStream => {
+                                gst::info!(
+                                    CAT,
+                                    imp = self,
+                                    "the producer ended the stream: {text}"
+                                );
+                                self.post_stats();
+                                return Err(gst::FlowError::Eos);
+                            }
+                            // Shutting down (a restart?), dropped for holding too long, an
+                            // error in the producer: wait for the next one, or say so.
+                            _ if wait => {
+                                gst::warning!(
+                                    CAT,
+                                    imp = self,
+                                    "producer at {socket} left ({:?}: {text}): waiting for one",
+                                    g.reason
+                                );
+                                *lock(&self.stream) = None;
+                                self.reconnect()?;
+                            }
+                            GoodbyeReason::Leaving => {
+                                gst::info!(CAT, imp = self, "the producer left: {text}");
+                                self.post_stats();
+                                return Err(gst::FlowError::Eos);
+                            }
+                            reason => {
+                                gst::element_imp_error!(
+                                    self,
+                                    gst::ResourceError::Read,
+                                    ["producer at {socket} ended the stream ({reason:?}): {text}"]
+                                );
+                                return Err(gst::FlowError::Error);
+                            }
+                        }
                     }
                     ReceiverEvent::Frame(frame) => {
                         let b = self.buffer_for(st, frame)?;

@@ -479,3 +479,125 @@ fn gst_inspect_documents_every_property() {
         }
     }
 }
+
+/// Downstream of the sink's upstream a queue, and the sink keeping its last sample: a shared
+/// buffer GStreamer still holds is not lent again until it comes back, so frames arrive exactly
+/// and nothing stalls.
+#[test]
+fn a_queue_and_a_last_sample_neither_stall_nor_corrupt() {
+    let dir = scratch("sink-queue");
+    let caps = "video/x-raw,format=I420,width=320,height=240,framerate=60/1";
+    let n = 120;
+    let direct = dir.join("direct.raw");
+    let (ok, out) = Proc::spawn(gst_launch(&[
+        "videotestsrc",
+        "pattern=ball",
+        &format!("num-buffers={n}"),
+        "!",
+        caps,
+        "!",
+        "filesink",
+        &format!("location={}", direct.display()),
+    ]))
+    .finish(LIMIT);
+    assert!(ok, "{out}");
+    for last_sample in ["enable-last-sample=false", "enable-last-sample=true"] {
+        let sock = dir.join("q.sock");
+        let _ = std::fs::remove_file(&sock);
+        let gst = Proc::spawn(gst_launch(&[
+            "videotestsrc",
+            "pattern=ball",
+            &format!("num-buffers={n}"),
+            "!",
+            caps,
+            "!",
+            "queue",
+            "!",
+            "dmabufpipesink",
+            &format!("socket={}", sock.display()),
+            "wait-consumers=1",
+            last_sample,
+        ]));
+        assert!(wait_for_path(&sock, Duration::from_secs(20)));
+        let dump = dir.join("q.raw");
+        let s = consumer(
+            &sock,
+            &[
+                "--import",
+                "cpu-map",
+                "--verify",
+                "--producer-timeout",
+                "10",
+                "--dump-raw",
+                dump.to_str().unwrap(),
+            ],
+            LIMIT,
+        );
+        let (ok, out) = gst.finish(LIMIT);
+        assert!(ok, "{last_sample}: {out}");
+        assert_eq!(s["frames"], n, "{last_sample}: {s}");
+        assert!(
+            std::fs::read(&dump).unwrap() == std::fs::read(&direct).unwrap(),
+            "{last_sample}: frames differ from videotestsrc's"
+        );
+    }
+}
+
+/// Small frames into filesink (which buffers 64 KiB before writing): the source copies rather
+/// than let downstream hold every shared buffer, so the producer never stalls.
+#[test]
+fn a_downstream_that_holds_frames_does_not_stall_the_producer() {
+    let dir = scratch("src-hold");
+    let sock = dir.join("small.sock");
+    let _p = producer(
+        &sock,
+        &[
+            "--format",
+            "ARGB8888",
+            "--size",
+            "64x48",
+            "--frames",
+            "30",
+            "--no-pace",
+        ],
+    );
+    let out_file = dir.join("small.raw");
+    let (ok, out) = Proc::spawn(gst_launch(&[
+        "dmabufpipesrc",
+        &format!("socket={}", sock.display()),
+        "!",
+        "filesink",
+        &format!("location={}", out_file.display()),
+    ]))
+    .finish(LIMIT);
+    assert!(ok, "{out}");
+    assert_eq!(
+        std::fs::metadata(&out_file).unwrap().len(),
+        30 * 64 * 48 * 4,
+        "{out}"
+    );
+    assert_eq!(src_stats(&out).map(|s| s.0), Some(30), "{out}");
+}
+
+/// wait-for-producer with no producer at all: Ctrl-C (the pipeline going to NULL) ends it.
+#[test]
+fn waiting_for_a_producer_can_be_interrupted() {
+    let dir = scratch("src-wait-int");
+    let sock = dir.join("nobody.sock");
+    let gst = Proc::spawn(gst_launch(&[
+        "dmabufpipesrc",
+        &format!("socket={}", sock.display()),
+        "wait-for-producer=true",
+        "!",
+        "fakesink",
+    ]));
+    std::thread::sleep(Duration::from_secs(1));
+    let pid = gst.0.id() as i32;
+    let _ = std::process::Command::new("kill")
+        .args(["-INT", &pid.to_string()])
+        .status();
+    let t0 = std::time::Instant::now();
+    let (_ok, out) = gst.finish(Duration::from_secs(10));
+    assert!(!out.contains("TIMED OUT"), "{out}");
+    assert!(t0.elapsed() < Duration::from_secs(5), "{out}");
+}
