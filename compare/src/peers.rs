@@ -42,6 +42,7 @@ pub enum Case {
     GstShm,
     /// `videotestsrc ! dmabufpipesink` → `dmabufpipesrc ! fakesink`: our GStreamer elements
     /// (`gst/`), the same frames and pacing as `GstShm`.
+    #[serde(rename = "gst-dmabufpipe")]
     GstPipe,
     /// `videotestsrc ! pipewiresink mode=provide` → `pipewiresrc ! fakesink`, private daemon.
     Pipewire,
