@@ -76,8 +76,8 @@ set +e
 (cd python && PYTHONDONTWRITEBYTECODE=1 ../target/pyenv/bin/python -m pytest -q -rs -p no:cacheprovider tests) 2>&1 | tee "$pylog"
 pyrc=${PIPESTATUS[0]}
 set -e
-pypassed=$(grep -oE '[0-9]+ passed' "$pylog" | tail -1 | awk '{print $1+0}')
-pyfailed=$(grep -oE '[0-9]+ (failed|error)' "$pylog" | awk '{s+=$1} END {print s+0}')
+pypassed=$( (grep -oE '[0-9]+ passed' "$pylog" || true) | tail -1 | awk '{print $1+0}')
+pyfailed=$( (grep -oE '[0-9]+ (failed|error)' "$pylog" || true) | awk '{s+=$1} END {print s+0}')
 passed=$((passed + ${pypassed:-0}))
 failed=$((failed + pyfailed))
 rm -f "$pylog"
