@@ -29,9 +29,10 @@ BASE_PKGS=(
 )
 # Packages that must come from bookworm-backports (Mesa 25: lavapipe with dma-buf import;
 # linux-libc-dev >= 6.5: the V4L2 UAPI headers v4l2r generates its bindings from).
-# PipeWire 1.4 (and its GStreamer elements, WirePlumber): the peer `compare --peers` measures.
+# PipeWire 1.4 (and its GStreamer elements, WirePlumber): the peer `compare --peers` measures,
+# and what the producer's `--pipewire` node (dmabuf-pipewire, libpipewire-0.3-dev) is built on.
 BPO_PKGS=(mesa-vulkan-drivers libvulkan1 libvulkan-dev vulkan-tools libgbm-dev libdrm-dev linux-libc-dev
-  pipewire pipewire-bin wireplumber gstreamer1.0-pipewire)
+  pipewire pipewire-bin wireplumber gstreamer1.0-pipewire libpipewire-0.3-dev)
 
 need_install=0
 for p in "${BASE_PKGS[@]}" "${BPO_PKGS[@]}"; do

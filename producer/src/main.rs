@@ -55,6 +55,10 @@ struct Args {
     /// `v4l2:/dev/videoN`: capture from a V4L2 webcam (NV12, YUYV or I420; --size, --format
     /// and --fps choose the capture format, otherwise the device's current one), paced by the
     /// device; see --v4l2-io and --list-devices.
+    /// `pipewire:TARGET`: take a PipeWire video stream (a camera, a screen cast, another
+    /// application's node; TARGET is its node.name, object.serial or id) and pass its frames on
+    /// in PipeWire's own buffers (sealed memfds, no copy), each given back to PipeWire once every
+    /// consumer released it; paced by the node. Needs a running PipeWire daemon.
     #[arg(long, default_value = "pattern")]
     source: String,
 
@@ -142,6 +146,15 @@ struct Args {
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=64))]
     buffers: u32,
 
+    /// Also publish the stream as a PipeWire `Video/Source` node named NAME (default
+    /// `dmabuf-pipe`), for desktop clients (OBS's PipeWire source, `gst-launch-1.0 pipewiresrc
+    /// target-object=NAME`). Its buffers are the pool's (memfd or dma-buf fds): no copy. The
+    /// stream runs while a socket consumer or a PipeWire client takes it; the pool has at least
+    /// 8 buffers (what PipeWire clients commonly ask for), PipeWire may hold half of them. Needs
+    /// a running PipeWire daemon (found through XDG_RUNTIME_DIR or PIPEWIRE_REMOTE).
+    #[arg(long, value_name = "NAME", num_args = 0..=1, default_missing_value = "dmabuf-pipe")]
+    pipewire: Option<String>,
+
     /// Do not compute the per-frame checksum (consumers then cannot --verify; for benchmarks).
     #[arg(long)]
     no_checksum: bool,
@@ -192,6 +205,9 @@ struct Args {
     #[arg(long, hide = true, default_value_t = 0)]
     test_fault_pages: u64,
 }
+
+/// Buffers GStreamer's `pipewiresrc` asks for by default (`min-buffers`).
+const PIPEWIRE_MIN_BUFFERS: usize = 8;
 
 fn parse_size(s: &str) -> Result<(u32, u32), String> {
     let (w, h) = s
@@ -340,6 +356,19 @@ fn source(args: &Args) -> Result<Box<dyn FrameSource>> {
         dec.decoder_buffers = args.decoder_buffers.map(|n| n as usize);
         return Ok(Box::new(FileSource::new(dec, args.looping)));
     }
+    if let Some(target) = args.source.strip_prefix("pipewire:") {
+        if args.transport != TransportKind::ZeroCopy {
+            bail!("--transport memcpy and socket-copy compare the pattern or a file, not a pipewire: source");
+        }
+        if args.size.is_some() || args.fps.is_some() || args.format.is_some() {
+            bail!("--size, --fps and --format do not apply to a pipewire: source (it plays what the node sends)");
+        }
+        if target.is_empty() {
+            bail!("--source pipewire: needs a node: its name, serial or id (--list-devices lists them)");
+        }
+        let src = source::pipewire::PipeWireSource::connect(target, Duration::from_secs(10))?;
+        return Ok(Box::new(src));
+    }
     if let Some(path) = args.source.strip_prefix("v4l2:") {
         if args.transport != TransportKind::ZeroCopy {
             bail!("--transport memcpy and socket-copy compare the pattern or a file, not a v4l2: source");
@@ -385,8 +414,8 @@ fn run(args: Args) -> Result<()> {
         bail!("--v4l2-io applies to a v4l2: source");
     }
     let source = source(&args)?;
-    // A capture device (a source with its own buffers) paces itself.
-    let pace = !args.no_pace && source.own_pool().is_none();
+    // A capture device or a PipeWire stream paces itself.
+    let pace = !args.no_pace && !source.live();
     if args.stall_timeout.is_nan() || args.stall_timeout <= 0.0 {
         bail!("--stall-timeout must be positive");
     }
@@ -402,9 +431,16 @@ fn run(args: Args) -> Result<()> {
         mode: args.mode,
         allow_uids: args.allow_uid.clone(),
     };
+    let mut buffers = args.buffers as usize;
+    if args.pipewire.is_some() && buffers < PIPEWIRE_MIN_BUFFERS {
+        tracing::info!(
+            "--pipewire: {PIPEWIRE_MIN_BUFFERS} buffers rather than {buffers} (PipeWire clients ask for 8)"
+        );
+        buffers = PIPEWIRE_MIN_BUFFERS;
+    }
     let opts = server::ServeOptions {
         alloc: args.alloc,
-        buffers: args.buffers as usize,
+        buffers,
         pace,
         frames: args.frames,
         checksum: !args.no_checksum,
@@ -412,6 +448,7 @@ fn run(args: Args) -> Result<()> {
         stall_timeout: Duration::from_secs_f64(args.stall_timeout),
         duration: args.duration.map(Duration::from_secs_f64),
         report_every: Duration::from_secs_f64(args.report_every),
+        pipewire: args.pipewire.clone(),
     };
     let mut transport = Transport::new(
         args.transport,

@@ -41,6 +41,8 @@ pub struct ServeOptions {
     pub duration: Option<Duration>,
     /// How often the progress line (rate, consumers, RSS, fds) is logged.
     pub report_every: Duration,
+    /// Also publish the stream as a PipeWire `Video/Source` node of this name.
+    pub pipewire: Option<String>,
 }
 
 /// When to publish each frame: at its presentation time (the source's timestamp, for a file the
@@ -186,11 +188,41 @@ struct Ctx<'a> {
     transport: &'a mut Transport,
     stop: Arc<AtomicBool>,
     opts: ServeOptions,
+    /// The PipeWire node (`--pipewire`), a consumer of its own kind: it holds a lease per
+    /// frame its client still reads.
+    pipewire: Option<PipeWire>,
+}
+
+/// The PipeWire node and what was last said of it.
+struct PipeWire {
+    node: dmabuf_pipewire::Output,
+    /// The node's error, once reported.
+    reported: bool,
 }
 
 impl Ctx<'_> {
     fn stopped(&self) -> bool {
         self.stop.load(Ordering::Relaxed)
+    }
+
+    /// A PipeWire client streams from the node. A node that failed (the daemon went away)
+    /// says so once; the socket's consumers carry on.
+    fn pipewire_streaming(&mut self) -> bool {
+        let Some(pw) = &mut self.pipewire else {
+            return false;
+        };
+        if !pw.reported {
+            if let Some(e) = pw.node.stats().error {
+                tracing::warn!("PipeWire node stopped: {e}; the socket's consumers carry on");
+                pw.reported = true;
+            }
+        }
+        pw.node.streaming()
+    }
+
+    /// Someone takes the frames: a consumer on the socket or a PipeWire client.
+    fn audience(&mut self) -> bool {
+        self.publisher.consumers() > 0 || self.pipewire_streaming()
     }
 
     /// Serve up to `timeout` (returning early when `fd` is readable: the flag), then set up the
@@ -214,8 +246,8 @@ impl Ctx<'_> {
     }
 
     /// The stream cannot go on: every consumer left, or a signal.
-    fn over(&self) -> bool {
-        self.publisher.consumers() == 0 || self.stopped()
+    fn over(&mut self) -> bool {
+        !self.audience() || self.stopped()
     }
 
     /// A free buffer, serving connections while waiting for releases; `None` if every
@@ -229,7 +261,9 @@ impl Ctx<'_> {
             if self.over() {
                 return Ok(None);
             }
-            self.serve(None, Duration::from_millis(100))?;
+            // PipeWire gives buffers back on its own thread, unannounced: look again soon.
+            let step = if self.pipewire.is_some() { 2 } else { 100 };
+            self.serve(None, Duration::from_millis(step))?;
         }
     }
 }
@@ -266,12 +300,14 @@ impl Host for Ctx<'_> {
 
     fn wait_readable(&mut self, fd: BorrowedFd<'_>, timeout: Duration) -> Result<Option<bool>> {
         let ready = self.serve(Some(fd), timeout)?;
-        Ok((!self.over()).then_some(ready))
+        let over = self.over();
+        Ok((!over).then_some(ready))
     }
 
     fn wait(&mut self, timeout: Duration) -> Result<Option<()>> {
         self.serve(None, timeout)?;
-        Ok((!self.over()).then_some(()))
+        let over = self.over();
+        Ok((!over).then_some(()))
     }
 
     fn metered(&mut self, work: &mut dyn FnMut() -> Result<()>) -> Result<()> {
@@ -361,10 +397,41 @@ pub fn serve(
             transport,
             stop,
             opts,
+            pipewire: None,
         },
     };
+    if let Some(name) = server.ctx.opts.pipewire.clone() {
+        let node = dmabuf_pipewire::Output::start(
+            server.ctx.publisher.pool(),
+            dmabuf_pipewire::OutputOptions {
+                description: format!("dmabuf pipe: {}", server.source.describe()),
+                name: name.clone(),
+                fps: server.source.fps(),
+                color: server.source.color(),
+                max_held: None,
+            },
+        )
+        .context("--pipewire")?;
+        eprintln!("producer: PipeWire node {name:?} (Video/Source)");
+        server.ctx.pipewire = Some(PipeWire {
+            node,
+            reported: false,
+        });
+    }
     eprintln!("producer: listening on {}", socket.display());
-    server.run()
+    let result = server.run();
+    if let Some(pw) = &server.ctx.pipewire {
+        let s = pw.node.stats();
+        tracing::info!(
+            "PipeWire node: {} frames sent, {} skipped{}",
+            s.sent,
+            s.skipped,
+            s.format
+                .map(|f| format!(", format {f}"))
+                .unwrap_or_default()
+        );
+    }
+    result
 }
 
 impl Server<'_> {
@@ -373,7 +440,7 @@ impl Server<'_> {
     /// one leaves; consumers that join a running stream get its next frame.
     fn run(&mut self) -> Result<()> {
         loop {
-            while self.ctx.publisher.consumers() == 0 {
+            while !self.ctx.audience() {
                 if self.ctx.stopped() {
                     return Ok(());
                 }
@@ -442,7 +509,19 @@ impl Server<'_> {
             .source
             .make_pool(memfd.as_ref(), self.ctx.opts.buffers)?;
         self.ctx.publisher.replace_pool(pool)?;
+        self.pool_changed();
         Ok(())
+    }
+
+    /// Offer the publisher's (new) pool on the PipeWire node too.
+    fn pool_changed(&self) {
+        if let Some(pw) = &self.ctx.pipewire {
+            pw.node.set_pool(
+                self.ctx.publisher.pool(),
+                self.source.fps(),
+                self.source.color(),
+            );
+        }
     }
 
     fn stream(&mut self) -> Result<StreamEnd> {
@@ -539,6 +618,10 @@ impl Server<'_> {
                     filled.publish_ns + dmabuf_core::time::monotonic_ns().saturating_sub(before),
                 );
             }
+            if let Some(pw) = &self.ctx.pipewire {
+                pw.node
+                    .push(&filled.lease, filled.pts_ns, seq, filled.corrupted);
+            }
             self.ctx.publisher.publish_shared(filled.lease, meta)?;
             self.ctx.transport.after_send()?;
             self.ctx.serve(None, Duration::ZERO)?;
@@ -546,12 +629,23 @@ impl Server<'_> {
             let since = last_report.elapsed();
             if since >= self.ctx.opts.report_every {
                 let p = &self.ctx.publisher;
+                let pw = self.ctx.pipewire.as_ref().map(|pw| {
+                    let s = pw.node.stats();
+                    format!(
+                        ", PipeWire {} ({} sent, {} skipped, {} held)",
+                        if s.streaming { "streaming" } else { "idle" },
+                        s.sent,
+                        s.skipped,
+                        s.held
+                    )
+                });
                 tracing::info!(
-                    "{} frames sent, {:.1} fps, {} consumer(s) [{}], pool {}/{} free, RSS {} KiB, {} fds",
+                    "{} frames sent, {:.1} fps, {} consumer(s) [{}]{}, pool {}/{} free, RSS {} KiB, {} fds",
                     seq + 1,
                     report_frames as f64 / since.as_secs_f64(),
                     p.consumers(),
                     p.summary(),
+                    pw.unwrap_or_default(),
                     p.pool().free_count(),
                     p.pool().len(),
                     procstat::rss_kib(),
@@ -596,12 +690,13 @@ impl Server<'_> {
             .publisher
             .set_stream_info(self.source.color(), self.source.geometry());
         let left = self.ctx.publisher.replace_pool(pool)?;
+        self.pool_changed();
         tracing::info!(
             "renegotiated {old} -> {new}: {} new buffers of {} to {left} consumer(s)",
             self.ctx.publisher.pool().len(),
             self.ctx.publisher.pool().allocator(),
         );
-        if left == 0 {
+        if left == 0 && !self.ctx.pipewire_streaming() {
             return Ok(Some(StreamEnd::Idle));
         }
         Ok(None)

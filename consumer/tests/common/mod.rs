@@ -25,6 +25,7 @@ pub fn producer_bin() -> PathBuf {
         "producer/src/source",
         "producer/src/source/v4l2",
         "dmabuf-core/src",
+        "pipewire/src",
     ] {
         for e in std::fs::read_dir(root.join(dir)).unwrap().flatten() {
             let changed = e.metadata().and_then(|m| m.modified()).unwrap();

@@ -7,6 +7,7 @@
 pub mod decode;
 mod direct;
 pub mod pattern;
+pub mod pipewire;
 pub mod v4l2;
 
 use anyhow::{Context as _, Result};
@@ -115,6 +116,11 @@ pub trait FrameSource {
     /// producer then never swaps it.
     fn own_pool(&self) -> Option<Pool> {
         None
+    }
+    /// Frames come at their own pace (a capture device, a PipeWire stream): the producer does
+    /// not pace them.
+    fn live(&self) -> bool {
+        self.own_pool().is_some()
     }
     /// Start from the beginning for a new stream.
     fn restart(&mut self) -> Result<()> {

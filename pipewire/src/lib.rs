@@ -1,0 +1,30 @@
+//! A bridge between the pipe and [PipeWire](https://docs.pipewire.org/): a producer's
+//! [`Pool`](dmabuf_core::pool::Pool) published as a PipeWire `Video/Source` node
+//! ([`Output`]) whose buffers are the pool's own (`SPA_DATA_MemFd` or `SPA_DATA_DmaBuf` data
+//! blocks on the pool's fds), so desktop clients (OBS's PipeWire source, browsers, GStreamer's
+//! `pipewiresrc`) read the frames without a copy.
+//!
+//! Built with pipewire-rs against libpipewire 0.3 (PipeWire 1.4 in bookworm-backports).
+#![warn(missing_docs)]
+
+mod format;
+mod input;
+mod output;
+mod raw;
+
+pub use format::{from_spa, to_spa};
+pub use input::{
+    plane_layout, Chunk, DataBlock, Input, InputBuffer, InputEvent, InputFormat, InputOptions,
+};
+pub use output::{Output, OutputOptions, OutputStats};
+
+/// Why the bridge could not do what was asked.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// No PipeWire daemon answered.
+    #[error("{0}")]
+    NoDaemon(String),
+    /// The node could not be made or connected.
+    #[error("PipeWire node: {0}")]
+    Node(String),
+}
