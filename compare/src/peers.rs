@@ -237,6 +237,9 @@ fn wait_for_path(p: &Path, limit: Duration) -> bool {
     false
 }
 
+/// The daemon, then (once its socket is there) WirePlumber, in one shell.
+const WITH_SESSION_MANAGER: &str = "pipewire & while [ ! -S \"$XDG_RUNTIME_DIR/pipewire-0\" ]; do sleep 0.05; done; wireplumber & wait";
+
 /// A private PipeWire: `pipewire` and `wireplumber` under a private runtime directory, in
 /// their own D-Bus session (as a desktop session runs them).
 struct PipewireDaemon {
@@ -257,7 +260,8 @@ impl PipewireDaemon {
         )?;
         let log = std::fs::File::create(dir.join("pipewire.log"))?;
         let mut cmd = Command::new("dbus-run-session");
-        cmd.args(["--", "sh", "-c", "pipewire & wireplumber & wait"])
+        // WirePlumber gives up at once when the daemon's socket is not there yet.
+        cmd.args(["--", "sh", "-c", WITH_SESSION_MANAGER])
             .env("XDG_RUNTIME_DIR", &runtime)
             .env("PIPEWIRE_RUNTIME_DIR", &runtime)
             .env("HOME", &home)

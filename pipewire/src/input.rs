@@ -427,22 +427,30 @@ fn stream_thread(
                         continue;
                     }
                     // In process memory: copy into the caller's pool, then straight back.
-                    let copied = match (&s.copy_pool, &s.format) {
-                        (Some(pool), Some(f)) => pool.try_acquire().and_then(|lease| {
-                            let copied = raw::with_memory(b, |blocks| {
+                    let attempt = match (&s.copy_pool, &s.format) {
+                        (Some(pool), Some(f)) => pool.try_acquire().map(|lease| {
+                            raw::with_memory(b, |blocks| {
                                 let bases = vec![0; blocks.len()];
                                 plane_layout(f.format, &bases, &chunks)
                                     .and_then(|from| copy_frame(blocks, &from, &lease))
-                            });
-                            match copied {
-                                Ok(()) => Some(lease),
-                                Err(e) => {
-                                    tracing::warn!("PipeWire frame not copied: {e}");
-                                    None
-                                }
-                            }
+                            })
+                            .map(|()| lease)
                         }),
                         _ => None,
+                    };
+                    let copied = match attempt {
+                        Some(Ok(lease)) => Some(lease),
+                        Some(Err(e)) => {
+                            // Every frame would fail alike: end the stream, saying why.
+                            if !s.ended {
+                                s.ended = true;
+                                events.send(InputEvent::Ended(format!(
+                                    "its frames cannot be read: {e}"
+                                )));
+                            }
+                            None
+                        }
+                        None => None,
                     };
                     raw::queue(stream, b);
                     match copied {
@@ -546,26 +554,38 @@ pub fn plane_layout(
                 c.stride, default.planes[0].stride
             ));
         }
-        if u64::from(c.size) < default.size {
-            return Err(format!(
-                "{format} needs {} bytes, the chunk has {}",
-                default.size, c.size
-            ));
-        }
+        // GStreamer's default layout (GstVideoInfo), which PipeWire's clients use: strides
+        // 4-byte aligned, planes back to back, and below a first plane of an odd number of
+        // rows, one more row when chroma is subsampled vertically.
+        let vsub = default
+            .planes
+            .get(1)
+            .is_some_and(|p| p.rows < default.planes[0].rows);
+        let shift = if vsub && format.height % 2 == 1 {
+            u64::from(default.planes[0].stride)
+        } else {
+            0
+        };
         let base = bases[0] + u64::from(c.offset);
-        return Ok(default
+        let planes: Vec<(usize, PlaneLayout)> = default
             .planes
             .iter()
-            .map(|p| {
-                (
-                    0,
-                    PlaneLayout {
-                        offset: base + p.offset,
-                        ..*p
-                    },
-                )
+            .enumerate()
+            .map(|(i, p)| {
+                let offset = base + p.offset + if i > 0 { shift } else { 0 };
+                (0, PlaneLayout { offset, ..*p })
             })
-            .collect());
+            .collect();
+        // The chunk holds exactly that frame, or the layout is not the one understood here.
+        let end = planes.last().map_or(0, |(_, p)| p.offset + p.size()) - base;
+        if u64::from(c.size) != end {
+            return Err(format!(
+                "{format} in one block of {} bytes, where GStreamer's default layout takes {end}: \
+                 layout not understood",
+                c.size
+            ));
+        }
+        return Ok(planes);
     }
     Err(format!(
         "{format} ({n} planes) in {} data blocks: not understood",

@@ -67,6 +67,8 @@ struct Shared {
     stats: OutputStats,
     /// When the node last started streaming.
     since: Option<Instant>,
+    /// The node's thread has stopped (nothing sent to it is read any more).
+    stopped: bool,
 }
 
 /// How long the node must have been streaming before it counts as streaming: while a client
@@ -96,7 +98,9 @@ fn lock(m: &Mutex<Shared>) -> MutexGuard<'_, Shared> {
 /// A PipeWire `Video/Source` node whose buffers are a [`Pool`]'s. Dropping it removes the node
 /// and gives back every buffer it held.
 pub struct Output {
-    tx: pw::channel::Sender<Cmd>,
+    /// To the node's thread; dropped once the thread has stopped, which frees what was still
+    /// queued (leases included).
+    tx: Mutex<Option<pw::channel::Sender<Cmd>>>,
     stats: Arc<Mutex<Shared>>,
     thread: Option<JoinHandle<()>>,
 }
@@ -124,11 +128,12 @@ impl Output {
             .name("pipewire-out".into())
             .spawn(move || {
                 let result = node_thread(pool, opts, rx, shared.clone(), &ready_tx);
+                let mut s = lock(&shared);
+                s.stopped = true;
+                s.since = None;
                 if let Err(e) = result {
                     tracing::warn!("PipeWire node: {e}");
-                    let mut s = lock(&shared);
                     s.stats.error = Some(e.to_string());
-                    s.since = None;
                     drop(s);
                     let _ = ready_tx.send(Err(e));
                 }
@@ -136,7 +141,7 @@ impl Output {
             .map_err(|e| Error::Node(format!("cannot start its thread: {e}")))?;
         match ready_rx.recv_timeout(Duration::from_secs(10)) {
             Ok(Ok(())) => Ok(Self {
-                tx,
+                tx: Mutex::new(Some(tx)),
                 stats,
                 thread: Some(thread),
             }),
@@ -161,7 +166,7 @@ impl Output {
             seq,
             corrupted,
         };
-        if self.tx.send(cmd).is_err() {
+        if self.send(cmd).is_err() {
             lock(&self.stats).stats.skipped += 1;
         }
     }
@@ -169,11 +174,24 @@ impl Output {
     /// The producer renegotiated (size or format changed): offer `pool`'s format instead,
     /// which makes PipeWire renegotiate with its clients and take the new buffers.
     pub fn set_pool(&self, pool: &Pool, fps: (u32, u32), color: ColorInfo) {
-        let _ = self.tx.send(Cmd::Pool {
+        let _ = self.send(Cmd::Pool {
             pool: pool.clone(),
             fps,
             color,
         });
+    }
+
+    /// Send to the node's thread while it runs. (A pipewire-rs channel keeps what is sent
+    /// after its receiver is gone: once the thread has stopped, drop our end instead.)
+    fn send(&self, cmd: Cmd) -> Result<(), Cmd> {
+        let mut tx = self.tx.lock().unwrap_or_else(|p| p.into_inner());
+        if lock(&self.stats).stopped {
+            *tx = None;
+        }
+        match tx.as_ref() {
+            Some(t) => t.send(cmd),
+            None => Err(cmd),
+        }
     }
 
     /// A client is linked and the node has been streaming for a moment (100 ms: PipeWire
@@ -196,7 +214,7 @@ impl Output {
 
 impl Drop for Output {
     fn drop(&mut self) {
-        let _ = self.tx.send(Cmd::Quit);
+        let _ = self.send(Cmd::Quit);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -406,9 +424,23 @@ fn node_thread(
     let _listener = stream
         .add_local_listener_with_user_data(node.clone())
         .state_changed({
-            let stats = stats.clone();
-            move |stream, _node, old, new| {
+            let (stats, ml) = (stats.clone(), mainloop.downgrade());
+            move |stream, node, old, new| {
                 tracing::debug!("PipeWire node: {old:?} -> {new:?}");
+                if matches!(new, StreamState::Error(_) | StreamState::Unconnected) {
+                    // Nobody will give the buffers back now: they are the pool's again.
+                    if let Ok(mut n) = node.try_borrow_mut() {
+                        n.held.clear();
+                        n.free.clear();
+                        n.publish_stats();
+                    }
+                }
+                if let StreamState::Error(e) = &new {
+                    tracing::warn!("PipeWire node: {e}");
+                    if let Some(ml) = ml.upgrade() {
+                        ml.quit();
+                    }
+                }
                 let mut s = lock(&stats);
                 s.since = match (s.since, &new) {
                     (Some(t), StreamState::Streaming) => Some(t),
@@ -419,7 +451,9 @@ fn node_thread(
                     s.stats.node_id = Some(stream.node_id());
                 }
                 if let StreamState::Error(e) = new {
-                    s.stats.error = Some(format!("PipeWire stream error: {e}"));
+                    s.stats
+                        .error
+                        .get_or_insert(format!("PipeWire stream error: {e}"));
                 }
             }
         })

@@ -222,7 +222,9 @@ impl Ctx<'_> {
 
     /// Someone takes the frames: a consumer on the socket or a PipeWire client.
     fn audience(&mut self) -> bool {
-        self.publisher.consumers() > 0 || self.pipewire_streaming()
+        // (Asked first, so that a node that stopped is reported even while consumers stay.)
+        let pipewire = self.pipewire_streaming();
+        pipewire || self.publisher.consumers() > 0
     }
 
     /// Serve up to `timeout` (returning early when `fd` is readable: the flag), then set up the
