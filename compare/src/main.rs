@@ -94,8 +94,9 @@ struct Args {
 
     /// Also run the peers side by side, same sizes and pacing: GStreamer `shmsink → shmsrc`,
     /// its source alone, our GStreamer elements `dmabufpipesink → dmabufpipesrc` (the plugin
-    /// built beside this binary), and PipeWire `pipewiresink → pipewiresrc` through a private
-    /// daemon (paced only), next to our zero-copy path; every process measured from outside (CPU
+    /// built beside this binary), PipeWire `pipewiresink → pipewiresrc` through a private
+    /// daemon and our producer's PipeWire node (`--pipewire`) → `pipewiresrc` through the same
+    /// daemon (both paced only), next to our zero-copy path; every process measured from outside (CPU
     /// from the kernel when it is reaped, N frames against N/10), wake-ups and syscalls per
     /// frame. Peers missing here are skipped with the reason.
     #[arg(long)]

@@ -46,16 +46,20 @@ pub enum Case {
     GstPipe,
     /// `videotestsrc ! pipewiresink mode=provide` → `pipewiresrc ! fakesink`, private daemon.
     Pipewire,
+    /// Our producer's PipeWire node (`--pipewire`, the pool's memfds as PipeWire's buffers) →
+    /// `pipewiresrc ! fakesink`, the same daemon.
+    OursPipewire,
 }
 
 impl Case {
-    pub const ALL: [Case; 6] = [
+    pub const ALL: [Case; 7] = [
         Case::Ours,
         Case::OursBefore,
         Case::GstSource,
         Case::GstShm,
         Case::GstPipe,
         Case::Pipewire,
+        Case::OursPipewire,
     ];
 
     pub fn name(self) -> &'static str {
@@ -66,6 +70,7 @@ impl Case {
             Case::GstShm => "gst-shm",
             Case::GstPipe => "gst-dmabufpipe",
             Case::Pipewire => "pipewire",
+            Case::OursPipewire => "ours-pipewire",
         }
     }
 
@@ -80,6 +85,10 @@ impl Case {
                  proposed upstream: videotestsrc draws into it)"
             }
             Case::Pipewire => "PipeWire `pipewiresink → pipewiresrc ! fakesink` (+ daemon)",
+            Case::OursPipewire => {
+                "our producer's PipeWire node (`--pipewire`, its memfd pool as PipeWire's \
+                 buffers) → `pipewiresrc ! fakesink` (+ daemon)"
+            }
         }
     }
 }
@@ -392,6 +401,8 @@ struct Plan {
     /// with an error once their consumer, having its N buffers, leaves.
     producer_ok: Vec<i32>,
     jsons: Option<(PathBuf, PathBuf)>,
+    /// The producer runs until told (SIGTERM) once the consumer has its frames.
+    stop_producer: bool,
 }
 
 fn gst_caps(w: u32, h: u32, fps: u32) -> String {
@@ -479,6 +490,7 @@ impl Runner<'_> {
                     ready: Some(Ready::Path(sock)),
                     producer_ok: vec![0],
                     jsons: stats.then_some((pj, cj)),
+                    stop_producer: false,
                 }
             }
             Case::GstSource => Plan {
@@ -487,6 +499,7 @@ impl Runner<'_> {
                 ready: None,
                 producer_ok: vec![0],
                 jsons: None,
+                stop_producer: false,
             },
             Case::GstShm => {
                 let sock = dir.join(format!("{tag}.shm"));
@@ -516,6 +529,7 @@ impl Runner<'_> {
                     ready: Some(Ready::Path(sock)),
                     producer_ok: vec![0, 1],
                     jsons: None,
+                    stop_producer: false,
                 }
             }
             Case::GstPipe => {
@@ -555,6 +569,7 @@ impl Runner<'_> {
                     ready: Some(Ready::Path(sock)),
                     producer_ok: vec![0],
                     jsons: None,
+                    stop_producer: false,
                 }
             }
             Case::Pipewire => {
@@ -584,6 +599,51 @@ impl Runner<'_> {
                     ready: Some(Ready::Node(node)),
                     producer_ok: vec![0, 1],
                     jsons: None,
+                    stop_producer: false,
+                }
+            }
+            Case::OursPipewire => {
+                // Our node streams while a client is linked: the producer makes frames for as
+                // long as pipewiresrc takes them (its N), then idles until stopped. PipeWire
+                // may lose the first frame of a link: twice N is only a ceiling.
+                let node = format!("compare-ours-{}-{tag}", std::process::id());
+                let sock = dir.join(format!("{tag}.sock"));
+                let producer: Vec<String> = vec![
+                    self.opts.producer.display().to_string(),
+                    "--socket".into(),
+                    sock.display().to_string(),
+                    "--source".into(),
+                    "pattern".into(),
+                    "--alloc".into(),
+                    "memfd".into(),
+                    "--size".into(),
+                    format!("{w}x{h}"),
+                    "--format".into(),
+                    "NV12".into(),
+                    "--fps".into(),
+                    self.opts.fps.to_string(),
+                    "--frames".into(),
+                    (2 * frames + 10).to_string(),
+                    "--no-checksum".into(),
+                    "--pipewire".into(),
+                    node.clone(),
+                ];
+                let target = format!("target-object={node}");
+                Plan {
+                    producer,
+                    consumer: Some(gst(&[
+                        "pipewiresrc",
+                        &target,
+                        &nb,
+                        "stream-properties=props,media.type=Video,media.category=Capture,media.role=Camera",
+                        "!",
+                        "fakesink",
+                        "sync=false",
+                    ])),
+                    ready: Some(Ready::Node(node)),
+                    producer_ok: vec![0],
+                    jsons: None,
+                    stop_producer: true,
                 }
             }
         }
@@ -688,6 +748,17 @@ impl Runner<'_> {
             let (usage, ok) = reap(&mut consumer, limit, &[0])?;
             run.consumer = usage;
             consumer_ok = ok;
+        }
+        if plan.stop_producer {
+            // The producer itself, not strace around it.
+            let pid = descendants(producer.id())
+                .into_iter()
+                .find(|(_, comm)| comm == "producer")
+                .map_or(producer.id(), |(pid, _)| pid);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            );
         }
         let (usage, producer_ok) = reap(&mut producer, Duration::from_secs(15), &plan.producer_ok)?;
         run.producer = usage;
@@ -842,7 +913,7 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
                     versions.extend(version(&["pipewire", "--version"], 2));
                     versions.extend(version(&["wireplumber", "--version"], 2));
                     runner.pw = Some(d);
-                    cases.push(Case::Pipewire);
+                    cases.extend([Case::Pipewire, Case::OursPipewire]);
                 }
                 Err(e) => skipped.push(("pipewire".into(), format!("{e:#}"))),
             }
@@ -868,7 +939,7 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
             let here: Vec<Case> = cases
                 .iter()
                 .copied()
-                .filter(|&c| paced || c != Case::Pipewire)
+                .filter(|&c| paced || !matches!(c, Case::Pipewire | Case::OursPipewire))
                 .collect();
             let mut per_case: Vec<(Pairs, Option<String>)> =
                 here.iter().map(|_| (Vec::new(), None)).collect();
@@ -1085,7 +1156,11 @@ impl PeersReport {
             for peer in self.entries.iter().filter(|e| {
                 matches!(
                     e.case,
-                    Case::GstShm | Case::GstPipe | Case::Pipewire | Case::OursBefore
+                    Case::GstShm
+                        | Case::GstPipe
+                        | Case::Pipewire
+                        | Case::OursPipewire
+                        | Case::OursBefore
                 ) && e.error.is_none()
                     && (e.width, e.height, e.paced) == (ours.width, ours.height, ours.paced)
             }) {
@@ -1099,6 +1174,31 @@ impl PeersReport {
                     total,
                     ours_total,
                     total / ours_total.max(0.01)
+                ));
+            }
+        }
+        // PipeWire's own path (pipewiresink, buffers the daemon makes) against our node (our
+        // pool as PipeWire's buffers), same client.
+        for node in self
+            .entries
+            .iter()
+            .filter(|e| e.case == Case::OursPipewire && e.error.is_none())
+        {
+            if let Some(pw) = self.entries.iter().find(|e| {
+                e.case == Case::Pipewire
+                    && e.error.is_none()
+                    && (e.width, e.height, e.paced) == (node.width, node.height, node.paced)
+            }) {
+                let all = |e: &PeerEntry| e.producer_us + e.consumer_us + e.daemon_us;
+                out.push(format!(
+                    "{}x{} {}: pipewire (pipewiresink) {:.1} µs/frame in all vs ours-pipewire \
+                     (our node) {:.1}: {:.1}x",
+                    node.width,
+                    node.height,
+                    if node.paced { "paced" } else { "unpaced" },
+                    all(pw),
+                    all(node),
+                    all(pw) / all(node).max(0.01)
                 ));
             }
         }

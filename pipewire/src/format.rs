@@ -105,9 +105,42 @@ fn prop(key: FormatProperties, value: Value) -> Property {
     Property::new(key.as_raw(), value)
 }
 
-/// The one format a node offers (`SPA_PARAM_EnumFormat`): the pool's pixel format, size and
-/// frame rate, fixed, with the stream's colorimetry where the wire says it.
-pub fn enum_format(format: FrameFormat, fps: (u32, u32), color: &ColorInfo) -> Object {
+/// What a node offers (`SPA_PARAM_EnumFormat`s) for a pool of `memory`: the pool's pixel
+/// format, size and frame rate, fixed, with the stream's colorimetry where the wire says it.
+/// A dma-buf pool is offered twice, as PipeWire's DMA-BUF negotiation has it: first with the
+/// pool's DRM modifier (`SPA_FORMAT_VIDEO_modifier`, mandatory: only clients that import
+/// dma-bufs take it), then without (the fallback for clients that map shared memory).
+pub fn enum_formats(
+    format: FrameFormat,
+    fps: (u32, u32),
+    color: &ColorInfo,
+    memory: MemoryKind,
+) -> Vec<Object> {
+    let plain = enum_format(format, fps, color);
+    if memory != MemoryKind::DmaBuf {
+        return vec![plain];
+    }
+    let mut with_modifier = plain.clone();
+    with_modifier.properties.push(Property {
+        key: FormatProperties::VideoModifier.as_raw(),
+        flags: PropertyFlags::MANDATORY,
+        value: Value::Long(format.modifier as i64),
+    });
+    vec![with_modifier, plain]
+}
+
+/// Whether a negotiated format carries a DRM modifier (a dma-buf client).
+pub fn has_modifier(param: &spa::pod::Pod) -> bool {
+    let mut info = spa::param::video::VideoInfoRaw::new();
+    info.parse(param).is_ok()
+        && info
+            .flags()
+            .contains(spa::param::video::VideoFlags::MODIFIER)
+}
+
+/// The format offered (`SPA_PARAM_EnumFormat`): the pool's pixel format, size and frame rate,
+/// fixed, with the stream's colorimetry where the wire says it.
+fn enum_format(format: FrameFormat, fps: (u32, u32), color: &ColorInfo) -> Object {
     let mut properties = vec![
         prop(FormatProperties::MediaType, id(MediaType::Video.as_raw())),
         prop(
@@ -166,16 +199,22 @@ pub fn data_type(memory: MemoryKind) -> u32 {
 }
 
 /// `SPA_PARAM_Buffers`: exactly the pool's buffers, one data block per plane (so every client
-/// finds each plane's offset and stride in its chunk), of the given memory kind.
+/// finds each plane's offset and stride in its chunk), of the given memory kind. A dma-buf
+/// pool negotiated without a modifier (a client that maps shared memory) is offered as
+/// `SPA_DATA_DmaBuf` or `SPA_DATA_MemFd`: a dma-heap or udmabuf buffer maps like a memfd.
 pub fn buffers_param(
     count: u32,
     blocks: u32,
     size: u32,
     stride: u32,
     memory: MemoryKind,
+    modifier: bool,
 ) -> Object {
     let int = |key: u32, v: u32| Property::new(key, Value::Int(v.min(i32::MAX as u32) as i32));
-    let kind = 1i32 << data_type(memory);
+    let mut kind = 1i32 << data_type(memory);
+    if memory == MemoryKind::DmaBuf && !modifier {
+        kind |= 1i32 << sys::SPA_DATA_MemFd;
+    }
     Object {
         type_: SpaTypes::ObjectParamBuffers.as_raw(),
         id: ParamType::Buffers.as_raw(),
@@ -368,6 +407,22 @@ mod tests {
     }
 
     #[test]
+    fn a_dma_buf_pool_is_offered_with_its_modifier_first() {
+        let mut f = FrameFormat::linear(PixelFormat::Nv12, 64, 32);
+        f.modifier = 0x0100_0000_0000_0001; // I915_FORMAT_MOD_X_TILED
+        let offers = enum_formats(f, (30, 1), &ColorInfo::rgb(), MemoryKind::DmaBuf);
+        assert_eq!(offers.len(), 2);
+        let first = serialize(offers[0].clone());
+        let pod = spa::pod::Pod::from_bytes(&first).unwrap();
+        assert!(has_modifier(pod));
+        let mut info = spa::param::video::VideoInfoRaw::new();
+        info.parse(pod).unwrap();
+        assert_eq!(info.modifier(), f.modifier);
+        let second = serialize(offers[1].clone());
+        assert!(!has_modifier(spa::pod::Pod::from_bytes(&second).unwrap()));
+    }
+
+    #[test]
     fn format_pod_parses_back() {
         let f = FrameFormat::linear(PixelFormat::Nv12, 1280, 720);
         let color = ColorInfo {
@@ -377,7 +432,7 @@ mod tests {
             transfer: 1,
             chroma_location: 1,
         };
-        let bytes = serialize(enum_format(f, (30, 1), &color));
+        let bytes = serialize(enum_formats(f, (30, 1), &color, MemoryKind::Memfd).remove(0));
         let pod = spa::pod::Pod::from_bytes(&bytes).expect("a pod");
         let mut info = spa::param::video::VideoInfoRaw::new();
         info.parse(pod).expect("parses as raw video");

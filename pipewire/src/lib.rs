@@ -9,6 +9,7 @@
 
 mod format;
 mod input;
+mod list;
 mod output;
 mod raw;
 
@@ -16,6 +17,7 @@ pub use format::{from_spa, to_spa};
 pub use input::{
     plane_layout, Chunk, DataBlock, Input, InputBuffer, InputEvent, InputFormat, InputOptions,
 };
+pub use list::{video_nodes, VideoNode};
 pub use output::{Output, OutputOptions, OutputStats};
 
 /// Why the bridge could not do what was asked.

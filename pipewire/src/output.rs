@@ -4,8 +4,9 @@
 //! buffers, one PipeWire buffer per pool buffer, each plane a data block on the pool buffer's
 //! fd (`SPA_DATA_MemFd` for memfd pools, `SPA_DATA_DmaBuf` for dma-buf pools), so no frame is
 //! copied. A published frame is queued on its own buffer and the pool lease is kept until
-//! PipeWire gives that buffer back: the producer never rewrites a buffer a PipeWire client is
-//! reading, and a slow client costs it frames (skipped, counted), never the producer's pace.
+//! PipeWire gives that buffer back (seen when the next frame is offered, or on
+//! [`Output::reclaim`]): the producer never rewrites a buffer a PipeWire client is reading,
+//! and a slow client costs it frames (skipped, counted), never the producer's pace.
 //!
 //! PipeWire objects are not `Send`: the node lives on its own thread with a PipeWire main loop;
 //! [`Output`] talks to it over a `pipewire::channel`.
@@ -77,6 +78,8 @@ struct Shared {
 const SETTLE: Duration = Duration::from_millis(100);
 
 enum Cmd {
+    /// Take back the buffers the client has returned.
+    Reclaim,
     Frame {
         lease: Arc<Lease>,
         pts_ns: i64,
@@ -171,6 +174,12 @@ impl Output {
         }
     }
 
+    /// Take back, now, the buffers PipeWire's client has returned (otherwise taken back when
+    /// the next frame is offered): for a caller that finds its pool without a free buffer.
+    pub fn reclaim(&self) {
+        let _ = self.send(Cmd::Reclaim);
+    }
+
     /// The producer renegotiated (size or format changed): offer `pool`'s format instead,
     /// which makes PipeWire renegotiate with its clients and take the new buffers.
     pub fn set_pool(&self, pool: &Pool, fps: (u32, u32), color: ColorInfo) {
@@ -235,6 +244,8 @@ struct Node {
     held: HashMap<u32, Arc<Lease>>,
     max_held: Option<usize>,
     stats: Arc<Mutex<Shared>>,
+    /// The client took the format with the DRM modifier (imports dma-bufs).
+    modifier: bool,
 }
 
 impl Node {
@@ -347,6 +358,7 @@ impl Node {
                 u32::try_from(size).unwrap_or(u32::MAX),
                 stride,
                 buf.memory,
+                self.modifier,
             )),
             format::serialize(format::header_meta_param()),
         ]
@@ -385,6 +397,7 @@ fn node_thread(
         held: HashMap::new(),
         max_held: opts.max_held,
         stats: stats.clone(),
+        modifier: false,
     }));
 
     // The daemon going away (killed, restarted) is an error on the core: stop the node.
@@ -465,16 +478,23 @@ fn node_thread(
                     return;
                 }
                 let mut info = pw::spa::param::video::VideoInfoRaw::new();
+                let modifier = format::has_modifier(param);
                 if info.parse(param).is_ok() {
                     lock(&stats).stats.format = Some(format!(
-                        "{:?} {}x{} @ {}/{}",
+                        "{:?} {}x{} @ {}/{}{}",
                         info.format(),
                         info.size().width,
                         info.size().height,
                         info.framerate().num,
-                        info.framerate().denom
+                        info.framerate().denom,
+                        if modifier {
+                            format!(", modifier {:#x} (dma-buf)", info.modifier())
+                        } else {
+                            String::new()
+                        }
                     ));
                 }
+                node.borrow_mut().modifier = modifier;
                 let params = node.borrow().buffers_params();
                 if let Err(e) = stream.update_params(&mut pods(&params)) {
                     tracing::warn!("PipeWire node: cannot set its buffers: {e}");
@@ -499,13 +519,17 @@ fn node_thread(
         .register()
         .map_err(|e| Error::Node(format!("stream listener: {e}")))?;
 
-    let first = format::serialize(format::enum_format(format, opts.fps, &opts.color));
+    let memory = node.borrow().pool.allocator().memory();
+    let offers: Vec<Vec<u8>> = format::enum_formats(format, opts.fps, &opts.color, memory)
+        .into_iter()
+        .map(format::serialize)
+        .collect();
     stream
         .connect(
             pw::spa::utils::Direction::Output,
             None,
             StreamFlags::DRIVER | StreamFlags::ALLOC_BUFFERS,
-            &mut pods(std::slice::from_ref(&first)),
+            &mut pods(&offers),
         )
         .map_err(|e| Error::Node(format!("cannot connect the stream: {e}")))?;
 
@@ -537,9 +561,18 @@ fn node_thread(
                     n.held.clear();
                     n.publish_stats();
                 }
-                let bytes = format::serialize(format::enum_format(f, fps, &color));
-                if let Err(e) = stream.update_params(&mut pods(std::slice::from_ref(&bytes))) {
+                let memory = node.borrow().pool.allocator().memory();
+                let offers: Vec<Vec<u8>> = format::enum_formats(f, fps, &color, memory)
+                    .into_iter()
+                    .map(format::serialize)
+                    .collect();
+                if let Err(e) = stream.update_params(&mut pods(&offers)) {
                     tracing::warn!("PipeWire node: cannot offer {f}: {e}");
+                }
+            }
+            Cmd::Reclaim => {
+                if let Ok(mut n) = node.try_borrow_mut() {
+                    n.drain(&stream);
                 }
             }
             Cmd::Quit => {
@@ -549,21 +582,6 @@ fn node_thread(
             }
         }
     });
-    // Buffers come back when a client is done with them, not when we publish: look for them
-    // every few milliseconds while PipeWire holds any, so the pool gets them back promptly.
-    let timer = mainloop.loop_().add_timer({
-        let (stream, node) = (stream.clone(), node.clone());
-        move |_| {
-            if let Ok(mut n) = node.try_borrow_mut() {
-                if !n.held.is_empty() {
-                    n.drain(&stream);
-                }
-            }
-        }
-    });
-    let tick = Some(Duration::from_millis(2));
-    timer.update_timer(tick, tick);
-
     let _ = ready.send(Ok(()));
     mainloop.run();
 

@@ -39,6 +39,8 @@ fn datas(b: &mut PwBuffer) -> &mut [spa::spa_data] {
 /// Point each of `b`'s data blocks at the plane of `buf` with the same index (its fd, the
 /// whole fd mapped from offset 0), as a stream with `PW_STREAM_FLAG_ALLOC_BUFFERS` must in
 /// `add_buffer`. The fds stay ours (kept open by the pool) and are never closed by PipeWire.
+/// The data type is `buf`'s own (`SPA_DATA_MemFd`, `SPA_DATA_DmaBuf`), or, for a dma-buf the
+/// peer takes only as shared memory, `SPA_DATA_MemFd` (it maps alike).
 pub fn attach(mut b: PwBuffer, buf: &FrameBuffer, data_type: u32) -> Result<(), String> {
     let blocks = datas(&mut b);
     if blocks.len() != buf.layout.planes.len() {
@@ -49,12 +51,16 @@ pub fn attach(mut b: PwBuffer, buf: &FrameBuffer, data_type: u32) -> Result<(), 
         ));
     }
     for (d, (k, _plane)) in blocks.iter_mut().zip(buf.planes()) {
-        if d.type_ & (1 << data_type) == 0 {
+        let data_type = if d.type_ & (1 << data_type) != 0 {
+            data_type
+        } else if data_type == spa::SPA_DATA_DmaBuf && d.type_ & (1 << spa::SPA_DATA_MemFd) != 0 {
+            spa::SPA_DATA_MemFd
+        } else {
             return Err(format!(
                 "the PipeWire peer does not take this memory (data types {:#x}, ours {})",
                 d.type_, data_type
             ));
-        }
+        };
         let size = u32::try_from(buf.fd_sizes[k]).map_err(|_| "a buffer over 4 GiB")?;
         d.type_ = data_type;
         d.flags = spa::SPA_DATA_FLAG_READABLE | spa::SPA_DATA_FLAG_MAPPABLE;

@@ -57,8 +57,9 @@ struct Args {
     /// device; see --v4l2-io and --list-devices.
     /// `pipewire:TARGET`: take a PipeWire video stream (a camera, a screen cast, another
     /// application's node; TARGET is its node.name, object.serial or id) and pass its frames on
-    /// in PipeWire's own buffers (sealed memfds, no copy), each given back to PipeWire once every
-    /// consumer released it; paced by the node. Needs a running PipeWire daemon.
+    /// in PipeWire's own buffers where they are fds (sealed memfds, no copy; each given back to
+    /// PipeWire once every consumer released it), else copied once into the pool (counted); paced
+    /// by the node. Needs a running PipeWire daemon.
     #[arg(long, default_value = "pattern")]
     source: String,
 
@@ -70,7 +71,8 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     v4l2_io: source::v4l2::Io,
 
-    /// List the V4L2 devices (/dev/video*) with their formats, frame sizes and rates, and exit.
+    /// List the V4L2 devices (/dev/video*) with their formats, frame sizes and rates, and the
+    /// PipeWire daemon's video nodes (for --source pipewire:), and exit.
     #[arg(long)]
     list_devices: bool,
 
@@ -408,6 +410,25 @@ fn source(args: &Args) -> Result<Box<dyn FrameSource>> {
 fn run(args: Args) -> Result<()> {
     if args.list_devices {
         print!("{}", source::v4l2::list::list_devices());
+        match dmabuf_pipewire::video_nodes() {
+            Ok(nodes) if nodes.is_empty() => println!("PipeWire: no video nodes"),
+            Ok(nodes) => {
+                println!("PipeWire video nodes (--source pipewire:NAME, SERIAL or ID):");
+                for n in nodes {
+                    println!(
+                        "  {} (serial {}, id {}): {}{}",
+                        n.name,
+                        n.serial.as_deref().unwrap_or("?"),
+                        n.id,
+                        n.media_class,
+                        n.description
+                            .map(|d| format!(", {d:?}"))
+                            .unwrap_or_default()
+                    );
+                }
+            }
+            Err(e) => println!("PipeWire: {e}"),
+        }
         return Ok(());
     }
     if args.v4l2_io != source::v4l2::Io::Auto && !args.source.starts_with("v4l2:") {

@@ -263,8 +263,14 @@ impl Ctx<'_> {
             if self.over() {
                 return Ok(None);
             }
-            // PipeWire gives buffers back on its own thread, unannounced: look again soon.
-            let step = if self.pipewire.is_some() { 2 } else { 100 };
+            // PipeWire's client may hold some: have them taken back, and look again soon.
+            let step = match &self.pipewire {
+                Some(pw) => {
+                    pw.node.reclaim();
+                    2
+                }
+                None => 100,
+            };
             self.serve(None, Duration::from_millis(step))?;
         }
     }

@@ -2,6 +2,8 @@
 //! `cargo test --workspace`, or `cargo build --workspace` first).
 #![allow(dead_code)]
 
+pub mod pw;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
