@@ -405,6 +405,27 @@ struct Plan {
     stop_producer: bool,
 }
 
+/// Our producer drawing `frames` frames of the NV12 pattern at `w`x`h` into a memfd pool,
+/// without checksums.
+fn ours_producer(bin: &Path, sock: &Path, (w, h): (u32, u32), frames: u64) -> Vec<String> {
+    vec![
+        bin.display().to_string(),
+        "--socket".into(),
+        sock.display().to_string(),
+        "--source".into(),
+        "pattern".into(),
+        "--alloc".into(),
+        "memfd".into(),
+        "--size".into(),
+        format!("{w}x{h}"),
+        "--format".into(),
+        "NV12".into(),
+        "--frames".into(),
+        frames.to_string(),
+        "--no-checksum".into(),
+    ]
+}
+
 fn gst_caps(w: u32, h: u32, fps: u32) -> String {
     format!("video/x-raw,format=NV12,width={w},height={h},framerate={fps}/1")
 }
@@ -445,24 +466,11 @@ impl Runner<'_> {
                     dir.join(format!("{tag}-p.json")),
                     dir.join(format!("{tag}-c.json")),
                 );
-                let mut producer: Vec<String> = vec![
-                    pbin.display().to_string(),
-                    "--socket".into(),
-                    sock.display().to_string(),
-                    "--source".into(),
-                    "pattern".into(),
-                    "--alloc".into(),
-                    "memfd".into(),
-                    "--size".into(),
-                    format!("{w}x{h}"),
-                    "--format".into(),
-                    "NV12".into(),
-                    "--frames".into(),
-                    frames.to_string(),
+                let mut producer = ours_producer(&pbin, &sock, (w, h), frames);
+                producer.extend([
                     "--stats-warmup".into(),
                     (frames / 10).clamp(2, 10).to_string(),
-                    "--no-checksum".into(),
-                ];
+                ]);
                 if stats {
                     producer.extend(["--stats-json".into(), pj.display().to_string()]);
                 }
@@ -608,26 +616,14 @@ impl Runner<'_> {
                 // may lose the first frame of a link: twice N is only a ceiling.
                 let node = format!("compare-ours-{}-{tag}", std::process::id());
                 let sock = dir.join(format!("{tag}.sock"));
-                let producer: Vec<String> = vec![
-                    self.opts.producer.display().to_string(),
-                    "--socket".into(),
-                    sock.display().to_string(),
-                    "--source".into(),
-                    "pattern".into(),
-                    "--alloc".into(),
-                    "memfd".into(),
-                    "--size".into(),
-                    format!("{w}x{h}"),
-                    "--format".into(),
-                    "NV12".into(),
+                let mut producer =
+                    ours_producer(&self.opts.producer, &sock, (w, h), 2 * frames + 10);
+                producer.extend([
                     "--fps".into(),
                     self.opts.fps.to_string(),
-                    "--frames".into(),
-                    (2 * frames + 10).to_string(),
-                    "--no-checksum".into(),
                     "--pipewire".into(),
                     node.clone(),
-                ];
+                ]);
                 let target = format!("target-object={node}");
                 Plan {
                     producer,
@@ -1117,7 +1113,7 @@ impl PeersReport {
                 } else {
                     format!("{:.1}", e.consumer_us)
                 },
-                if e.case == Case::Pipewire {
+                if matches!(e.case, Case::Pipewire | Case::OursPipewire) {
                     format!("{:.1}", e.daemon_us)
                 } else {
                     "–".into()

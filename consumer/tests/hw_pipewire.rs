@@ -86,7 +86,7 @@ fn a_dma_heap_pool_reaches_pipewiresrc_as_dma_bufs() {
     // each plane as its own memory, with its stride padding).
     let got = std::fs::read(&raw).unwrap();
     assert!(
-        !got.is_empty() && got.len() % 10 == 0,
+        !got.is_empty() && got.len().is_multiple_of(10),
         "{} bytes",
         got.len()
     );

@@ -181,12 +181,11 @@ fn daemon_killed_mid_stream_socket_consumers_carry_on() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     daemon.env(&mut gst);
-    let mut client = gst.spawn().unwrap();
+    let client = Killed(gst.spawn().unwrap());
     std::thread::sleep(Duration::from_millis(1500));
     daemon.kill();
     let stats = consumer.join().unwrap();
-    let _ = client.kill();
-    let _ = client.wait();
+    drop(client);
     let (status, log) = producer.wait(Duration::from_secs(30));
     assert!(status.success(), "producer failed:\n{log}");
     assert!(
@@ -220,9 +219,19 @@ fn no_daemon_is_a_clear_error() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// A child process killed when dropped (a failing test leaves none behind).
+struct Killed(Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// `gst-launch-1.0 videotestsrc ! … ! pipewiresink` as a PipeWire Video/Source node named
 /// `name`, `frames` frames at 30 fps.
-fn gst_source(daemon: &Daemon, name: &str, caps: &str, frames: u32) -> Child {
+fn gst_source(daemon: &Daemon, name: &str, caps: &str, frames: u32) -> Killed {
     let mut cmd = Command::new("gst-launch-1.0");
     cmd.arg("-q").args([
         "videotestsrc",
@@ -237,10 +246,12 @@ fn gst_source(daemon: &Daemon, name: &str, caps: &str, frames: u32) -> Child {
         &format!("stream-properties=props,media.class=Video/Source,node.name={name}"),
     ]);
     daemon.env(&mut cmd);
-    cmd.stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap()
+    Killed(
+        cmd.stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    )
 }
 
 /// GStreamer's default layout of I420 (`GstVideoInfo`, video-info.c): 4-byte aligned strides,
@@ -262,7 +273,7 @@ fn a_gstreamer_node_through_the_producer_is_verified_and_its_copies_counted() {
     for (w, h) in [(640usize, 480usize), (641, 359)] {
         let caps = format!("video/x-raw,format=I420,width={w},height={h},framerate=30/1");
         let name = format!("gstsrc{w}");
-        let mut gst = gst_source(&daemon, &name, &caps, 100_000);
+        let gst = gst_source(&daemon, &name, &caps, 100_000);
         assert!(eventually(Duration::from_secs(10), || daemon
             .node(&name)
             .is_some()));
@@ -284,8 +295,7 @@ fn a_gstreamer_node_through_the_producer_is_verified_and_its_copies_counted() {
             ],
             Duration::from_secs(60),
         );
-        let _ = gst.kill();
-        let _ = gst.wait();
+        drop(gst);
         drop(producer);
         assert_eq!(stats["frames"], frames, "{w}x{h}: {stats:#}");
         assert_eq!(stats["verified"], frames, "{w}x{h}: {stats:#}");

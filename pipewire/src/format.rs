@@ -223,18 +223,23 @@ pub fn buffers_param(
             int(sys::SPA_PARAM_BUFFERS_blocks, blocks),
             int(sys::SPA_PARAM_BUFFERS_size, size),
             int(sys::SPA_PARAM_BUFFERS_stride, stride),
-            Property {
-                key: sys::SPA_PARAM_BUFFERS_dataType,
-                flags: PropertyFlags::empty(),
-                value: Value::Choice(ChoiceValue::Int(Choice(
-                    ChoiceFlags::empty(),
-                    ChoiceEnum::Flags {
-                        default: kind,
-                        flags: vec![kind],
-                    },
-                ))),
-            },
+            data_types(kind),
         ],
+    }
+}
+
+/// `SPA_PARAM_BUFFERS_dataType`: the mask of `1 << SPA_DATA_*` the buffers may be.
+fn data_types(mask: i32) -> Property {
+    Property {
+        key: sys::SPA_PARAM_BUFFERS_dataType,
+        flags: PropertyFlags::empty(),
+        value: Value::Choice(ChoiceValue::Int(Choice(
+            ChoiceFlags::empty(),
+            ChoiceEnum::Flags {
+                default: mask,
+                flags: vec![mask],
+            },
+        ))),
     }
 }
 
@@ -368,17 +373,7 @@ pub fn input_buffers_param() -> Object {
             Property::new(sys::SPA_PARAM_BUFFERS_blocks, range(1, 1, 4)),
             Property::new(sys::SPA_PARAM_BUFFERS_size, range(0, 0, i32::MAX)),
             Property::new(sys::SPA_PARAM_BUFFERS_stride, range(0, 0, i32::MAX)),
-            Property {
-                key: sys::SPA_PARAM_BUFFERS_dataType,
-                flags: PropertyFlags::empty(),
-                value: Value::Choice(ChoiceValue::Int(Choice(
-                    ChoiceFlags::empty(),
-                    ChoiceEnum::Flags {
-                        default: kinds,
-                        flags: vec![kinds],
-                    },
-                ))),
-            },
+            data_types(kinds),
         ],
     }
 }

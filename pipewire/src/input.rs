@@ -255,35 +255,12 @@ fn stream_thread(
     events: Events,
     ready: &mpsc::Sender<Result<(), Error>>,
 ) -> Result<(), Error> {
-    pw::init();
-    let mainloop =
-        pw::main_loop::MainLoopRc::new(None).map_err(|e| Error::Node(format!("main loop: {e}")))?;
-    let context = pw::context::ContextRc::new(&mainloop, None)
-        .map_err(|e| Error::Node(format!("context: {e}")))?;
-    let core = context.connect_rc(None).map_err(|e| {
-        Error::NoDaemon(format!(
-            "cannot connect to the PipeWire daemon ({e}); is it running, with XDG_RUNTIME_DIR \
-             (or PIPEWIRE_REMOTE) pointing at its socket?"
-        ))
-    })?;
     let events = Rc::new(events);
-    let _core_listener = core
-        .add_listener_local()
-        .error({
-            let (ml, events) = (mainloop.downgrade(), events.clone());
-            move |id, _seq, res, message| {
-                if id == pw::core::PW_ID_CORE {
-                    events.send(InputEvent::Ended(format!(
-                        "PipeWire daemon connection lost: {message} ({})",
-                        std::io::Error::from_raw_os_error(-res)
-                    )));
-                    if let Some(ml) = ml.upgrade() {
-                        ml.quit();
-                    }
-                }
-            }
-        })
-        .register();
+    let conn = crate::connection::connect({
+        let events = events.clone();
+        move |why| events.send(InputEvent::Ended(why))
+    })?;
+    let (mainloop, core) = (&conn.mainloop, &conn.core);
 
     let props = pw::properties::properties! {
         *pw::keys::MEDIA_TYPE => "Video",

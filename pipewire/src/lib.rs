@@ -7,6 +7,7 @@
 //! Built with pipewire-rs against libpipewire 0.3 (PipeWire 1.4 in bookworm-backports).
 #![warn(missing_docs)]
 
+mod connection;
 mod format;
 mod input;
 mod list;

@@ -25,14 +25,8 @@ pub struct VideoNode {
 ///
 /// Errors: [`Error::NoDaemon`] when no daemon answers.
 pub fn video_nodes() -> Result<Vec<VideoNode>, Error> {
-    pw::init();
-    let mainloop =
-        pw::main_loop::MainLoopRc::new(None).map_err(|e| Error::Node(format!("main loop: {e}")))?;
-    let context = pw::context::ContextRc::new(&mainloop, None)
-        .map_err(|e| Error::Node(format!("context: {e}")))?;
-    let core = context
-        .connect_rc(None)
-        .map_err(|e| Error::NoDaemon(format!("cannot connect to the PipeWire daemon ({e})")))?;
+    let conn = crate::connection::connect(|_| {})?;
+    let (mainloop, core) = (&conn.mainloop, &conn.core);
     let registry = core
         .get_registry_rc()
         .map_err(|e| Error::Node(format!("registry: {e}")))?;

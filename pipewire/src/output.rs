@@ -376,17 +376,16 @@ fn node_thread(
     stats: Arc<Mutex<Shared>>,
     ready: &std::sync::mpsc::Sender<Result<(), Error>>,
 ) -> Result<(), Error> {
-    pw::init();
-    let mainloop =
-        pw::main_loop::MainLoopRc::new(None).map_err(|e| Error::Node(format!("main loop: {e}")))?;
-    let context = pw::context::ContextRc::new(&mainloop, None)
-        .map_err(|e| Error::Node(format!("context: {e}")))?;
-    let core = context.connect_rc(None).map_err(|e| {
-        Error::NoDaemon(format!(
-            "cannot connect to the PipeWire daemon ({e}); is it running, with XDG_RUNTIME_DIR \
-             (or PIPEWIRE_REMOTE) pointing at its socket?"
-        ))
+    let conn = crate::connection::connect({
+        let stats = stats.clone();
+        move |why| {
+            tracing::warn!("{why}");
+            let mut s = lock(&stats);
+            s.stats.error = Some(why);
+            s.since = None;
+        }
     })?;
+    let (mainloop, core) = (&conn.mainloop, &conn.core);
     let format = pool.format();
     let node = Rc::new(RefCell::new(Node {
         pool,
@@ -399,30 +398,6 @@ fn node_thread(
         stats: stats.clone(),
         modifier: false,
     }));
-
-    // The daemon going away (killed, restarted) is an error on the core: stop the node.
-    let _core_listener = core
-        .add_listener_local()
-        .error({
-            let (ml, stats) = (mainloop.downgrade(), stats.clone());
-            move |id, _seq, res, message| {
-                if id == pw::core::PW_ID_CORE {
-                    let text = format!(
-                        "PipeWire daemon connection lost: {message} ({})",
-                        std::io::Error::from_raw_os_error(-res)
-                    );
-                    tracing::warn!("{text}");
-                    let mut s = lock(&stats);
-                    s.stats.error = Some(text);
-                    s.since = None;
-                    drop(s);
-                    if let Some(ml) = ml.upgrade() {
-                        ml.quit();
-                    }
-                }
-            }
-        })
-        .register();
 
     let props = pw::properties::properties! {
         *pw::keys::MEDIA_TYPE => "Video",
