@@ -192,6 +192,22 @@ fn daemon_killed_mid_stream_socket_consumers_carry_on() {
         log.contains("PipeWire node stopped") && log.contains("the socket's consumers carry on"),
         "the producer did not say the PipeWire node stopped:\n{log}"
     );
+    // The client was linked and took frames before the daemon died (so buffers were out).
+    let sent: u64 = log
+        .lines()
+        .find_map(|l| {
+            l.split("PipeWire node: ")
+                .nth(1)?
+                .split(" frames sent")
+                .next()?
+                .parse()
+                .ok()
+        })
+        .unwrap_or_else(|| panic!("no PipeWire summary in the producer's log:\n{log}"));
+    assert!(
+        sent > 0,
+        "no frame went to PipeWire before the daemon died:\n{log}"
+    );
     assert_eq!(stats["frames"], 240, "{stats:#}");
     assert_eq!(stats["verified"], 240, "{stats:#}");
 }

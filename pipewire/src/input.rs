@@ -329,6 +329,8 @@ fn stream_thread(
                         let mut s = st.borrow_mut();
                         s.format = Some(f);
                         s.announced = false;
+                        // A pool the caller made for the old format is not for this one.
+                        s.copy_pool = None;
                         let params = [
                             format::serialize(format::input_buffers_param()),
                             format::serialize(format::header_meta_param()),

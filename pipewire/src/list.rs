@@ -75,6 +75,16 @@ pub fn video_nodes() -> Result<Vec<VideoNode>, Error> {
             }
         })
         .register();
+    // A daemon that accepted the connection but does not answer: give up after 5 s.
+    let timer = mainloop.loop_().add_timer({
+        let ml = mainloop.downgrade();
+        move |_| {
+            if let Some(ml) = ml.upgrade() {
+                ml.quit();
+            }
+        }
+    });
+    timer.update_timer(Some(std::time::Duration::from_secs(5)), None);
     mainloop.run();
     let found = nodes.borrow().clone();
     Ok(found)

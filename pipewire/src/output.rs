@@ -531,9 +531,15 @@ fn node_thread(
             Cmd::Pool { pool, fps, color } => {
                 let f = pool.format();
                 {
+                    // The old buffers are forgotten (the old pool's frames are never queued
+                    // again); frames are skipped until PipeWire has added the new ones.
                     let mut n = node.borrow_mut();
                     n.pool = pool;
                     n.held.clear();
+                    n.free.clear();
+                    n.by_id.clear();
+                    n.by_ptr.clear();
+                    n.added = 0;
                     n.publish_stats();
                 }
                 let memory = node.borrow().pool.allocator().memory();

@@ -142,15 +142,17 @@ impl PipeWireSource {
             );
             return Ok(src);
         };
-        let buf = &bufs[first.index as usize];
-        let bases: Vec<u64> = buf.blocks.iter().map(|k| k.mapoffset).collect();
-        let planes = plane_layout(src.stream.format, &bases, &first.chunks)
-            .map_err(anyhow::Error::msg)
-            .with_context(|| format!("the frames of PipeWire node {target:?}"))?;
+        // Every buffer's planes where the first frame's are, from its own blocks' offsets.
         let fb: Vec<FrameBuffer> = bufs
             .iter()
-            .map(|b| frame_buffer(&src.stream, b, &planes))
-            .collect();
+            .map(|b| {
+                let bases: Vec<u64> = b.blocks.iter().map(|k| k.mapoffset).collect();
+                plane_layout(src.stream.format, &bases, &first.chunks)
+                    .map(|planes| frame_buffer(&src.stream, b, &planes))
+                    .map_err(anyhow::Error::msg)
+                    .with_context(|| format!("the frames of PipeWire node {target:?}"))
+            })
+            .collect::<Result<_>>()?;
         let pool = Pool::from_buffers(fb, AllocatorKind::Memfd, src.stream.format)
             .context("mapping PipeWire's buffers")?;
         // Every buffer is PipeWire's, the first frame's included until it is published.
@@ -184,6 +186,12 @@ impl PipeWireSource {
     fn take_events(&mut self) {
         while let Some(ev) = self.input.try_event() {
             match ev {
+                InputEvent::Frame { index, copy, .. } if self.ended.is_some() => {
+                    // After a renegotiation or the end: back to PipeWire, or dropped.
+                    if copy.is_none() {
+                        self.input.recycle(index);
+                    }
+                }
                 InputEvent::Frame {
                     index,
                     chunks,
@@ -200,7 +208,8 @@ impl PipeWireSource {
                 }),
                 InputEvent::Buffers(f, _) => {
                     // A new format or new buffers: the pool would have to change under the
-                    // consumers; not taken yet.
+                    // consumers; not taken yet. Frames after it are in the new buffers: none
+                    // is published (the loop below stops taking them).
                     self.ended.get_or_insert(format!(
                         "the PipeWire node {:?} renegotiated ({} now); restart the producer to follow it",
                         self.target, f.format
