@@ -426,6 +426,26 @@ fn ours_producer(bin: &Path, sock: &Path, (w, h): (u32, u32), frames: u64) -> Ve
     ]
 }
 
+/// `pipewiresrc target-object=NODE NUM_BUFFERS ! fakesink sync=false` (WirePlumber 0.5 links
+/// it only with a media type).
+fn pipewiresrc(node: &str, num_buffers: &str) -> Vec<String> {
+    let target = format!("target-object={node}");
+    [
+        "gst-launch-1.0",
+        "-q",
+        "pipewiresrc",
+        &target,
+        num_buffers,
+        "stream-properties=props,media.type=Video,media.category=Capture,media.role=Camera",
+        "!",
+        "fakesink",
+        "sync=false",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect()
+}
+
 fn gst_caps(w: u32, h: u32, fps: u32) -> String {
     format!("video/x-raw,format=NV12,width={w},height={h},framerate={fps}/1")
 }
@@ -592,18 +612,11 @@ impl Runner<'_> {
                     "stream-properties=props,node.name={node},media.type=Video,\
                      media.category=Playback,media.role=Camera"
                 );
-                let target = format!("target-object={node}");
                 Plan {
-                    producer: gst(&[&src[..], &["pipewiresink", "mode=provide", sync, &props]].concat()),
-                    consumer: Some(gst(&[
-                        "pipewiresrc",
-                        &target,
-                        &nb,
-                        "stream-properties=props,media.type=Video,media.category=Capture,media.role=Camera",
-                        "!",
-                        "fakesink",
-                        "sync=false",
-                    ])),
+                    producer: gst(
+                        &[&src[..], &["pipewiresink", "mode=provide", sync, &props]].concat()
+                    ),
+                    consumer: Some(pipewiresrc(&node, &nb)),
                     ready: Some(Ready::Node(node)),
                     producer_ok: vec![0, 1],
                     jsons: None,
@@ -624,18 +637,9 @@ impl Runner<'_> {
                     "--pipewire".into(),
                     node.clone(),
                 ]);
-                let target = format!("target-object={node}");
                 Plan {
                     producer,
-                    consumer: Some(gst(&[
-                        "pipewiresrc",
-                        &target,
-                        &nb,
-                        "stream-properties=props,media.type=Video,media.category=Capture,media.role=Camera",
-                        "!",
-                        "fakesink",
-                        "sync=false",
-                    ])),
+                    consumer: Some(pipewiresrc(&node, &nb)),
                     ready: Some(Ready::Node(node)),
                     producer_ok: vec![0],
                     jsons: None,

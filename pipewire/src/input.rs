@@ -24,7 +24,6 @@ use std::rc::Rc;
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 /// What to connect to.
 #[derive(Debug, Clone)]
@@ -164,21 +163,13 @@ impl Input {
                 }
             })
             .map_err(|e| Error::Node(format!("cannot start its thread: {e}")))?;
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(Self {
-                tx,
-                events,
-                wake,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => Err(Error::NoDaemon(
-                "the PipeWire daemon did not answer within 10 s".into(),
-            )),
-        }
+        let thread = crate::await_ready(&ready_rx, thread)?;
+        Ok(Self {
+            tx,
+            events,
+            wake,
+            thread: Some(thread),
+        })
     }
 
     /// The next event, if one is waiting.

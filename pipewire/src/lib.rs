@@ -21,6 +21,24 @@ pub use input::{
 pub use list::{video_nodes, VideoNode};
 pub use output::{Output, OutputOptions, OutputStats};
 
+/// Wait (up to 10 s) for a stream thread to say it is running; on an error or no answer, the
+/// error (the thread is joined when it answered with one).
+fn await_ready(
+    ready: &std::sync::mpsc::Receiver<Result<(), Error>>,
+    thread: std::thread::JoinHandle<()>,
+) -> Result<std::thread::JoinHandle<()>, Error> {
+    match ready.recv_timeout(std::time::Duration::from_secs(10)) {
+        Ok(Ok(())) => Ok(thread),
+        Ok(Err(e)) => {
+            let _ = thread.join();
+            Err(e)
+        }
+        Err(_) => Err(Error::NoDaemon(
+            "the PipeWire daemon did not answer within 10 s".into(),
+        )),
+    }
+}
+
 /// Why the bridge could not do what was asked.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum Error {

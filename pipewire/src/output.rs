@@ -142,20 +142,12 @@ impl Output {
                 }
             })
             .map_err(|e| Error::Node(format!("cannot start its thread: {e}")))?;
-        match ready_rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(Ok(())) => Ok(Self {
-                tx: Mutex::new(Some(tx)),
-                stats,
-                thread: Some(thread),
-            }),
-            Ok(Err(e)) => {
-                let _ = thread.join();
-                Err(e)
-            }
-            Err(_) => Err(Error::NoDaemon(
-                "the PipeWire daemon did not answer within 10 s".into(),
-            )),
-        }
+        let thread = crate::await_ready(&ready_rx, thread)?;
+        Ok(Self {
+            tx: Mutex::new(Some(tx)),
+            stats,
+            thread: Some(thread),
+        })
     }
 
     /// Offer a published frame (a lease of the pool the node was made with, or last given to
