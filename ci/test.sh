@@ -32,8 +32,8 @@ step "cargo clippy -p dmabuf-vulkan --features wgpu --all-targets -D warnings"
 cargo clippy -p dmabuf-vulkan --features wgpu --all-targets -- -D warnings
 
 # The libraries' public docs: complete (missing_docs) and with no broken links.
-step "cargo doc (dmabuf-core, dmabuf-vulkan) with -D warnings"
-RUSTDOCFLAGS="-D warnings" cargo doc -p dmabuf-core -p dmabuf-vulkan --no-deps -q
+step "cargo doc (dmabuf-core, dmabuf-vulkan, dmabuf-pipewire) with -D warnings"
+RUSTDOCFLAGS="-D warnings" cargo doc -p dmabuf-core -p dmabuf-vulkan -p dmabuf-pipewire --no-deps -q
 RUSTDOCFLAGS="-D warnings" cargo doc -p dmabuf-vulkan --features wgpu --no-deps -q
 
 # A receiver can leave GBM out: keep that build compiling (check only: seconds).

@@ -5,6 +5,49 @@
 //! `pipewiresrc`) read the frames without a copy.
 //!
 //! Built with pipewire-rs against libpipewire 0.3 (PipeWire 1.4 in bookworm-backports).
+//!
+//! A program that publishes frames on the pipe's socket and as a PipeWire camera at once
+//! (PipeWire holds a frame's lease until its client gives the buffer back; a frame that would
+//! exceed its quota is skipped for PipeWire, counted in [`Output::stats`]):
+//!
+//! ```no_run
+//! use dmabuf_core::publisher::{FrameMeta, Publisher, PublisherOptions};
+//! use dmabuf_core::{FrameFormat, PixelFormat};
+//! use dmabuf_pipewire::{Output, OutputOptions};
+//! use std::sync::Arc;
+//! use std::time::Duration;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let format = FrameFormat::linear(PixelFormat::Nv12, 1280, 720);
+//! let opts = PublisherOptions { buffers: 8, fps: (30, 1), ..Default::default() };
+//! let mut publisher = Publisher::bind("/tmp/frames.sock", format, opts)?;
+//! let node = Output::start(
+//!     publisher.pool(),
+//!     OutputOptions {
+//!         name: "my-camera".into(),          // pipewiresrc target-object=my-camera
+//!         description: "My camera".into(),   // what a desktop lists
+//!         fps: (30, 1),
+//!         color: publisher.stream_info().0,
+//!         max_held: None,                    // half the pool
+//!     },
+//! )?;
+//! for seq in 0..300u64 {
+//!     let Some(lease) = publisher.acquire(Duration::from_secs(1))? else { continue };
+//!     lease.with_bytes_mut(|frame| frame.fill(0x80))?; // draw into the shared buffer
+//!     let lease = Arc::new(lease);
+//!     let pts_ns = (seq * 1_000_000_000 / 30) as i64;
+//!     node.push(&lease, pts_ns, seq, false);
+//!     publisher.publish_shared(lease, FrameMeta { pts_ns, ..Default::default() })?;
+//!     publisher.serve(Duration::from_millis(33))?; // releases, new consumers, pacing
+//! }
+//! println!("{:?}", node.stats());
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! [`Input`] goes the other way: [`Input::connect`] to a node, then [`Input::try_event`] (poll
+//! its [`std::os::fd::AsFd`]) yields the negotiated buffers and each frame, and
+//! [`Input::recycle`] gives a buffer back (`producer --source pipewire:` is its user).
 #![warn(missing_docs)]
 
 mod connection;
