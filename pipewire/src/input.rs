@@ -28,8 +28,8 @@ use std::thread::JoinHandle;
 /// What to connect to.
 #[derive(Debug, Clone)]
 pub struct InputOptions {
-    /// The node to take the stream from: its `node.name`, `object.serial` or object id
-    /// (`target.object`).
+    /// The node to take the stream from: its `node.name` or `object.serial` (`target.object`;
+    /// WirePlumber 0.5 takes no object id there).
     pub target: String,
     /// Our stream's `node.name`.
     pub name: String,

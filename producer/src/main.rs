@@ -56,7 +56,8 @@ struct Args {
     /// and --fps choose the capture format, otherwise the device's current one), paced by the
     /// device; see --v4l2-io and --list-devices.
     /// `pipewire:TARGET`: take a PipeWire video stream (a camera, a screen cast, another
-    /// application's node; TARGET is its node.name, object.serial or id) and pass its frames on
+    /// application's node; TARGET is its node.name or object.serial: WirePlumber 0.5 does not take
+    /// an object id) and pass its frames on
     /// in PipeWire's own buffers where they are fds (sealed memfds, no copy; each given back to
     /// PipeWire once every consumer released it), else copied once into the pool (counted); paced
     /// by the node. Needs a running PipeWire daemon.
@@ -366,7 +367,9 @@ fn source(args: &Args) -> Result<Box<dyn FrameSource>> {
             bail!("--size, --fps and --format do not apply to a pipewire: source (it plays what the node sends)");
         }
         if target.is_empty() {
-            bail!("--source pipewire: needs a node: its name, serial or id (--list-devices lists them)");
+            bail!(
+                "--source pipewire: needs a node: its name or serial (--list-devices lists them)"
+            );
         }
         let src = source::pipewire::PipeWireSource::connect(target, Duration::from_secs(10))?;
         return Ok(Box::new(src));
@@ -413,7 +416,7 @@ fn run(args: Args) -> Result<()> {
         match dmabuf_pipewire::video_nodes() {
             Ok(nodes) if nodes.is_empty() => println!("PipeWire: no video nodes"),
             Ok(nodes) => {
-                println!("PipeWire video nodes (--source pipewire:NAME, SERIAL or ID):");
+                println!("PipeWire video nodes (--source pipewire:NAME or SERIAL):");
                 for n in nodes {
                     println!(
                         "  {} (serial {}, id {}): {}{}",
@@ -452,6 +455,13 @@ fn run(args: Args) -> Result<()> {
         mode: args.mode,
         allow_uids: args.allow_uid.clone(),
     };
+    if args
+        .pipewire
+        .as_deref()
+        .is_some_and(|n| n.trim().is_empty())
+    {
+        bail!("--pipewire NAME: the node needs a name clients can target (or omit NAME for dmabuf-pipe)");
+    }
     let mut buffers = args.buffers as usize;
     if args.pipewire.is_some() && buffers < PIPEWIRE_MIN_BUFFERS {
         tracing::info!(
