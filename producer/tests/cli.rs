@@ -45,8 +45,16 @@ fn bad_arguments_are_named() {
             "cannot open /nope.mkv",
         ),
         (vec!["--source", "webcam:/dev/video0"], 1, "unknown source"),
-        (vec!["--pipewire", ""], 1, "the node needs a name clients can target"),
-        (vec!["--source", "pipewire:"], 1, "needs a node: its name or serial"),
+        (
+            vec!["--pipewire", ""],
+            1,
+            "the node needs a name clients can target",
+        ),
+        (
+            vec!["--source", "pipewire:"],
+            1,
+            "needs a node: its name or serial",
+        ),
         (
             vec!["--v4l2-io", "mmap"],
             1,
