@@ -159,29 +159,6 @@ fn other_codecs_and_odd_sizes_are_byte_identical() {
     }
 }
 
-/// A raw H.264 stream that changes size twice (320x240, 480x360, 320x240; 15 frames each).
-fn size_changing_clip() -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("dmabuf-decode-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let mut all = Vec::new();
-    for size in ["320x240", "480x360", "320x240"] {
-        let seg = dir.join(format!("seg-{size}.h264"));
-        let st = Command::new("ffmpeg")
-            .args(["-loglevel", "error", "-y", "-f", "lavfi", "-i"])
-            .arg(format!("testsrc2=size={size}:rate=30"))
-            .args(["-frames:v", "15", "-pix_fmt", "yuv420p", "-c:v", "libx264"])
-            .args(["-bsf:v", "h264_mp4toannexb"])
-            .arg(&seg)
-            .status()
-            .unwrap();
-        assert!(st.success(), "making {size}");
-        all.extend(std::fs::read(&seg).unwrap());
-    }
-    let out = dir.join("size-change.h264");
-    std::fs::write(&out, all).unwrap();
-    out
-}
-
 #[test]
 fn a_size_change_mid_stream_renegotiates() {
     let clip = size_changing_clip();

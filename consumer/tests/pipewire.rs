@@ -407,3 +407,95 @@ fn a_missing_target_is_a_clear_error() {
         "{err}"
     );
 }
+
+#[test]
+fn a_renegotiating_node_is_followed_through_a_second_producer() {
+    let daemon = Daemon::start("reneg");
+    let clip = size_changing_clip();
+    let (a, b) = (socket("pw-reneg-a"), socket("pw-reneg-b"));
+    // Our node changes size every 15 frames (320x240, 480x360, …): each change a new
+    // PipeWire format and new buffers, which the second producer follows.
+    let src = format!("file:{}", clip.display());
+    let _first = daemon.producer(
+        &a,
+        &[
+            "--source",
+            &src,
+            "--loop",
+            "--alloc",
+            "memfd",
+            "--pipewire",
+            "renode",
+        ],
+    );
+    assert!(eventually(Duration::from_secs(10), || daemon
+        .node("renode")
+        .is_some()));
+    let second = daemon.producer(&b, &["--source", "pipewire:renode"]);
+    let raw = b.with_extension("raw");
+    let frames = 120;
+    let stats = consume(
+        &b,
+        "reneg",
+        &[
+            "--verify",
+            "--import",
+            "cpu-map",
+            "--frames",
+            &frames.to_string(),
+            "--dump-raw",
+            raw.to_str().unwrap(),
+        ],
+        Duration::from_secs(90),
+    );
+    drop(second);
+    assert_eq!(stats["frames"], frames, "{stats:#}");
+    assert_eq!(stats["verified"], frames, "{stats:#}");
+    assert_eq!(stats["producer_copied"], 0, "{stats:#}");
+    assert!(stats["renegotiations"].as_u64().unwrap() >= 2, "{stats:#}");
+    // Every frame is one of the clip's, whole, at its own size (ffmpeg's decode, each frame
+    // at its own size); frames of both sizes came.
+    let want = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(&clip)
+        .args([
+            "-autoscale",
+            "0",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(want.status.success());
+    let (small, big) = (320 * 240 * 3 / 2, 480 * 360 * 3 / 2);
+    let split = want.stdout.split_at(small * 15);
+    let (mid, last) = split.1.split_at(big * 15);
+    let known_small: std::collections::HashSet<&[u8]> =
+        split.0.chunks(small).chain(last.chunks(small)).collect();
+    let known_big: std::collections::HashSet<&[u8]> = mid.chunks(big).collect();
+    let got = std::fs::read(&raw).unwrap();
+    let _ = std::fs::remove_file(&raw);
+    let (mut pos, mut sizes) = (0, [0usize; 2]);
+    while pos < got.len() {
+        let fits = |n: usize, set: &std::collections::HashSet<&[u8]>| {
+            got.get(pos..pos + n).is_some_and(|f| set.contains(f))
+        };
+        if fits(small, &known_small) {
+            pos += small;
+            sizes[0] += 1;
+        } else if fits(big, &known_big) {
+            pos += big;
+            sizes[1] += 1;
+        } else {
+            panic!(
+                "frame {} (byte {pos}) is none of the clip's frames",
+                sizes[0] + sizes[1]
+            );
+        }
+    }
+    assert_eq!(sizes[0] + sizes[1], frames as usize);
+    assert!(sizes[0] > 0 && sizes[1] > 0, "{sizes:?}");
+}

@@ -65,16 +65,20 @@ pub enum AllocatorKind {
     /// Not an allocator of ours: a V4L2 driver's own capture buffers, exported as dma-bufs
     /// (`VIDIOC_EXPBUF`).
     V4l2,
+    /// Not an allocator of ours: another program's buffers received through PipeWire
+    /// (`SPA_DATA_MemFd` or `SPA_DATA_DmaBuf` blocks), passed on as they are.
+    PipeWire,
 }
 
 impl AllocatorKind {
     /// Every kind.
-    pub const ALL: [AllocatorKind; 5] = [
+    pub const ALL: [AllocatorKind; 6] = [
         AllocatorKind::Memfd,
         AllocatorKind::DmaHeap,
         AllocatorKind::Udmabuf,
         AllocatorKind::Gbm,
         AllocatorKind::V4l2,
+        AllocatorKind::PipeWire,
     ];
 
     /// Wire value (Welcome `allocator`).
@@ -85,6 +89,7 @@ impl AllocatorKind {
             AllocatorKind::Udmabuf => 3,
             AllocatorKind::Gbm => 4,
             AllocatorKind::V4l2 => 5,
+            AllocatorKind::PipeWire => 6,
         }
     }
 
@@ -101,15 +106,24 @@ impl AllocatorKind {
             AllocatorKind::Udmabuf => "udmabuf",
             AllocatorKind::Gbm => "gbm",
             AllocatorKind::V4l2 => "v4l2",
+            AllocatorKind::PipeWire => "pipewire",
         }
     }
 
-    /// The kind of memory it makes.
-    pub fn memory(self) -> MemoryKind {
+    /// The kind of memory it makes; `None` for [`AllocatorKind::PipeWire`], whose buffers
+    /// are whatever the peer made (each [`FrameBuffer`] says).
+    pub fn memory(self) -> Option<MemoryKind> {
         match self {
-            AllocatorKind::Memfd => MemoryKind::Memfd,
-            _ => MemoryKind::DmaBuf,
+            AllocatorKind::Memfd => Some(MemoryKind::Memfd),
+            AllocatorKind::PipeWire => None,
+            _ => Some(MemoryKind::DmaBuf),
         }
+    }
+
+    /// Buffers made elsewhere (a capture driver's, a PipeWire peer's), not by an allocator of
+    /// ours: never chosen with `--alloc`.
+    pub fn is_foreign(self) -> bool {
+        matches!(self, AllocatorKind::V4l2 | AllocatorKind::PipeWire)
     }
 }
 
@@ -140,7 +154,8 @@ pub struct FrameBuffer {
 }
 
 impl FrameBuffer {
-    /// A buffer whose planes all live in one fd.
+    /// A buffer whose planes all live in one fd, made by one of our allocators (memfd for
+    /// [`AllocatorKind::PipeWire`], which makes none).
     pub fn single(
         layout: FrameLayout,
         fd: OwnedFd,
@@ -153,7 +168,7 @@ impl FrameBuffer {
             fds: vec![Arc::new(fd)],
             fd_sizes: vec![fd_size],
             plane_fds: vec![0; n],
-            memory: allocator.memory(),
+            memory: allocator.memory().unwrap_or(MemoryKind::Memfd),
             allocator,
         }
     }

@@ -5,7 +5,7 @@
 //! with `Arc<Lease>`). Nothing is allocated per frame.
 
 use crate::alloc::{AllocError, Allocator};
-use crate::buffer::{AllocatorKind, FrameBuffer};
+use crate::buffer::{AllocatorKind, FrameBuffer, MemoryKind};
 use crate::format::{frame_checksum, plane_checksum, FrameFormat, FrameLayout};
 use crate::mapping::{CpuMapping, MapError};
 use std::collections::VecDeque;
@@ -35,8 +35,8 @@ pub enum PoolError {
     #[error("a pool needs at least one buffer")]
     /// A pool of no buffers.
     Empty,
-    #[error("buffer {index} is not laid out as {format}")]
-    /// Buffer `index` is not of the pool's format (or has no fd).
+    #[error("buffer {index} is not laid out as {format} (or not of the first one's memory kind)")]
+    /// Buffer `index` is not of the pool's format (or has no fd, or another memory kind).
     Mismatch {
         /// Which buffer.
         index: usize,
@@ -135,7 +135,10 @@ impl Pool {
             return Err(PoolError::Empty);
         }
         for (index, buffer) in buffers.iter().enumerate() {
-            if buffer.layout.format != format || buffer.fds.is_empty() {
+            if buffer.layout.format != format
+                || buffer.fds.is_empty()
+                || buffer.memory != buffers[0].memory
+            {
                 return Err(PoolError::Mismatch { index, format });
             }
         }
@@ -204,6 +207,11 @@ impl Pool {
     /// Who made the buffers.
     pub fn allocator(&self) -> AllocatorKind {
         self.inner.allocator
+    }
+
+    /// The memory kind of every buffer.
+    pub fn memory(&self) -> MemoryKind {
+        self.inner.slots[0].buffer.memory
     }
 
     /// The frame format of every buffer.

@@ -558,7 +558,7 @@ impl Publisher {
 
     /// The `Welcome` consumers get now.
     pub fn welcome(&self) -> Welcome {
-        let memory = self.pool.allocator().memory();
+        let memory = self.pool.memory();
         Welcome {
             version: VERSION,
             memory,
@@ -578,7 +578,7 @@ impl Publisher {
 
     /// Check a consumer's Hello against the pool, answer it, send it the buffers and add it.
     fn admit(&mut self, a: Arrival) {
-        let memory = self.pool.allocator().memory();
+        let memory = self.pool.memory();
         if !accepts(&a.hello, &self.format, memory) {
             let memfd_would_do = self.opts.alloc == AllocChoice::Auto
                 && self.opts.memfd_fallback
@@ -670,7 +670,7 @@ impl Publisher {
             for a in std::mem::take(&mut self.deferred) {
                 let msg = format!(
                     "cannot switch the {} pool to memfd while {} other consumer(s) use it",
-                    self.pool.allocator().memory(),
+                    self.pool.memory(),
                     self.fan.len()
                 );
                 refuse(a.chan, a.n, &msg);
@@ -687,7 +687,7 @@ impl Publisher {
             Ok(pool) => {
                 tracing::info!(
                     "consumer cannot import {}; switching the pool to memfd",
-                    self.pool.allocator().memory()
+                    self.pool.memory()
                 );
                 self.pool = pool;
                 self.why = "memfd (a consumer could import nothing else)".into();

@@ -386,7 +386,9 @@ fn welcome_allocator_v4l2_is_5() {
         other => panic!("allocator 5 should decode as v4l2: {other:?}"),
     }
     assert_eq!(AllocatorKind::V4l2.wire(), 5);
-    assert_eq!(AllocatorKind::V4l2.memory(), MemoryKind::DmaBuf);
+    assert_eq!(AllocatorKind::V4l2.memory(), Some(MemoryKind::DmaBuf));
+    assert_eq!(AllocatorKind::PipeWire.wire(), 6);
+    assert_eq!(AllocatorKind::PipeWire.memory(), None);
     assert!(
         "v4l2".parse::<dmabuf_core::alloc::AllocChoice>().is_err(),
         "v4l2 buffers are not an --alloc choice"

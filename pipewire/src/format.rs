@@ -283,6 +283,16 @@ pub fn parse_raw_video(param: &spa::pod::Pod) -> Result<crate::InputFormat, Stri
             info.format()
         )
     })?;
+    if info
+        .flags()
+        .contains(spa::param::video::VideoFlags::MODIFIER)
+        && info.modifier() != dmabuf_core::format::MOD_LINEAR
+    {
+        return Err(format!(
+            "PipeWire negotiated DRM modifier {:#x}; only LINEAR is taken",
+            info.modifier()
+        ));
+    }
     let size = info.size();
     let rate = info.framerate();
     Ok(crate::InputFormat {
@@ -292,9 +302,22 @@ pub fn parse_raw_video(param: &spa::pod::Pod) -> Result<crate::InputFormat, Stri
     })
 }
 
-/// What an input stream offers (`SPA_PARAM_EnumFormat`): every carried format, any size and
-/// frame rate.
-pub fn enum_any_format() -> Object {
+/// What an input stream offers (`SPA_PARAM_EnumFormat`s): every carried format, any size and
+/// frame rate, first as dma-bufs with the LINEAR modifier (mandatory: only a peer that offers
+/// dma-bufs with that modifier matches it), then without a modifier (memfd or process memory).
+/// PipeWire tries the input's offers in order, so a peer that has both gives dma-bufs.
+pub fn enum_any_formats() -> Vec<Object> {
+    let plain = enum_any_format();
+    let mut linear = plain.clone();
+    linear.properties.push(Property {
+        key: FormatProperties::VideoModifier.as_raw(),
+        flags: PropertyFlags::MANDATORY,
+        value: Value::Long(dmabuf_core::format::MOD_LINEAR as i64),
+    });
+    vec![linear, plain]
+}
+
+fn enum_any_format() -> Object {
     let formats: Vec<Id> = FORMATS.iter().map(|(_, s)| Id(s.as_raw())).collect();
     let choice = |c| Value::Choice(c);
     Object {
@@ -354,17 +377,22 @@ pub fn enum_any_format() -> Object {
     }
 }
 
-/// `SPA_PARAM_Buffers` of an input stream: sealed memfds (what can be passed on to consumers
-/// as they are; dma-buf input is not taken yet), any count the peer likes from 2 to 32, up to
-/// one block per plane.
-pub fn input_buffers_param() -> Object {
+/// `SPA_PARAM_Buffers` of an input stream: dma-bufs where the format has a modifier, else
+/// sealed memfds (what can be passed on to consumers as they are), any count the peer likes
+/// from 2 to 32, up to one block per plane.
+pub fn input_buffers_param(dma_buf: bool) -> Object {
     let range = |default: i32, min: i32, max: i32| {
         Value::Choice(ChoiceValue::Int(Choice(
             ChoiceFlags::empty(),
             ChoiceEnum::Range { default, min, max },
         )))
     };
-    let kinds = 1i32 << sys::SPA_DATA_MemFd;
+    let kinds = 1i32
+        << if dma_buf {
+            sys::SPA_DATA_DmaBuf
+        } else {
+            sys::SPA_DATA_MemFd
+        };
     Object {
         type_: SpaTypes::ObjectParamBuffers.as_raw(),
         id: ParamType::Buffers.as_raw(),

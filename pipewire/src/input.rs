@@ -82,14 +82,27 @@ pub struct InputFormat {
 /// What happened on the stream.
 #[derive(Debug)]
 pub enum InputEvent {
-    /// The format was fixed and the buffers made. `Some`: the buffers are fds (memfd) that
-    /// can be passed on; every [`InputEvent::Frame`] names one of them by index, and all are
+    /// The format was fixed and the buffers made. `Some`: the buffers are fds (memfds, or
+    /// dma-bufs where the peer offered them with the LINEAR modifier) that can be passed on; every [`InputEvent::Frame`] names one of them by index, and all are
     /// PipeWire's until a frame arrives in one. `None`: PipeWire's buffers are memory inside
     /// this process (`SPA_DATA_MemPtr`, what the daemon allocates for two client streams):
     /// frames come copied into a pool the caller gives ([`Input::copy_into`]).
-    Buffers(InputFormat, Option<Vec<InputBuffer>>),
+    ///
+    /// It comes again when PipeWire renegotiates (a new format or new buffers): the buffers
+    /// of earlier announcements are PipeWire's no more (their fds, duplicated, stay valid for
+    /// whoever holds them), and each announcement has the next `generation`.
+    Buffers {
+        /// The format.
+        format: InputFormat,
+        /// The buffers, when they are fds.
+        buffers: Option<Vec<InputBuffer>>,
+        /// Which announcement this is (1, 2, …): frames name it.
+        generation: u32,
+    },
     /// A frame in buffer `index`, now the caller's until [`Input::recycle`].
     Frame {
+        /// The announcement whose buffers it is in.
+        generation: u32,
         /// The buffer.
         index: u32,
         /// Each block's chunk.
@@ -110,7 +123,7 @@ pub enum InputEvent {
 }
 
 enum Cmd {
-    Recycle(u32),
+    Recycle(u32, u32),
     CopyInto(Pool),
     Quit,
 }
@@ -189,9 +202,11 @@ impl Input {
         }
     }
 
-    /// Give buffer `index` back to PipeWire (`pw_stream_queue_buffer`) for its next frame.
-    pub fn recycle(&self, index: u32) {
-        let _ = self.tx.send(Cmd::Recycle(index));
+    /// Give buffer `index` of announcement `generation` back to PipeWire
+    /// (`pw_stream_queue_buffer`) for its next frame; nothing when PipeWire has renegotiated
+    /// since (that buffer is gone).
+    pub fn recycle(&self, generation: u32, index: u32) {
+        let _ = self.tx.send(Cmd::Recycle(generation, index));
     }
 
     /// For buffers in process memory ([`InputEvent::Buffers`] with `None`): copy each frame
@@ -237,6 +252,8 @@ struct Stream {
     /// Buffers the caller holds, by index.
     out: HashMap<u32, PwBuffer>,
     announced: bool,
+    /// Announcements so far.
+    generation: u32,
     ended: bool,
 }
 
@@ -272,6 +289,7 @@ fn stream_thread(
         copy_pool: None,
         out: HashMap::new(),
         announced: false,
+        generation: 0,
         ended: false,
     }));
     let target = opts.target.clone();
@@ -323,7 +341,9 @@ fn stream_thread(
                         // A pool the caller made for the old format is not for this one.
                         s.copy_pool = None;
                         let params = [
-                            format::serialize(format::input_buffers_param()),
+                            format::serialize(format::input_buffers_param(format::has_modifier(
+                                param,
+                            ))),
                             format::serialize(format::header_meta_param()),
                         ];
                         let mut pods: Vec<&Pod> =
@@ -368,8 +388,13 @@ fn stream_thread(
                     if s.buffers.is_empty() {
                         return;
                     }
-                    let bufs = s.buffers.iter().map(|(_, b)| b.clone()).collect();
-                    events.send(InputEvent::Buffers(f, bufs));
+                    let buffers = s.buffers.iter().map(|(_, b)| b.clone()).collect();
+                    s.generation += 1;
+                    events.send(InputEvent::Buffers {
+                        format: f,
+                        buffers,
+                        generation: s.generation,
+                    });
                     s.announced = true;
                 }
                 let zero_copy = s.buffers.iter().all(|(_, b)| b.is_some());
@@ -387,6 +412,7 @@ fn stream_thread(
                     if zero_copy {
                         s.out.insert(index as u32, b);
                         events.send(InputEvent::Frame {
+                            generation: s.generation,
                             index: index as u32,
                             chunks,
                             pts_ns,
@@ -425,6 +451,7 @@ fn stream_thread(
                     raw::queue(stream, b);
                     match copied {
                         Some(lease) => events.send(InputEvent::Frame {
+                            generation: s.generation,
                             index: index as u32,
                             chunks,
                             pts_ns,
@@ -440,13 +467,20 @@ fn stream_thread(
         .register()
         .map_err(|e| Error::Node(format!("stream listener: {e}")))?;
 
-    let offer = format::serialize(format::enum_any_format());
+    let offers: Vec<Vec<u8>> = format::enum_any_formats()
+        .into_iter()
+        .map(format::serialize)
+        .collect();
+    let mut pods = offers
+        .iter()
+        .map(|b| Pod::from_bytes(b).ok_or_else(|| Error::Node("format pod".into())))
+        .collect::<Result<Vec<&Pod>, _>>()?;
     stream
         .connect(
             pw::spa::utils::Direction::Input,
             None,
             StreamFlags::AUTOCONNECT | StreamFlags::DONT_RECONNECT,
-            &mut [Pod::from_bytes(&offer).ok_or_else(|| Error::Node("format pod".into()))?],
+            &mut pods,
         )
         .map_err(|e| Error::Node(format!("cannot connect to {}: {e}", opts.target)))?;
 
@@ -454,8 +488,15 @@ fn stream_thread(
         let (stream, state, ml) = (stream.clone(), state.clone(), mainloop.downgrade());
         move |cmd| match cmd {
             Cmd::CopyInto(pool) => state.borrow_mut().copy_pool = Some(pool),
-            Cmd::Recycle(index) => {
-                let b = state.borrow_mut().out.remove(&index);
+            Cmd::Recycle(generation, index) => {
+                let b = {
+                    let mut s = state.borrow_mut();
+                    if generation == s.generation {
+                        s.out.remove(&index)
+                    } else {
+                        None
+                    }
+                };
                 if let Some(b) = b {
                     raw::queue(&stream, b);
                 }

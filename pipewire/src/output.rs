@@ -486,7 +486,7 @@ fn node_thread(
         .register()
         .map_err(|e| Error::Node(format!("stream listener: {e}")))?;
 
-    let memory = node.borrow().pool.allocator().memory();
+    let memory = node.borrow().pool.memory();
     let offers: Vec<Vec<u8>> = format::enum_formats(format, opts.fps, &opts.color, memory)
         .into_iter()
         .map(format::serialize)
@@ -534,7 +534,7 @@ fn node_thread(
                     n.added = 0;
                     n.publish_stats();
                 }
-                let memory = node.borrow().pool.allocator().memory();
+                let memory = node.borrow().pool.memory();
                 let offers: Vec<Vec<u8>> = format::enum_formats(f, fps, &color, memory)
                     .into_iter()
                     .map(format::serialize)

@@ -510,7 +510,7 @@ impl Server<'_> {
     fn switch_to_memfd(&mut self) -> Result<()> {
         tracing::info!(
             "consumer cannot import {}; switching the pool to memfd",
-            self.ctx.publisher.pool().allocator().memory()
+            self.ctx.publisher.pool().memory()
         );
         let memfd = alloc::open(AllocatorKind::Memfd)?;
         let pool = self
@@ -689,7 +689,12 @@ impl Server<'_> {
                 return Ok(Some(StreamEnd::Interrupted));
             }
         }
-        let kind = self.ctx.publisher.pool().allocator();
+        // A source's own buffers (PipeWire's, a capture driver's) are not ours to remake: a
+        // source that brings them ignores the allocator; one that copies gets memfds.
+        let kind = match self.ctx.publisher.pool().allocator() {
+            k if k.is_foreign() => AllocatorKind::Memfd,
+            k => k,
+        };
         let allocator = alloc::open(kind).with_context(|| format!("reopening {kind} for {new}"))?;
         let pool = self
             .source

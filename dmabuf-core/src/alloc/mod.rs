@@ -108,7 +108,7 @@ impl FromStr for AllocChoice {
         }
         AllocatorKind::ALL
             .into_iter()
-            .filter(|k| *k != AllocatorKind::V4l2)
+            .filter(|k| !k.is_foreign())
             .find(|k| k.name() == s)
             .map(AllocChoice::Only)
             .ok_or_else(|| {
@@ -142,13 +142,15 @@ pub fn open(kind: AllocatorKind) -> Result<Box<dyn Allocator>, AllocError> {
                 source: std::io::Error::other("built without the `gbm` feature of dmabuf-core"),
             })
         }
-        AllocatorKind::V4l2 => {
+        AllocatorKind::V4l2 | AllocatorKind::PipeWire => {
             return Err(AllocError::Unavailable {
                 allocator: kind,
                 path: "(none)".into(),
-                source: std::io::Error::other(
-                    "V4L2 buffers come from a capture device, not from an allocator",
-                ),
+                source: std::io::Error::other(if kind == AllocatorKind::V4l2 {
+                    "V4L2 buffers come from a capture device, not from an allocator"
+                } else {
+                    "PipeWire buffers come from a PipeWire peer, not from an allocator"
+                }),
             })
         }
     })

@@ -1,6 +1,7 @@
 //! `--source pipewire:TARGET`: a PipeWire video stream (a camera, a screen cast, another
 //! application's node) passed on to our consumers in PipeWire's own buffers, as a V4L2
-//! `expbuf` capture passes on the driver's: the pool *is* PipeWire's buffers (sealed memfds),
+//! `expbuf` capture passes on the driver's: the pool *is* PipeWire's buffers (sealed memfds, or
+//! dma-bufs where the peer offers them with the LINEAR modifier),
 //! each lent to PipeWire while it fills it and given back to it once every consumer released
 //! the frame. No copy.
 
@@ -18,10 +19,11 @@ use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// A frame PipeWire handed over, not yet published: in PipeWire's buffer `index`, or copied
-/// into one of ours.
+/// A frame PipeWire handed over, not yet published: in PipeWire's buffer `index` of
+/// announcement `generation`, or copied into one of ours.
 #[derive(Debug)]
 struct Arrived {
+    generation: u32,
     index: u32,
     chunks: Vec<Chunk>,
     pts_ns: Option<i64>,
@@ -29,10 +31,44 @@ struct Arrived {
     copy: Option<Lease>,
 }
 
+impl Arrived {
+    fn from_event(ev: InputEvent) -> Option<Self> {
+        match ev {
+            InputEvent::Frame {
+                generation,
+                index,
+                chunks,
+                pts_ns,
+                corrupted,
+                copy,
+                ..
+            } => Some(Self {
+                generation,
+                index,
+                chunks,
+                pts_ns,
+                corrupted,
+                copy,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// PipeWire's announcement of a format and its buffers ([`InputEvent::Buffers`]).
+#[derive(Debug)]
+struct Announced {
+    format: InputFormat,
+    buffers: Option<Vec<InputBuffer>>,
+    generation: u32,
+}
+
 pub struct PipeWireSource {
     input: Input,
     target: String,
     stream: InputFormat,
+    /// Which of PipeWire's announcements the pool is made of.
+    generation: u32,
     /// PipeWire's buffers as a pool (zero-copy), or ours that frames are copied into (made by
     /// `make_pool`, when PipeWire's buffers are memory in this process).
     pool: Option<Pool>,
@@ -42,12 +78,17 @@ pub struct PipeWireSource {
     /// Leases of the buffers PipeWire holds (index = pool id).
     lent: Vec<Option<Lease>>,
     arrived: VecDeque<Arrived>,
+    /// A renegotiation not followed yet: PipeWire's newer format and buffers, and (zero-copy)
+    /// the newest frame in them, which shows where their planes are.
+    pending: Option<(Announced, Option<Arrived>)>,
     /// Why the stream ended, once it did.
     ended: Option<String>,
     /// Frames whose planes were not where the pool says (given back unpublished).
     skipped: u64,
     /// Frames that waited while a newer one came (no consumer took them in time).
     stale: u64,
+    /// Renegotiations followed.
+    renegotiated: u64,
     /// pts for frames without a header: their arrival time since the first.
     epoch: Instant,
 }
@@ -81,10 +122,10 @@ impl PipeWireSource {
         })
         .context("--source pipewire:")?;
         let deadline = Instant::now() + timeout;
-        let mut buffers: Option<(InputFormat, Option<Vec<InputBuffer>>)> = None;
+        let mut announced: Option<Announced> = None;
         // Zero-copy needs the first frame (where its planes are); a copy needs only the format.
         let first = loop {
-            if let Some((_, None)) = &buffers {
+            if announced.as_ref().is_some_and(|a| a.buffers.is_none()) {
                 break None;
             }
             let left = deadline.saturating_duration_since(Instant::now());
@@ -97,75 +138,102 @@ impl PipeWireSource {
             }
             match next_event(&mut input, left.min(Duration::from_millis(100)))? {
                 None => {}
-                Some(InputEvent::Buffers(f, b)) => buffers = Some((f, b)),
-                Some(InputEvent::Frame {
-                    index,
-                    chunks,
-                    pts_ns,
-                    corrupted,
-                    copy,
-                    ..
+                Some(InputEvent::Buffers {
+                    format,
+                    buffers,
+                    generation,
                 }) => {
-                    if buffers.is_some() {
-                        break Some(Arrived {
-                            index,
-                            chunks,
-                            pts_ns,
-                            corrupted,
-                            copy,
-                        });
+                    announced = Some(Announced {
+                        format,
+                        buffers,
+                        generation,
+                    })
+                }
+                Some(ev @ InputEvent::Frame { .. }) => {
+                    let a = Arrived::from_event(ev).expect("a frame");
+                    if announced
+                        .as_ref()
+                        .is_some_and(|b| b.generation == a.generation)
+                    {
+                        break Some(a);
                     }
-                    input.recycle(index);
+                    input.recycle(a.generation, a.index);
                 }
                 Some(InputEvent::Ended(why)) => bail!("PipeWire node {target:?}: {why}"),
             }
         };
-        let (stream, bufs) = buffers.expect("the buffers came first");
+        let announced = announced.expect("the buffers came first");
         let mut src = Self {
             input,
             target: target.to_string(),
-            stream,
+            stream: announced.format.clone(),
+            generation: announced.generation,
             pool: None,
             zero_copy: false,
             chunks: Vec::new(),
             lent: Vec::new(),
             arrived: VecDeque::new(),
+            pending: None,
             ended: None,
             skipped: 0,
             stale: 0,
+            renegotiated: 0,
             epoch: Instant::now(),
         };
-        let (Some(bufs), Some(first)) = (bufs, first) else {
+        src.adopt(announced, first)?;
+        Ok(src)
+    }
+
+    /// Take PipeWire's announced format and buffers: as the pool (zero-copy, given the first
+    /// frame in them), or as frames copied into a pool `make_pool` makes.
+    fn adopt(&mut self, a: Announced, first: Option<Arrived>) -> Result<()> {
+        let target = &self.target;
+        self.stream = a.format;
+        self.generation = a.generation;
+        self.pool = None;
+        self.lent.clear();
+        self.chunks.clear();
+        self.zero_copy = false;
+        // Frames of earlier buffers are not published after a renegotiation.
+        self.arrived.clear();
+        let (Some(bufs), Some(first)) = (a.buffers, first) else {
             tracing::info!(
-                "PipeWire node {target:?}: its buffers are memory inside this process (not fds): \
-                 each frame is copied once into the pool"
+                "PipeWire node {target:?}: {}, its buffers are memory inside this process (not \
+                 fds): each frame is copied once into the pool",
+                self.stream.format
             );
-            return Ok(src);
+            return Ok(());
         };
         // Every buffer's planes where the first frame's are, from its own blocks' offsets.
         let fb: Vec<FrameBuffer> = bufs
             .iter()
             .map(|b| {
                 let bases: Vec<u64> = b.blocks.iter().map(|k| k.mapoffset).collect();
-                plane_layout(src.stream.format, &bases, &first.chunks)
-                    .map(|planes| frame_buffer(&src.stream, b, &planes))
+                plane_layout(self.stream.format, &bases, &first.chunks)
+                    .map(|planes| frame_buffer(&self.stream, b, &planes))
                     .map_err(anyhow::Error::msg)
                     .with_context(|| format!("the frames of PipeWire node {target:?}"))
             })
             .collect::<Result<_>>()?;
-        let pool = Pool::from_buffers(fb, AllocatorKind::Memfd, src.stream.format)
+        let pool = Pool::from_buffers(fb, AllocatorKind::PipeWire, self.stream.format)
             .context("mapping PipeWire's buffers")?;
+        tracing::info!(
+            "PipeWire node {target:?}: {}, {} buffers of {}, passed on as they are",
+            self.stream.format,
+            pool.len(),
+            pool.memory()
+        );
         // Every buffer is PipeWire's, the first frame's included until it is published.
-        src.lent = (0..pool.len()).map(|_| None).collect();
+        self.lent = (0..pool.len()).map(|_| None).collect();
         while let Some(l) = pool.try_acquire() {
             let i = l.id() as usize;
-            src.lent[i] = Some(l);
+            self.lent[i] = Some(l);
         }
-        src.pool = Some(pool);
-        src.zero_copy = true;
-        src.chunks = first.chunks.clone();
-        src.arrived.push_back(first);
-        Ok(src)
+        self.pool = Some(pool);
+        self.zero_copy = true;
+        self.chunks = first.chunks.clone();
+        self.arrived.push_back(first);
+        Ok(())
     }
 
     /// Give PipeWire back every buffer no consumer holds any more.
@@ -176,7 +244,7 @@ impl PipeWireSource {
         let Some(pool) = &self.pool else { return };
         while let Some(l) = pool.try_acquire() {
             let i = l.id();
-            self.input.recycle(i);
+            self.input.recycle(self.generation, i);
             self.lent[i as usize] = Some(l);
         }
     }
@@ -186,37 +254,43 @@ impl PipeWireSource {
     fn take_events(&mut self) {
         while let Some(ev) = self.input.try_event() {
             match ev {
-                InputEvent::Frame { index, copy, .. } if self.ended.is_some() => {
-                    // After a renegotiation or the end: back to PipeWire, or dropped.
-                    if copy.is_none() {
-                        self.input.recycle(index);
-                    }
-                }
-                InputEvent::Frame {
-                    index,
-                    chunks,
-                    pts_ns,
-                    corrupted,
-                    copy,
-                    ..
-                } => self.arrived.push_back(Arrived {
-                    index,
-                    chunks,
-                    pts_ns,
-                    corrupted,
-                    copy,
-                }),
-                InputEvent::Buffers(f, _) => {
-                    // A new format or new buffers: the pool would have to change under the
-                    // consumers; not taken yet. Frames after it are in the new buffers: none
-                    // is published (the loop below stops taking them).
-                    self.ended.get_or_insert(format!(
-                        "the PipeWire node {:?} renegotiated ({} now); restart the producer to follow it",
-                        self.target, f.format
+                InputEvent::Buffers {
+                    format,
+                    buffers,
+                    generation,
+                } => {
+                    // A new format or new buffers: followed once it can be (`next_frame`).
+                    self.pending = Some((
+                        Announced {
+                            format,
+                            buffers,
+                            generation,
+                        },
+                        None,
                     ));
                 }
                 InputEvent::Ended(why) => {
                     self.ended.get_or_insert(why);
+                }
+                ev @ InputEvent::Frame { .. } => {
+                    let a = Arrived::from_event(ev).expect("a frame");
+                    if self.ended.is_some() {
+                        self.input.recycle(a.generation, a.index);
+                    } else if a.generation == self.generation {
+                        self.arrived.push_back(a);
+                    } else if let Some((p, newest)) = &mut self.pending {
+                        if p.generation == a.generation {
+                            // Only the newest frame of the new buffers is kept.
+                            if let Some(old) = newest.replace(a) {
+                                self.input.recycle(old.generation, old.index);
+                                self.stale += 1;
+                            }
+                        } else {
+                            self.input.recycle(a.generation, a.index);
+                        }
+                    } else {
+                        self.input.recycle(a.generation, a.index);
+                    }
                 }
             }
         }
@@ -230,6 +304,28 @@ impl PipeWireSource {
                     .and_then(Option::take),
             );
         }
+    }
+
+    /// Follow a renegotiation once it can be: at once for frames to copy, at the first frame
+    /// in the new buffers for zero-copy. True when the pool changed.
+    fn follow(&mut self) -> Result<bool> {
+        let ready = match &self.pending {
+            None => false,
+            Some((a, newest)) => a.buffers.is_none() || newest.is_some(),
+        };
+        if !ready {
+            return Ok(false);
+        }
+        let (a, newest) = self.pending.take().expect("pending");
+        let old = self.stream.format;
+        self.adopt(a, newest)?;
+        self.renegotiated += 1;
+        tracing::info!(
+            "PipeWire node {:?} renegotiated: {old} -> {}",
+            self.target,
+            self.stream.format
+        );
+        Ok(true)
     }
 }
 
@@ -250,7 +346,7 @@ fn frame_buffer(
         fd_sizes: b.blocks.iter().map(|k| k.fd_size).collect(),
         plane_fds: planes.iter().map(|(k, _)| *k).collect(),
         memory: b.memory,
-        allocator: AllocatorKind::Memfd,
+        allocator: AllocatorKind::PipeWire,
     }
 }
 
@@ -276,10 +372,9 @@ impl FrameSource for PipeWireSource {
             "PipeWire node {:?}, {} at {n}/{d} fps, {}",
             self.target,
             self.stream.format,
-            if self.zero_copy {
-                "its own buffers (memfd), zero-copy"
-            } else {
-                "copied once from PipeWire's memory into the pool"
+            match (&self.pool, self.zero_copy) {
+                (Some(pool), true) => format!("its own buffers ({}), zero-copy", pool.memory()),
+                _ => "copied once from PipeWire's memory into the pool".to_string(),
             }
         )
     }
@@ -310,14 +405,15 @@ impl FrameSource for PipeWireSource {
     fn path_summary(&self) -> Option<String> {
         Some(format!(
             "PipeWire frames {}; {} skipped (planes not where the pool says), {} superseded by \
-             a newer frame before any consumer took them",
+             a newer frame before any consumer took them, {} renegotiation(s) followed",
             if self.zero_copy {
                 "passed on in PipeWire's buffers"
             } else {
                 "copied once into the pool"
             },
             self.skipped,
-            self.stale
+            self.stale,
+            self.renegotiated
         ))
     }
 
@@ -325,6 +421,9 @@ impl FrameSource for PipeWireSource {
         loop {
             self.give_back();
             self.take_events();
+            if self.ended.is_none() && self.follow()? {
+                return Ok(Next::Changed);
+            }
             if let Some(a) = self.arrived.pop_front() {
                 let i = a.index as usize;
                 let copied = a.copy.is_some();

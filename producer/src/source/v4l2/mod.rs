@@ -1203,7 +1203,7 @@ fn setup_expbuf(dev: &File, q: QueueType, dl: &DriverLayout, count: usize) -> Re
             fds,
             fd_sizes,
             plane_fds: dl.plane_mem.clone(),
-            memory: AllocatorKind::V4l2.memory(),
+            memory: dmabuf_core::MemoryKind::DmaBuf,
             allocator: AllocatorKind::V4l2,
         });
     }
@@ -1227,7 +1227,7 @@ fn setup_dmabuf(
 ) -> Result<(Pool, Mode)> {
     let format = dl.layout.format;
     let (allocator, why) = alloc::select(req.alloc, format)?;
-    if allocator.kind().memory() != dmabuf_core::MemoryKind::DmaBuf {
+    if allocator.kind().memory() != Some(dmabuf_core::MemoryKind::DmaBuf) {
         bail!("no dma-buf allocator here (picked {why})");
     }
     let multi = dl.mem_sizes.len() > 1;
@@ -1260,7 +1260,7 @@ fn setup_dmabuf(
                 fds,
                 fd_sizes,
                 plane_fds: dl.plane_mem.clone(),
-                memory: allocator.kind().memory(),
+                memory: dmabuf_core::MemoryKind::DmaBuf,
                 allocator: allocator.kind(),
             });
         }
