@@ -4,6 +4,7 @@
 
 pub mod alloc;
 pub mod buffer;
+pub mod drm;
 pub mod fanout;
 pub mod format;
 pub mod mapping;

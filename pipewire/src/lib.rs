@@ -64,6 +64,30 @@ pub use input::{
 pub use list::{video_nodes, VideoNode};
 pub use output::{Output, OutputOptions, OutputStats};
 
+/// What the bridge does about explicit sync, for logs: no node or stream here offers or takes
+/// PipeWire's `SPA_META_SyncTimeline` (a client that requires it does not link); buffers are
+/// shared with implicit sync (the dma-buf's own fences; memfds have none to wait for). Says
+/// whether this machine has a DRM device that could make timeline syncobjs
+/// ([`dmabuf_core::drm`]).
+pub fn explicit_sync_note() -> String {
+    let nodes = dmabuf_core::drm::nodes();
+    let summary = dmabuf_core::drm::explicit_sync_summary(&nodes);
+    if nodes.iter().any(|n| n.timeline) {
+        format!(
+            "explicit sync (SPA_META_SyncTimeline) is not offered: {summary}, but this bridge \
+             does not use them yet: implicit sync"
+        )
+    } else {
+        format!("explicit sync (SPA_META_SyncTimeline) is not offered: {summary}")
+    }
+}
+
+/// Log [`explicit_sync_note`] once per process.
+fn log_explicit_sync() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| tracing::info!("PipeWire: {}", explicit_sync_note()));
+}
+
 /// Wait (up to 10 s) for a stream thread to say it is running; on an error or no answer, the
 /// error (the thread is joined when it answered with one).
 fn await_ready(
@@ -71,7 +95,10 @@ fn await_ready(
     thread: std::thread::JoinHandle<()>,
 ) -> Result<std::thread::JoinHandle<()>, Error> {
     match ready.recv_timeout(std::time::Duration::from_secs(10)) {
-        Ok(Ok(())) => Ok(thread),
+        Ok(Ok(())) => {
+            log_explicit_sync();
+            Ok(thread)
+        }
         Ok(Err(e)) => {
             let _ = thread.join();
             Err(e)

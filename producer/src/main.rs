@@ -72,8 +72,9 @@ struct Args {
     #[arg(long, value_enum, default_value = "auto")]
     v4l2_io: source::v4l2::Io,
 
-    /// List the V4L2 devices (/dev/video*) with their formats, frame sizes and rates, and the
-    /// PipeWire daemon's video nodes (for --source pipewire:), and exit.
+    /// List the V4L2 devices (/dev/video*) with their formats, frame sizes and rates, the
+    /// PipeWire daemon's video nodes (for --source pipewire:), and whether a DRM device makes
+    /// timeline syncobjs (PipeWire's explicit sync), and exit.
     #[arg(long)]
     list_devices: bool,
 
@@ -432,6 +433,7 @@ fn run(args: Args) -> Result<()> {
             }
             Err(e) => println!("PipeWire: {e}"),
         }
+        println!("PipeWire: {}", dmabuf_pipewire::explicit_sync_note());
         return Ok(());
     }
     if args.v4l2_io != source::v4l2::Io::Auto && !args.source.starts_with("v4l2:") {

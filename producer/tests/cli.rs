@@ -272,4 +272,15 @@ fn list_devices_without_devices_says_so() {
         );
     }
     assert!(out.lines().any(|l| l.starts_with("PipeWire")), "{out}");
+    // And what it does about explicit sync, with the DRM devices' answers (none here).
+    let sync = out
+        .lines()
+        .find(|l| l.starts_with("PipeWire: explicit sync (SPA_META_SyncTimeline) is not offered"))
+        .unwrap_or_else(|| panic!("{out}"));
+    if !std::path::Path::new("/dev/dri").exists() {
+        assert!(
+            sync.ends_with("no DRM device (/dev/dri) to make timeline syncobjs: implicit sync"),
+            "{sync}"
+        );
+    }
 }

@@ -8,6 +8,7 @@
 
 pub mod dma_buf;
 pub mod dma_heap;
+pub mod drm;
 pub mod mman;
 pub mod scm;
 pub mod udmabuf;
