@@ -89,9 +89,16 @@ pub struct PipeWireSource {
     stale: u64,
     /// Renegotiations followed.
     renegotiated: u64,
+    /// When the last frame came (or the stream started), and after how long without one a
+    /// warning is due next.
+    last_frame: Instant,
+    warn_after: Duration,
     /// pts for frames without a header: their arrival time since the first.
     epoch: Instant,
 }
+
+/// How long without a frame before the first warning (then after twice as long, …).
+const QUIET_WARNING: Duration = Duration::from_secs(5);
 
 /// Wait up to `timeout` for `input`'s next event.
 fn next_event(input: &mut Input, timeout: Duration) -> Result<Option<InputEvent>> {
@@ -178,6 +185,8 @@ impl PipeWireSource {
             skipped: 0,
             stale: 0,
             renegotiated: 0,
+            last_frame: Instant::now(),
+            warn_after: QUIET_WARNING,
             epoch: Instant::now(),
         };
         src.adopt(announced, first)?;
@@ -425,6 +434,8 @@ impl FrameSource for PipeWireSource {
                 return Ok(Next::Changed);
             }
             if let Some(a) = self.arrived.pop_front() {
+                self.last_frame = Instant::now();
+                self.warn_after = QUIET_WARNING;
                 let i = a.index as usize;
                 let copied = a.copy.is_some();
                 let lease = match a.copy {
@@ -471,6 +482,16 @@ impl FrameSource for PipeWireSource {
                 .is_none()
             {
                 return Ok(host.why_not());
+            }
+            let quiet = self.last_frame.elapsed();
+            if quiet >= self.warn_after {
+                // A live node may pause; one that stalls should not look like a hang of ours.
+                tracing::warn!(
+                    "no frame from the PipeWire node {:?} for {:.0} s (it paused or stalled); waiting",
+                    self.target,
+                    quiet.as_secs_f64()
+                );
+                self.warn_after *= 2;
             }
         }
     }
