@@ -499,3 +499,26 @@ fn a_renegotiating_node_is_followed_through_a_second_producer() {
     assert_eq!(sizes[0] + sizes[1], frames as usize);
     assert!(sizes[0] > 0 && sizes[1] > 0, "{sizes:?}");
 }
+
+#[test]
+fn a_second_node_of_the_same_name_is_warned_of() {
+    let daemon = Daemon::start("dup");
+    let (a, b) = (socket("pw-dup-a"), socket("pw-dup-b"));
+    let _first = daemon.producer(&a, &["--pipewire", "dupnode", "--size", "64x48"]);
+    assert!(eventually(Duration::from_secs(10), || daemon
+        .node("dupnode")
+        .is_some()));
+    let second = daemon.producer(&b, &["--pipewire", "dupnode", "--size", "64x48"]);
+    std::thread::sleep(Duration::from_millis(500));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.pid() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let (status, err) = second.wait(Duration::from_secs(10));
+    assert!(status.success(), "{err}");
+    assert!(
+        err.contains("--pipewire: the daemon already has a video node named \"dupnode\""),
+        "{err}"
+    );
+}

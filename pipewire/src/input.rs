@@ -21,6 +21,7 @@ use std::io::{Read, Write};
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -131,6 +132,8 @@ enum Cmd {
 /// A PipeWire video stream taken frame by frame.
 pub struct Input {
     tx: pw::channel::Sender<Cmd>,
+    /// Frames in process memory that found the copy pool without a free buffer.
+    copy_skipped: Arc<AtomicU64>,
     events: mpsc::Receiver<InputEvent>,
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
@@ -164,12 +167,15 @@ impl Input {
             })
             .map_err(|e| Error::Node(format!("cannot make a socket pair: {e}")))?;
         let (ready_tx, ready_rx) = mpsc::channel();
+        let copy_skipped = Arc::new(AtomicU64::new(0));
+        let skipped = copy_skipped.clone();
         let thread = std::thread::Builder::new()
             .name("pipewire-in".into())
             .spawn(move || {
                 let sink = Events {
                     tx: ev_tx,
                     waker: RefCell::new(waker),
+                    copy_skipped: skipped,
                 };
                 if let Err(e) = stream_thread(opts, rx, sink, &ready_tx) {
                     let _ = ready_tx.send(Err(e));
@@ -179,6 +185,7 @@ impl Input {
         let thread = crate::await_ready(&ready_rx, thread)?;
         Ok(Self {
             tx,
+            copy_skipped,
             events,
             wake,
             thread: Some(thread),
@@ -215,6 +222,12 @@ impl Input {
     pub fn copy_into(&self, pool: &Pool) {
         let _ = self.tx.send(Cmd::CopyInto(pool.clone()));
     }
+
+    /// Frames in process memory skipped so far because the [`Input::copy_into`] pool had no
+    /// free buffer (or none was given yet).
+    pub fn copy_skipped(&self) -> u64 {
+        self.copy_skipped.load(Ordering::Relaxed)
+    }
 }
 
 impl Drop for Input {
@@ -230,6 +243,7 @@ impl Drop for Input {
 struct Events {
     tx: mpsc::Sender<InputEvent>,
     waker: RefCell<UnixStream>,
+    copy_skipped: Arc<AtomicU64>,
 }
 
 impl Events {
@@ -459,7 +473,15 @@ fn stream_thread(
                             corrupted,
                             copy: Some(lease),
                         }),
-                        None => tracing::debug!("PipeWire frame skipped: no free pool buffer"),
+                        None => {
+                            let n = events.copy_skipped.fetch_add(1, Ordering::Relaxed) + 1;
+                            if n.is_power_of_two() {
+                                tracing::info!(
+                                    "PipeWire frame skipped: no free pool buffer to copy it into \
+                                     ({n} so far)"
+                                );
+                            }
+                        }
                     }
                 }
             }

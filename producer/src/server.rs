@@ -409,6 +409,19 @@ pub fn serve(
         },
     };
     if let Some(name) = server.ctx.opts.pipewire.clone() {
+        // Clients name their target by node.name: a second node of the same name makes
+        // which one they get a matter of chance.
+        if let Ok(same) = dmabuf_pipewire::video_nodes() {
+            for n in same.iter().filter(|n| n.name == name) {
+                tracing::warn!(
+                    "--pipewire: the daemon already has a video node named {name:?} (id {}, serial \
+                     {}, {}): clients that target {name:?} may get either; choose another name",
+                    n.id,
+                    n.serial.as_deref().unwrap_or("?"),
+                    n.media_class
+                );
+            }
+        }
         let node = dmabuf_pipewire::Output::start(
             server.ctx.publisher.pool(),
             dmabuf_pipewire::OutputOptions {

@@ -413,14 +413,16 @@ impl FrameSource for PipeWireSource {
 
     fn path_summary(&self) -> Option<String> {
         Some(format!(
-            "PipeWire frames {}; {} skipped (planes not where the pool says), {} superseded by \
-             a newer frame before any consumer took them, {} renegotiation(s) followed",
+            "PipeWire frames {}; {} skipped (planes not where the pool says), {} skipped (no free \
+             pool buffer to copy into), {} superseded by a newer frame before any consumer took \
+             them, {} renegotiation(s) followed",
             if self.zero_copy {
                 "passed on in PipeWire's buffers"
             } else {
                 "copied once into the pool"
             },
             self.skipped,
+            self.input.copy_skipped(),
             self.stale,
             self.renegotiated
         ))
