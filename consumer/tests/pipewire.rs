@@ -522,3 +522,66 @@ fn a_second_node_of_the_same_name_is_warned_of() {
         "{err}"
     );
 }
+
+/// `gst-launch-1.0 -v pipewiresrc … ! fakesink silent=false` on `node`, its output (a line per
+/// buffer: `chain`) in `log`.
+fn counting_client(daemon: &Daemon, node: &str, log: &Path) -> Killed {
+    let mut cmd = Command::new("gst-launch-1.0");
+    cmd.arg("-v").args(pipewiresrc(node, 100_000)).args([
+        "!",
+        "fakesink",
+        "silent=false",
+        "sync=false",
+    ]);
+    daemon.env(&mut cmd);
+    let out = std::fs::File::create(log).unwrap();
+    Killed(
+        cmd.stdout(out)
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("gst-launch-1.0"),
+    )
+}
+
+fn buffers_seen(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .matches("chain")
+        .count()
+}
+
+/// Two clients on our node; one stops (SIGSTOP) and keeps what it holds: the other goes on
+/// getting frames (the stopped one holds at most its share; GStreamer's own `pipewiresink`
+/// starves the second client in the same test).
+#[test]
+fn a_stopped_client_does_not_starve_another() {
+    let daemon = Daemon::start("twoclients");
+    let sock = socket("pw-two");
+    let _producer = daemon.producer(
+        &sock,
+        &["--pipewire", "twonode", "--size", "320x240", "--fps", "30"],
+    );
+    assert!(eventually(Duration::from_secs(10), || daemon
+        .node("twonode")
+        .is_some()));
+    let (first_log, second_log) = (daemon.dir.join("first.log"), daemon.dir.join("second.log"));
+    let first = counting_client(&daemon, "twonode", &first_log);
+    let _second = counting_client(&daemon, "twonode", &second_log);
+    assert!(
+        eventually(Duration::from_secs(20), || buffers_seen(&first_log) >= 10
+            && buffers_seen(&second_log) >= 10),
+        "the clients did not both stream:\n{}",
+        daemon.log()
+    );
+    let stopped = nix::unistd::Pid::from_raw(first.0.id() as i32);
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGSTOP).unwrap();
+    let before = buffers_seen(&second_log);
+    std::thread::sleep(Duration::from_secs(4));
+    let during = buffers_seen(&second_log) - before;
+    nix::sys::signal::kill(stopped, nix::sys::signal::Signal::SIGCONT).unwrap();
+    // 120 at 30 fps; a quarter of that is plenty of margin on a busy machine.
+    assert!(
+        during >= 30,
+        "the second client got {during} frames in 4 s while the first was stopped"
+    );
+}
