@@ -80,6 +80,27 @@ pub struct InputFormat {
     pub color: ColorInfo,
 }
 
+/// A frame PipeWire handed over ([`InputEvent::Frame`]): in buffer `index` of announcement
+/// `generation`, or copied.
+#[derive(Debug)]
+pub struct InputFrame {
+    /// The announcement whose buffers it is in.
+    pub generation: u32,
+    /// The buffer.
+    pub index: u32,
+    /// Each block's chunk.
+    pub chunks: Vec<Chunk>,
+    /// The header's presentation time (ns), if the peer sent a header.
+    pub pts_ns: Option<i64>,
+    /// The header's sequence number, if any.
+    pub seq: Option<u64>,
+    /// The peer marked the frame corrupted.
+    pub corrupted: bool,
+    /// The frame copied into a buffer of the [`Input::copy_into`] pool (PipeWire's buffer
+    /// is already back with PipeWire); `None` when it is in buffer `index`.
+    pub copy: Option<Lease>,
+}
+
 /// What happened on the stream.
 #[derive(Debug)]
 pub enum InputEvent {
@@ -100,24 +121,8 @@ pub enum InputEvent {
         /// Which announcement this is (1, 2, …): frames name it.
         generation: u32,
     },
-    /// A frame in buffer `index`, now the caller's until [`Input::recycle`].
-    Frame {
-        /// The announcement whose buffers it is in.
-        generation: u32,
-        /// The buffer.
-        index: u32,
-        /// Each block's chunk.
-        chunks: Vec<Chunk>,
-        /// The header's presentation time (ns), if the peer sent a header.
-        pts_ns: Option<i64>,
-        /// The header's sequence number, if any.
-        seq: Option<u64>,
-        /// The peer marked the frame corrupted.
-        corrupted: bool,
-        /// The frame copied into a buffer of the [`Input::copy_into`] pool (PipeWire's buffer
-        /// is already back with PipeWire); `None` when it is in buffer `index`.
-        copy: Option<Lease>,
-    },
+    /// A frame, now the caller's until [`Input::recycle`] (or in a copy).
+    Frame(InputFrame),
     /// The stream stopped: the peer went away or paused for good, the daemon died, or
     /// negotiation failed (PipeWire's words).
     Ended(String),
@@ -425,7 +430,7 @@ fn stream_thread(
                     }
                     if zero_copy {
                         s.out.insert(index as u32, b);
-                        events.send(InputEvent::Frame {
+                        events.send(InputEvent::Frame(InputFrame {
                             generation: s.generation,
                             index: index as u32,
                             chunks,
@@ -433,7 +438,7 @@ fn stream_thread(
                             seq,
                             corrupted,
                             copy: None,
-                        });
+                        }));
                         continue;
                     }
                     // In process memory: copy into the caller's pool, then straight back.
@@ -464,7 +469,7 @@ fn stream_thread(
                     };
                     raw::queue(stream, b);
                     match copied {
-                        Some(lease) => events.send(InputEvent::Frame {
+                        Some(lease) => events.send(InputEvent::Frame(InputFrame {
                             generation: s.generation,
                             index: index as u32,
                             chunks,
@@ -472,7 +477,7 @@ fn stream_thread(
                             seq,
                             corrupted,
                             copy: Some(lease),
-                        }),
+                        })),
                         None => {
                             let n = events.copy_skipped.fetch_add(1, Ordering::Relaxed) + 1;
                             if n.is_power_of_two() {

@@ -59,7 +59,8 @@ mod raw;
 
 pub use format::{from_spa, to_spa};
 pub use input::{
-    plane_layout, Chunk, DataBlock, Input, InputBuffer, InputEvent, InputFormat, InputOptions,
+    plane_layout, Chunk, DataBlock, Input, InputBuffer, InputEvent, InputFormat, InputFrame,
+    InputOptions,
 };
 pub use list::{video_nodes, VideoNode};
 pub use output::{Output, OutputOptions, OutputStats};

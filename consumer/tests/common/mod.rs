@@ -301,3 +301,25 @@ pub fn size_changing_clip() -> PathBuf {
     std::fs::write(&out, all).unwrap();
     out
 }
+
+/// The ffmpeg CLI's decode of [`size_changing_clip`] as I420, each frame at its own size
+/// (`-autoscale 0`), back to back.
+pub fn size_changing_clip_decoded(clip: &Path) -> Vec<u8> {
+    let out = Command::new("ffmpeg")
+        .args(["-loglevel", "error", "-i"])
+        .arg(clip)
+        .args([
+            "-autoscale",
+            "0",
+            "-f",
+            "rawvideo",
+            "-pix_fmt",
+            "yuv420p",
+            "-",
+        ])
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(out.stdout.len(), (320 * 240 * 30 + 480 * 360 * 15) * 3 / 2);
+    out.stdout
+}

@@ -13,47 +13,13 @@ use dmabuf_core::pool::{Lease, Pool};
 use dmabuf_core::proto::wire::ColorInfo;
 use dmabuf_core::{AllocatorKind, FrameBuffer};
 use dmabuf_pipewire::plane_layout;
-use dmabuf_pipewire::{Chunk, Input, InputBuffer, InputEvent, InputFormat, InputOptions};
+use dmabuf_pipewire::{
+    Chunk, Input, InputBuffer, InputEvent, InputFormat, InputFrame, InputOptions,
+};
 use std::collections::VecDeque;
 use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// A frame PipeWire handed over, not yet published: in PipeWire's buffer `index` of
-/// announcement `generation`, or copied into one of ours.
-#[derive(Debug)]
-struct Arrived {
-    generation: u32,
-    index: u32,
-    chunks: Vec<Chunk>,
-    pts_ns: Option<i64>,
-    corrupted: bool,
-    copy: Option<Lease>,
-}
-
-impl Arrived {
-    fn from_event(ev: InputEvent) -> Option<Self> {
-        match ev {
-            InputEvent::Frame {
-                generation,
-                index,
-                chunks,
-                pts_ns,
-                corrupted,
-                copy,
-                ..
-            } => Some(Self {
-                generation,
-                index,
-                chunks,
-                pts_ns,
-                corrupted,
-                copy,
-            }),
-            _ => None,
-        }
-    }
-}
 
 /// PipeWire's announcement of a format and its buffers ([`InputEvent::Buffers`]).
 #[derive(Debug)]
@@ -77,10 +43,10 @@ pub struct PipeWireSource {
     chunks: Vec<Chunk>,
     /// Leases of the buffers PipeWire holds (index = pool id).
     lent: Vec<Option<Lease>>,
-    arrived: VecDeque<Arrived>,
+    arrived: VecDeque<InputFrame>,
     /// A renegotiation not followed yet: PipeWire's newer format and buffers, and (zero-copy)
     /// the newest frame in them, which shows where their planes are.
-    pending: Option<(Announced, Option<Arrived>)>,
+    pending: Option<(Announced, Option<InputFrame>)>,
     /// Why the stream ended, once it did.
     ended: Option<String>,
     /// Frames whose planes were not where the pool says (given back unpublished).
@@ -156,8 +122,7 @@ impl PipeWireSource {
                         generation,
                     })
                 }
-                Some(ev @ InputEvent::Frame { .. }) => {
-                    let a = Arrived::from_event(ev).expect("a frame");
+                Some(InputEvent::Frame(a)) => {
                     if announced
                         .as_ref()
                         .is_some_and(|b| b.generation == a.generation)
@@ -195,7 +160,7 @@ impl PipeWireSource {
 
     /// Take PipeWire's announced format and buffers: as the pool (zero-copy, given the first
     /// frame in them), or as frames copied into a pool `make_pool` makes.
-    fn adopt(&mut self, a: Announced, first: Option<Arrived>) -> Result<()> {
+    fn adopt(&mut self, a: Announced, first: Option<InputFrame>) -> Result<()> {
         let target = &self.target;
         self.stream = a.format;
         self.generation = a.generation;
@@ -281,8 +246,7 @@ impl PipeWireSource {
                 InputEvent::Ended(why) => {
                     self.ended.get_or_insert(why);
                 }
-                ev @ InputEvent::Frame { .. } => {
-                    let a = Arrived::from_event(ev).expect("a frame");
+                InputEvent::Frame(a) => {
                     if self.ended.is_some() {
                         self.input.recycle(a.generation, a.index);
                     } else if a.generation == self.generation {
