@@ -192,6 +192,60 @@ fn stalled_consumers_never_freeze_healthy_ones() {
     }
 }
 
+/// A size change while one of two consumers is stopped (SIGSTOP) holding frames of the old
+/// pool: the healthy one moves to the new pool as soon as it released the old frames and goes
+/// on at the stream's rate; the stopped one is renegotiated when it releases — or dropped
+/// after the stall timeout, the new pool never waiting for it. (Before: every renegotiation
+/// waited for all consumers, freezing the healthy one for the stall timeout.)
+#[test]
+fn a_renegotiation_does_not_wait_for_a_stalled_consumer() {
+    let clip = size_changing_clip();
+    let sock = socket("reneg-stall");
+    let src = format!("file:{}", clip.display());
+    let _p = Producer::start(
+        &sock,
+        &[
+            "--source",
+            &src,
+            "--loop",
+            "--alloc",
+            "memfd",
+            "--stall-timeout",
+            "3",
+        ],
+    );
+    let (healthy_json, stalled_json) = (
+        sock.with_extension("healthy.json"),
+        sock.with_extension("stalled.json"),
+    );
+    let healthy = spawn_watched(&sock, &healthy_json, &["--duration", "8"]);
+    let stalled = spawn_watched(&sock, &stalled_json, &["--duration", "20"]);
+    for c in [&healthy, &stalled] {
+        c.first
+            .recv_timeout(Duration::from_secs(30))
+            .expect("no first frame");
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    signal(&stalled.child, nix::sys::signal::Signal::SIGSTOP);
+    let (code, err) = healthy.finish();
+    signal(&stalled.child, nix::sys::signal::Signal::SIGCONT);
+    let (_, stalled_err) = stalled.finish();
+    let s = read_json(&healthy_json);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(s["mismatches"], 0, "{s}");
+    assert_eq!(s["verified"], s["frames"], "{s}");
+    // A size change every half second (15 frames at 30 fps): over a dozen in 8 s.
+    assert!(s["renegotiations"].as_u64().unwrap() >= 6, "{s}");
+    // The stall timeout is 3 s; a frame period is 33 ms. Waiting for the stopped consumer at
+    // a change would leave a gap of seconds.
+    let gap = s["max_gap_ms"].as_f64().unwrap();
+    assert!(gap < 1000.0, "a {gap} ms gap in the healthy consumer: {s}");
+    assert!(
+        stalled_err.contains("released none"),
+        "the stopped consumer was not dropped for its stall: {stalled_err}"
+    );
+}
+
 /// More consumers than `--buffers` could pin every buffer: the next one is refused, saying so.
 #[test]
 fn a_full_producer_refuses_with_a_reason() {

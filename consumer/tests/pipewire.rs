@@ -414,7 +414,9 @@ fn a_renegotiating_node_is_followed_through_a_second_producer() {
     let clip = size_changing_clip();
     let (a, b) = (socket("pw-reneg-a"), socket("pw-reneg-b"));
     // Our node changes size every 15 frames (320x240, 480x360, …): each change a new
-    // PipeWire format and new buffers, which the second producer follows.
+    // PipeWire format and new buffers, which the second producer follows. The first producer
+    // has no socket consumer: its PipeWire client alone keeps it going, through every
+    // renegotiation (it must not take one for its client leaving and start the file again).
     let src = format!("file:{}", clip.display());
     let _first = daemon.producer(
         &a,
@@ -432,6 +434,22 @@ fn a_renegotiating_node_is_followed_through_a_second_producer() {
         .node("renode")
         .is_some()));
     let second = daemon.producer(&b, &["--source", "pipewire:renode"]);
+    // With no consumer yet, the second producer follows the renegotiations too, and lets go
+    // of each superseded set of buffers (16 buffers x 3 planes a change, a dozen changes in
+    // these 4 s: hundreds of fds if it kept them).
+    let fds = || {
+        std::fs::read_dir(format!("/proc/{}/fd", second.pid()))
+            .unwrap()
+            .count()
+    };
+    std::thread::sleep(Duration::from_secs(1));
+    let idle_start = fds();
+    std::thread::sleep(Duration::from_secs(4));
+    let idle_end = fds();
+    assert!(
+        idle_end <= idle_start + 48,
+        "the idle second producer went from {idle_start} to {idle_end} fds"
+    );
     let raw = b.with_extension("raw");
     let frames = 120;
     let stats = consume(
@@ -454,36 +472,56 @@ fn a_renegotiating_node_is_followed_through_a_second_producer() {
     assert_eq!(stats["producer_copied"], 0, "{stats:#}");
     assert!(stats["renegotiations"].as_u64().unwrap() >= 2, "{stats:#}");
     // Every frame is one of the clip's, whole, at its own size (ffmpeg's decode, each frame
-    // at its own size); frames of both sizes came.
+    // at its own size), and the clip plays on: 480x360 frames come in runs, in order (a
+    // producer that started the file again at each change would send one, then 320x240
+    // from the start).
     let want = size_changing_clip_decoded(&clip);
     let (small, big) = (320 * 240 * 3 / 2, 480 * 360 * 3 / 2);
-    let split = want.split_at(small * 15);
-    let (mid, last) = split.1.split_at(big * 15);
-    let known_small: std::collections::HashSet<&[u8]> =
-        split.0.chunks(small).chain(last.chunks(small)).collect();
-    let known_big: std::collections::HashSet<&[u8]> = mid.chunks(big).collect();
+    let (first_small, rest) = want.split_at(small * 15);
+    let index = |frames: &[u8], n: usize| -> std::collections::HashMap<Vec<u8>, usize> {
+        frames
+            .chunks(n)
+            .enumerate()
+            .map(|(i, f)| (f.to_vec(), i))
+            .collect()
+    };
+    let (known_small, known_big) = (index(first_small, small), index(&rest[..big * 15], big));
     let got = std::fs::read(&raw).unwrap();
     let _ = std::fs::remove_file(&raw);
-    let (mut pos, mut sizes) = (0, [0usize; 2]);
+    // (size: 0 small, 1 big; index in its 15 frames)
+    let mut seen: Vec<(usize, usize)> = Vec::new();
+    let mut pos = 0;
     while pos < got.len() {
-        let fits = |n: usize, set: &std::collections::HashSet<&[u8]>| {
-            got.get(pos..pos + n).is_some_and(|f| set.contains(f))
+        let at = |n: usize, set: &std::collections::HashMap<Vec<u8>, usize>| {
+            got.get(pos..pos + n).and_then(|f| set.get(f).copied())
         };
-        if fits(small, &known_small) {
+        if let Some(i) = at(small, &known_small) {
+            seen.push((0, i));
             pos += small;
-            sizes[0] += 1;
-        } else if fits(big, &known_big) {
+        } else if let Some(i) = at(big, &known_big) {
+            seen.push((1, i));
             pos += big;
-            sizes[1] += 1;
         } else {
             panic!(
                 "frame {} (byte {pos}) is none of the clip's frames",
-                sizes[0] + sizes[1]
+                seen.len()
             );
         }
     }
-    assert_eq!(sizes[0] + sizes[1], frames as usize);
-    assert!(sizes[0] > 0 && sizes[1] > 0, "{sizes:?}");
+    assert_eq!(seen.len(), frames as usize);
+    let runs: Vec<Vec<usize>> = seen
+        .chunk_by(|x, y| x.0 == y.0)
+        .filter(|r| r[0].0 == 1)
+        .map(|r| r.iter().map(|f| f.1).collect())
+        .collect();
+    for r in &runs {
+        assert!(
+            r.windows(2).all(|w| w[0] < w[1]),
+            "480x360 frames out of order: {r:?}"
+        );
+    }
+    let longest = runs.iter().map(Vec::len).max().unwrap_or(0);
+    assert!(longest >= 8, "480x360 runs {runs:?} (of {seen:?})");
 }
 
 #[test]
@@ -570,4 +608,44 @@ fn a_stopped_client_does_not_starve_another() {
         during >= 30,
         "the second client got {during} frames in 4 s while the first was stopped"
     );
+}
+
+/// The node goes away: the consumer is told why, and the producer says it too before it
+/// exits (status 0: the end of its stream, as at the end of a file); with no consumer at the
+/// time, the same.
+#[test]
+fn a_node_that_goes_away_ends_the_stream_saying_why() {
+    let daemon = Daemon::start("gone");
+    let caps = "video/x-raw,format=I420,width=320,height=240,framerate=30/1";
+    for with_consumer in [true, false] {
+        let gst = gst_source(&daemon, "goingnode", caps, 100_000);
+        assert!(eventually(Duration::from_secs(10), || daemon
+            .node("goingnode")
+            .is_some()));
+        let sock = socket(&format!("pw-gone-{with_consumer}"));
+        let relay = daemon.producer(&sock, &["--source", "pipewire:goingnode"]);
+        let consumer = with_consumer.then(|| {
+            let mut c = Command::new(consumer_bin());
+            c.arg("--socket")
+                .arg(&sock)
+                .args(["--import", "cpu-map", "-q"])
+                .stdout(Stdio::null())
+                .stderr(Stdio::piped());
+            c.spawn().unwrap()
+        });
+        std::thread::sleep(Duration::from_secs(2));
+        drop(gst);
+        let (status, err) = relay.wait(Duration::from_secs(20));
+        assert!(status.success(), "{err}");
+        assert!(
+            err.contains("the PipeWire node goingnode stopped or went away")
+                || err.contains("the PipeWire node goingnode went away"),
+            "{err}"
+        );
+        if let Some(c) = consumer {
+            let out = c.wait_with_output().unwrap();
+            let cerr = String::from_utf8_lossy(&out.stderr);
+            assert!(cerr.contains("went away"), "{cerr}");
+        }
+    }
 }

@@ -56,6 +56,10 @@ pub struct Member {
     /// It was skipped at its quota and has not come back below it since: no more waiting for
     /// it.
     lagging: bool,
+    /// A renegotiation it has not been told of yet because it still holds frames of the old
+    /// pool: the new `Welcome` and pool, sent once it has released them all. Until then it
+    /// gets no frames; the others go on in the new format.
+    migrate: Option<Box<(Welcome, Pool)>>,
 }
 
 /// A consumer that connected and has not said `Hello` yet.
@@ -165,6 +169,7 @@ impl Fanout {
             skipped: 0,
             last_progress: Instant::now(),
             lagging: false,
+            migrate: None,
         });
     }
 
@@ -194,7 +199,12 @@ impl Fanout {
         let quota = self.quota(pool_len);
         self.members
             .iter()
-            .any(|m| !m.lagging && m.sess.held_count() >= quota)
+            .any(|m| !m.lagging && (m.migrate.is_some() || m.sess.held_count() >= quota))
+    }
+
+    /// Whether a member still holds frames of a pool before the last renegotiation.
+    pub fn migrating(&self) -> bool {
+        self.members.iter().any(|m| m.migrate.is_some())
     }
 
     /// Wait up to `timeout` for activity and handle it: accept connections, read `Hello`s
@@ -361,6 +371,10 @@ impl Fanout {
                 if k > 0 {
                     m.last_progress = Instant::now();
                 }
+                if m.migrate.is_some() && m.sess.held_count() == 0 {
+                    let (welcome, pool) = *m.migrate.take().expect("checked");
+                    self.tell(i, &welcome, &pool);
+                }
             }
             Ok(Pumped::Left) => {
                 let m = self.members.remove(i);
@@ -386,14 +400,19 @@ impl Fanout {
         let mut sent = 0;
         for i in (0..self.members.len()).rev() {
             let m = &mut self.members[i];
-            if m.sess.held_count() >= quota {
+            if m.migrate.is_some() || m.sess.held_count() >= quota {
                 m.lagging = true;
                 m.skipped += 1;
                 if m.skipped.is_power_of_two() {
                     tracing::info!(
-                        "consumer #{} holds {} buffers (its quota): {} frame(s) skipped so far",
+                        "consumer #{} holds {} buffers ({}): {} frame(s) skipped so far",
                         m.n,
                         m.sess.held_count(),
+                        if m.migrate.is_some() {
+                            "of the pool before a format change"
+                        } else {
+                            "its quota"
+                        },
                         m.skipped
                     );
                 }
@@ -428,14 +447,20 @@ impl Fanout {
         sent
     }
 
-    /// Drop every member that holds its whole quota (alone: every buffer) and has released
-    /// none for `limit`. One that holds less blocks nobody, however slow it is.
+    /// Drop every member that holds its whole quota (alone: every buffer), or any frame of a
+    /// pool before a renegotiation (it keeps that pool alive), and has released none for
+    /// `limit`. One that holds less of the current pool blocks nobody, however slow it is.
     pub fn drop_stalled(&mut self, limit: Duration, pool_len: usize) {
         let quota = self.quota(pool_len);
         let mut i = 0;
         while i < self.members.len() {
             let m = &self.members[i];
-            if m.sess.held_count() >= quota && m.last_progress.elapsed() >= limit {
+            let holding = if m.migrate.is_some() {
+                m.sess.held_count() > 0
+            } else {
+                m.sess.held_count() >= quota
+            };
+            if holding && m.last_progress.elapsed() >= limit {
                 let m = self.members.remove(i);
                 let msg = format!(
                     "consumer holds {} buffer(s) and released none for {limit:?}; dropping it",
@@ -504,19 +529,32 @@ impl Fanout {
     }
 
     /// Tell every member the stream's format changed: remove its buffers, send the new
-    /// `Welcome` and `pool`'s buffers (every member must hold nothing). A member that cannot
-    /// be told is dropped.
+    /// `Welcome` and `pool`'s buffers — at once to a member that holds nothing, and to one
+    /// that still holds frames once it has released them (it gets no frames meanwhile; the
+    /// others are not held up). A member that cannot be told is dropped.
     pub fn renegotiate(&mut self, welcome: &Welcome, pool: &Pool) {
         for i in (0..self.members.len()).rev() {
-            let sess = &mut self.members[i].sess;
-            let told = sess.renegotiate(welcome).and_then(|()| {
-                (0..pool.len() as u32)
-                    .try_for_each(|id| sess.add_buffer(id, pool.buffer(id).expect("id in range")))
-            });
-            if let Err(e) = told {
-                let m = self.members.remove(i);
-                tracing::warn!("consumer #{}: renegotiating: {e}; dropped", m.n);
+            let m = &mut self.members[i];
+            if m.sess.held_count() > 0 {
+                // (Its stall clock runs on: a release resets it, as always.)
+                m.migrate = Some(Box::new((welcome.clone(), pool.clone())));
+            } else {
+                m.migrate = None;
+                self.tell(i, welcome, pool);
             }
+        }
+    }
+
+    /// Send member `i` (holding nothing) the renegotiation; drop it if that fails.
+    fn tell(&mut self, i: usize, welcome: &Welcome, pool: &Pool) {
+        let sess = &mut self.members[i].sess;
+        let told = sess.renegotiate(welcome).and_then(|()| {
+            (0..pool.len() as u32)
+                .try_for_each(|id| sess.add_buffer(id, pool.buffer(id).expect("id in range")))
+        });
+        if let Err(e) = told {
+            let m = self.members.remove(i);
+            tracing::warn!("consumer #{}: renegotiating: {e}; dropped", m.n);
         }
     }
 

@@ -356,12 +356,13 @@ impl Publisher {
         }
     }
 
-    /// Wait (serving) up to `timeout` until a lone consumer holds less than its share — the
-    /// back-pressure of a stream with one consumer, for callers whose pool is larger than the
-    /// share (a decoder's). True when there is room (or nobody to wait for).
+    /// Wait (serving) up to `timeout` until a lone consumer holds less than its share, and
+    /// has released the frames of the pool before a renegotiation — the back-pressure of a
+    /// stream with one consumer, for callers whose pool is larger than the share (a
+    /// decoder's). True when there is room (or nobody to wait for).
     pub fn wait_for_room(&mut self, timeout: Duration) -> Result<bool, PublishError> {
         let deadline = Instant::now() + timeout;
-        while self.fan.len() == 1 && self.fan.max_held() >= self.share {
+        while self.fan.len() == 1 && (self.fan.max_held() >= self.share || self.fan.migrating()) {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Ok(false);
@@ -477,12 +478,13 @@ impl Publisher {
 
     /// Renegotiate onto `pool`, a pool the caller made (a new size or format, new colorimetry
     /// or geometry after [`Publisher::set_stream_info`], or memfds for a consumer that needs
-    /// them): once every consumer has released everything (serving meanwhile; a consumer
-    /// holding a buffer and releasing none for the stall timeout is dropped), tell every
-    /// consumer (RemoveBuffer, a new Welcome, the new buffers). Returns the number of
-    /// consumers still served.
+    /// them), without waiting: each consumer is told (RemoveBuffer, a new Welcome, the new
+    /// buffers) once it has released every frame of the old pool — at once if it holds none.
+    /// Until then it gets no frames (a consumer that was keeping up is waited for, as at its
+    /// quota: one frame period, or alone, as long as [`Publisher::wait_for_room`] waits), and
+    /// one that releases none of them for the stall timeout is dropped; the others go on in
+    /// the new format. Returns the number of consumers still served.
     pub fn replace_pool(&mut self, pool: Pool) -> Result<usize, PublishError> {
-        self.drain(None)?;
         self.share = self.opts.buffers.min(pool.len());
         self.why = pool.allocator().to_string();
         self.install(pool);

@@ -288,7 +288,7 @@ fn malformed_messages_are_named_errors() {
     for (at, bytes) in [
         (12usize, 9u32.to_le_bytes().to_vec()),
         (16, 0u32.to_le_bytes().to_vec()),
-        (16, 6u32.to_le_bytes().to_vec()),
+        (16, 7u32.to_le_bytes().to_vec()),
         (20, 0u32.to_le_bytes().to_vec()),
         (24, b"RG16".to_vec()),
         (28, 0u32.to_le_bytes().to_vec()),

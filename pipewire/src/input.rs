@@ -129,6 +129,7 @@ pub enum InputEvent {
 }
 
 enum Cmd {
+    Active(bool),
     Recycle(u32, u32),
     CopyInto(Pool),
     Quit,
@@ -142,6 +143,8 @@ pub struct Input {
     events: mpsc::Receiver<InputEvent>,
     wake: UnixStream,
     thread: Option<JoinHandle<()>>,
+    /// The thread's end was said.
+    gone: bool,
 }
 
 impl std::fmt::Debug for Input {
@@ -194,6 +197,7 @@ impl Input {
             events,
             wake,
             thread: Some(thread),
+            gone: false,
         })
     }
 
@@ -208,9 +212,9 @@ impl Input {
                 let _ = self.wake.read(&mut drain);
                 self.events.try_recv().ok()
             }
-            Err(mpsc::TryRecvError::Disconnected) => Some(InputEvent::Ended(
-                "the PipeWire stream's thread ended".into(),
-            )),
+            // Said once: the thread is gone, nothing more will come.
+            Err(mpsc::TryRecvError::Disconnected) => (!std::mem::replace(&mut self.gone, true))
+                .then(|| InputEvent::Ended("the PipeWire stream's thread ended".into())),
         }
     }
 
@@ -226,6 +230,12 @@ impl Input {
     /// the pool without a free buffer is skipped.
     pub fn copy_into(&self, pool: &Pool) {
         let _ = self.tx.send(Cmd::CopyInto(pool.clone()));
+    }
+
+    /// Whether frames in process memory are copied (the default) or given straight back
+    /// (while nobody wants them: no copy's CPU, no pool buffer taken).
+    pub fn set_active(&self, active: bool) {
+        let _ = self.tx.send(Cmd::Active(active));
     }
 
     /// Frames in process memory skipped so far because the [`Input::copy_into`] pool had no
@@ -273,6 +283,8 @@ struct Stream {
     announced: bool,
     /// Announcements so far.
     generation: u32,
+    /// Copy frames in process memory ([`Input::set_active`]).
+    active: bool,
     ended: bool,
 }
 
@@ -309,6 +321,7 @@ fn stream_thread(
         out: HashMap::new(),
         announced: false,
         generation: 0,
+        active: true,
         ended: false,
     }));
     let target = opts.target.clone();
@@ -379,15 +392,28 @@ fn stream_thread(
                 }
             }
         })
-        .add_buffer(|_stream, st, b| {
-            let Some(b) = PwBuffer::from_callback(b) else {
-                return;
-            };
-            let described = raw::describe(b);
-            if let Err(e) = &described {
-                tracing::debug!("PipeWire buffer: {e}");
+        .add_buffer({
+            let events = events.clone();
+            move |_stream, st, b| {
+                let Some(b) = PwBuffer::from_callback(b) else {
+                    return;
+                };
+                let mut s = st.borrow_mut();
+                match raw::describe(b) {
+                    Ok(described) => s.buffers.push((b, described)),
+                    Err(e) => {
+                        // Blocks that are fds but cannot be taken (out of fds, say): PipeWire
+                        // has not mapped them either, so they cannot be copied.
+                        s.buffers.push((b, None));
+                        if !s.ended {
+                            s.ended = true;
+                            events.send(InputEvent::Ended(format!(
+                                "cannot take a PipeWire buffer: {e}"
+                            )));
+                        }
+                    }
+                }
             }
-            st.borrow_mut().buffers.push((b, described.ok()));
         })
         .remove_buffer(|_stream, st, b| {
             let Some(b) = PwBuffer::from_callback(b) else {
@@ -442,6 +468,11 @@ fn stream_thread(
                         continue;
                     }
                     // In process memory: copy into the caller's pool, then straight back.
+                    if !s.active {
+                        raw::queue(stream, b);
+                        continue;
+                    }
+                    let have_pool = s.copy_pool.is_some();
                     let attempt = match (&s.copy_pool, &s.format) {
                         (Some(pool), Some(f)) => pool.try_acquire().map(|lease| {
                             raw::with_memory(b, |blocks| {
@@ -478,6 +509,9 @@ fn stream_thread(
                             corrupted,
                             copy: Some(lease),
                         })),
+                        None if !have_pool => {
+                            tracing::debug!("PipeWire frame dropped: no pool to copy it into yet")
+                        }
                         None => {
                             let n = events.copy_skipped.fetch_add(1, Ordering::Relaxed) + 1;
                             if n.is_power_of_two() {
@@ -515,6 +549,7 @@ fn stream_thread(
         let (stream, state, ml) = (stream.clone(), state.clone(), mainloop.downgrade());
         move |cmd| match cmd {
             Cmd::CopyInto(pool) => state.borrow_mut().copy_pool = Some(pool),
+            Cmd::Active(active) => state.borrow_mut().active = active,
             Cmd::Recycle(generation, index) => {
                 let b = {
                     let mut s = state.borrow_mut();

@@ -68,6 +68,9 @@ struct Shared {
     stats: OutputStats,
     /// When the node last started streaming.
     since: Option<Instant>,
+    /// After it stopped streaming while linked (paused): until when it still counts as
+    /// streaming (a client relinking, a renegotiation, pause for a moment).
+    linger: Option<Instant>,
     /// The node's thread has stopped (nothing sent to it is read any more).
     stopped: bool,
 }
@@ -76,6 +79,17 @@ struct Shared {
 /// links, PipeWire starts the node, pauses it and starts it again within a millisecond or
 /// two, and a frame queued in between is lost.
 const SETTLE: Duration = Duration::from_millis(100);
+
+/// How long a node that was streaming and is paused (not gone) still counts as streaming: a
+/// renegotiation pauses it while the client takes the new format and buffers.
+const LINGER: Duration = Duration::from_secs(1);
+
+impl Shared {
+    fn streaming(&self) -> bool {
+        self.since.is_some_and(|t| t.elapsed() >= SETTLE)
+            || self.linger.is_some_and(|t| Instant::now() < t)
+    }
+}
 
 enum Cmd {
     /// Take back the buffers the client has returned.
@@ -134,6 +148,7 @@ impl Output {
                 let mut s = lock(&shared);
                 s.stopped = true;
                 s.since = None;
+                s.linger = None;
                 if let Err(e) = result {
                     tracing::warn!("PipeWire node: {e}");
                     s.stats.error = Some(e.to_string());
@@ -198,16 +213,14 @@ impl Output {
     /// A client is linked and the node has been streaming for a moment (100 ms: PipeWire
     /// pauses a node once while linking it).
     pub fn streaming(&self) -> bool {
-        lock(&self.stats)
-            .since
-            .is_some_and(|t| t.elapsed() >= SETTLE)
+        lock(&self.stats).streaming()
     }
 
     /// Counters and state.
     pub fn stats(&self) -> OutputStats {
         let s = lock(&self.stats);
         OutputStats {
-            streaming: s.since.is_some_and(|t| t.elapsed() >= SETTLE),
+            streaming: s.streaming(),
             ..s.stats.clone()
         }
     }
@@ -375,6 +388,7 @@ fn node_thread(
             let mut s = lock(&stats);
             s.stats.error = Some(why);
             s.since = None;
+            s.linger = None;
         }
     })?;
     let (mainloop, core) = (&conn.mainloop, &conn.core);
@@ -422,9 +436,15 @@ fn node_thread(
                     }
                 }
                 let mut s = lock(&stats);
+                let was = s.since.is_some_and(|t| t.elapsed() >= SETTLE);
                 s.since = match (s.since, &new) {
                     (Some(t), StreamState::Streaming) => Some(t),
                     (None, StreamState::Streaming) => Some(Instant::now()),
+                    _ => None,
+                };
+                s.linger = match &new {
+                    StreamState::Paused if was => Some(Instant::now() + LINGER),
+                    StreamState::Paused | StreamState::Streaming => s.linger,
                     _ => None,
                 };
                 if s.stats.node_id.is_none() && stream.node_id() != pw::constants::ID_ANY {
@@ -564,7 +584,11 @@ fn node_thread(
         n.held.clear();
         n.publish_stats();
     }
-    lock(&stats).since = None;
+    {
+        let mut s = lock(&stats);
+        s.since = None;
+        s.linger = None;
+    }
     let _ = stream.disconnect();
     Ok(())
 }

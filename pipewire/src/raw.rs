@@ -143,20 +143,16 @@ pub fn queue(stream: &Stream, b: PwBuffer) {
 }
 
 /// The data blocks of a buffer PipeWire made for an input stream (`add_buffer`): each block's
-/// fd duplicated (ours from here on), its size, offset and length. Blocks that are not fds
-/// (`SPA_DATA_MemPtr`) cannot be passed on: refused.
-pub fn describe(mut b: PwBuffer) -> Result<crate::InputBuffer, String> {
+/// fd duplicated (ours from here on), its size, offset and length. `None` for blocks that are
+/// not fds (`SPA_DATA_MemPtr`), which cannot be passed on.
+pub fn describe(mut b: PwBuffer) -> Result<Option<crate::InputBuffer>, String> {
     let mut memory = None;
     let mut blocks = Vec::new();
     for d in datas(&mut b).iter() {
         let kind = match d.type_ {
             spa::SPA_DATA_MemFd => dmabuf_core::MemoryKind::Memfd,
             spa::SPA_DATA_DmaBuf => dmabuf_core::MemoryKind::DmaBuf,
-            other => {
-                return Err(format!(
-                    "a data block of type {other} (not a memfd or dma-buf) cannot be passed on"
-                ))
-            }
+            _ => return Ok(None),
         };
         if memory.is_some_and(|m| m != kind) {
             return Err("a buffer mixing memfd and dma-buf blocks".into());
@@ -185,10 +181,10 @@ pub fn describe(mut b: PwBuffer) -> Result<crate::InputBuffer, String> {
             maxsize: u64::from(d.maxsize),
         });
     }
-    Ok(crate::InputBuffer {
+    Ok(Some(crate::InputBuffer {
         memory: memory.ok_or("a buffer without data blocks")?,
         blocks,
-    })
+    }))
 }
 
 /// What a dequeued input buffer holds: each block's chunk, and the header's pts, sequence

@@ -57,10 +57,10 @@ struct Args {
     /// device; see --v4l2-io and --list-devices.
     /// `pipewire:TARGET`: take a PipeWire video stream (a camera, a screen cast, another
     /// application's node; TARGET is its node.name or object.serial: WirePlumber 0.5 does not take
-    /// an object id) and pass its frames on
-    /// in PipeWire's own buffers where they are fds (sealed memfds, no copy; each given back to
-    /// PipeWire once every consumer released it), else copied once into the pool (counted); paced
-    /// by the node. Needs a running PipeWire daemon.
+    /// an object id) and pass its frames on in PipeWire's own buffers where they are fds (LINEAR
+    /// dma-bufs, asked for first, or sealed memfds: no copy; each given back to PipeWire once
+    /// every consumer released it), else copied once into the pool (counted); paced by the node;
+    /// its renegotiations (a new size or format) are followed. Needs a running PipeWire daemon.
     #[arg(long, default_value = "pattern")]
     source: String,
 

@@ -6,7 +6,7 @@
 //! With `--alloc auto`, a consumer that cannot take the pool's memory kind gets a sealed-memfd
 //! pool instead, if no other consumer is connected (otherwise it is refused, saying why).
 
-use crate::source::{FrameSource, Host, Next, Written};
+use crate::source::{FrameSource, Host, Idle, Next, Written};
 use crate::transport::{Transport, TransportKind};
 use anyhow::{Context as _, Result};
 use dmabuf_core::alloc::{self, AllocChoice};
@@ -469,6 +469,21 @@ impl Server<'_> {
                 if self.ctx.publisher.memfd_pool_wanted() {
                     self.switch_to_memfd()?;
                 }
+                // A live source goes on while no one watches: it keeps up (a PipeWire node's
+                // renegotiations: the pool follows at once, with no consumer to wait for).
+                match self.source.idle().map_err(|e| e.context(SourceFailed))? {
+                    Idle::Same => {}
+                    Idle::Changed => {
+                        self.repool(self.ctx.publisher.format())?;
+                    }
+                    Idle::Ended => {
+                        tracing::info!(
+                            "the source ended while no one took frames: {}",
+                            self.source.end_message().unwrap_or("end of stream")
+                        );
+                        return Ok(());
+                    }
+                }
             }
             self.source.restart()?;
             let mut fatal: Option<anyhow::Error> = None;
@@ -598,7 +613,12 @@ impl Server<'_> {
                         }
                     }
                     Next::End => {
-                        tracing::info!("end of the stream after {seq} frames");
+                        match self.source.end_message() {
+                            Some(why) => {
+                                tracing::info!("end of the stream after {seq} frames: {why}")
+                            }
+                            None => tracing::info!("end of the stream after {seq} frames"),
+                        }
                         if let Some(paths) = self.source.path_summary() {
                             tracing::info!("{paths}");
                         }
@@ -687,21 +707,25 @@ impl Server<'_> {
         }
     }
 
-    /// The source changed size, format, colorimetry or geometry mid-stream: once every
-    /// consumer has released everything, make a pool for the new format and tell every
-    /// consumer (RemoveBuffer for the old buffers, a new Welcome, the new AddBuffers). `Some`
-    /// when the stream must end meanwhile.
+    /// The source changed size, format, colorimetry or geometry mid-stream: make a pool for
+    /// the new format and tell each consumer (RemoveBuffer for the old buffers, a new Welcome,
+    /// the new AddBuffers) once it has released the old frames. `Some` when the stream must
+    /// end meanwhile.
     fn renegotiate(&mut self) -> Result<Option<StreamEnd>> {
-        let (old, new) = (self.ctx.publisher.format(), self.source.format());
-        while !self
-            .ctx
-            .publisher
-            .wait_released(Duration::from_millis(100))?
-        {
-            if self.ctx.stopped() {
-                return Ok(Some(StreamEnd::Interrupted));
-            }
+        let old = self.ctx.publisher.format();
+        // Each consumer moves to the new pool once it released the old one's frames; none
+        // waits for another (`Publisher::replace_pool`).
+        let left = self.repool(old)?;
+        if left == 0 && !self.ctx.pipewire_streaming() {
+            return Ok(Some(StreamEnd::Idle));
         }
+        Ok(None)
+    }
+
+    /// A pool for the source's (new) format, colorimetry and geometry, given to the consumers
+    /// and the PipeWire node; how many consumers got it.
+    fn repool(&mut self, old: FrameFormat) -> Result<usize> {
+        let new = self.source.format();
         // A source's own buffers (PipeWire's, a capture driver's) are not ours to remake: a
         // source that brings them ignores the allocator; one that copies gets memfds.
         let kind = match self.ctx.publisher.pool().allocator() {
@@ -717,14 +741,16 @@ impl Server<'_> {
             .set_stream_info(self.source.color(), self.source.geometry());
         let left = self.ctx.publisher.replace_pool(pool)?;
         self.pool_changed();
+        let what = if old == new {
+            format!("new buffers for {new}")
+        } else {
+            format!("renegotiated {old} -> {new}")
+        };
         tracing::info!(
-            "renegotiated {old} -> {new}: {} new buffers of {} to {left} consumer(s)",
+            "{what}: {} new buffers of {} to {left} consumer(s)",
             self.ctx.publisher.pool().len(),
             self.ctx.publisher.pool().allocator(),
         );
-        if left == 0 && !self.ctx.pipewire_streaming() {
-            return Ok(Some(StreamEnd::Idle));
-        }
-        Ok(None)
+        Ok(left)
     }
 }

@@ -47,6 +47,17 @@ pub enum Next {
     Stopped,
 }
 
+/// What [`FrameSource::idle`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idle {
+    /// Nothing the producer must act on.
+    Same,
+    /// The format or the buffers changed: the producer makes a new pool (`make_pool`) at once.
+    Changed,
+    /// The source ended ([`FrameSource::end_message`] says why).
+    Ended,
+}
+
 /// A buffer written by [`Host::write`].
 pub struct Written {
     pub lease: Arc<Lease>,
@@ -136,6 +147,11 @@ pub trait FrameSource {
     }
     /// The one way frames come out: frame `seq` in a buffer of the pool.
     fn next_frame(&mut self, seq: u64, host: &mut dyn Host) -> Result<Next>;
+    /// Called every 200 ms or so while no one takes frames: a live source keeps up with what
+    /// comes meanwhile (dropping frames, following its peer's renegotiations).
+    fn idle(&mut self) -> Result<Idle> {
+        Ok(Idle::Same)
+    }
 }
 
 /// The synthetic pattern, drawn into each buffer.

@@ -5,7 +5,7 @@
 //! each lent to PipeWire while it fills it and given back to it once every consumer released
 //! the frame. No copy.
 
-use super::{FrameSource, Host, Next};
+use super::{FrameSource, Host, Idle, Next};
 use anyhow::{bail, Context as _, Result};
 use dmabuf_core::alloc::Allocator;
 use dmabuf_core::format::{FrameFormat, FrameLayout, PlaneLayout};
@@ -59,6 +59,8 @@ pub struct PipeWireSource {
     /// warning is due next.
     last_frame: Instant,
     warn_after: Duration,
+    /// Copying was stopped while no one took frames (`idle`).
+    idling: bool,
     /// pts for frames without a header: their arrival time since the first.
     epoch: Instant,
 }
@@ -152,6 +154,7 @@ impl PipeWireSource {
             renegotiated: 0,
             last_frame: Instant::now(),
             warn_after: QUIET_WARNING,
+            idling: false,
             epoch: Instant::now(),
         };
         src.adopt(announced, first)?;
@@ -392,7 +395,31 @@ impl FrameSource for PipeWireSource {
         ))
     }
 
+    fn idle(&mut self) -> Result<Idle> {
+        if !self.idling {
+            // Frames to copy are not copied while no one takes them.
+            self.input.set_active(false);
+            self.idling = true;
+        }
+        self.give_back();
+        self.take_events();
+        if self.ended.is_some() {
+            return Ok(Idle::Ended);
+        }
+        Ok(if self.follow()? {
+            Idle::Changed
+        } else {
+            Idle::Same
+        })
+    }
+
     fn next_frame(&mut self, _seq: u64, host: &mut dyn Host) -> Result<Next> {
+        if std::mem::take(&mut self.idling) {
+            self.input.set_active(true);
+            // Quiet while idle is not the node's silence.
+            self.last_frame = Instant::now();
+            self.warn_after = QUIET_WARNING;
+        }
         loop {
             self.give_back();
             self.take_events();
