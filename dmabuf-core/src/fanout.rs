@@ -24,7 +24,7 @@
 //! single member may hold the whole pool (back-pressure, as before: nothing is dropped).
 
 use crate::pool::{Lease, Pool};
-use crate::proto::server::{read_hello, Pumped, Session};
+use crate::proto::server::{accepts, read_hello, Pumped, Session};
 use crate::proto::wire::{printable, Frame, Goodbye, GoodbyeReason, Hello, Welcome};
 use crate::proto::{Channel, Listener, Message, ProtoError};
 use nix::errno::Errno;
@@ -51,8 +51,12 @@ pub struct Member {
     pub sess: Session<Arc<Lease>>,
     /// Frames not sent to it because it held its quota.
     pub skipped: u64,
-    /// Its last release, or when it reached its quota: the stall clock.
+    /// Its last release, or when it reached its quota after releasing: the stall clock.
     last_progress: Instant,
+    /// It released something since its stall clock last started at its quota: reaching its
+    /// quota again restarts the clock. False while it releases nothing, so a quota that grows
+    /// (another member left) and fills again does not restart it.
+    released_since_quota: bool,
     /// It was skipped at its quota and has not come back below it since: no more waiting for
     /// it.
     lagging: bool,
@@ -60,6 +64,8 @@ pub struct Member {
     /// pool: the new `Welcome` and pool, sent once it has released them all. Until then it
     /// gets no frames; the others go on in the new format.
     migrate: Option<Box<(Welcome, Pool)>>,
+    /// What it said it can import (a renegotiation to something else ends its session).
+    hello: Hello,
 }
 
 /// A consumer that connected and has not said `Hello` yet.
@@ -161,15 +167,18 @@ impl Fanout {
         self.members.len()
     }
 
-    /// Start serving a consumer whose handshake is done (Welcome and buffers sent).
-    pub fn join(&mut self, n: u64, sess: Session<Arc<Lease>>) {
+    /// Start serving a consumer whose handshake is done (Welcome and buffers sent); `hello`
+    /// is what it offered.
+    pub fn join(&mut self, n: u64, sess: Session<Arc<Lease>>, hello: Hello) {
         self.members.push(Member {
             n,
             sess,
             skipped: 0,
             last_progress: Instant::now(),
+            released_since_quota: true,
             lagging: false,
             migrate: None,
+            hello,
         });
     }
 
@@ -370,6 +379,7 @@ impl Fanout {
             Ok(Pumped::Released(k)) => {
                 if k > 0 {
                     m.last_progress = Instant::now();
+                    m.released_since_quota = true;
                 }
                 if m.migrate.is_some() && m.sess.held_count() == 0 {
                     let (welcome, pool) = *m.migrate.take().expect("checked");
@@ -422,9 +432,12 @@ impl Fanout {
             match m.sess.send_frame(frame.clone(), lease.clone()) {
                 Ok(()) => {
                     sent += 1;
-                    if m.sess.held_count() == quota {
-                        // Now it blocks (alone: the pool is dry): start the stall clock.
+                    if m.sess.held_count() == quota && m.released_since_quota {
+                        // Now it blocks (alone: the pool is dry): start the stall clock —
+                        // unless it has released nothing since it last started (its quota
+                        // grew when another member went; it is as stalled as before).
                         m.last_progress = Instant::now();
+                        m.released_since_quota = false;
                     }
                 }
                 Err(ProtoError::Closed) => {
@@ -519,6 +532,19 @@ impl Fanout {
         true
     }
 
+    /// End the sessions of the members that joined last until at most `keep` are left
+    /// (Goodbye(`reason`, `message`)); how many were dismissed.
+    pub fn shed_newest(&mut self, keep: usize, reason: GoodbyeReason, message: &str) -> usize {
+        let mut shed = 0;
+        while self.members.len() > keep {
+            let m = self.members.pop().expect("more than keep");
+            tracing::warn!("consumer #{}: {message}; dropped", m.n);
+            m.sess.finish(reason, message, Duration::ZERO);
+            shed += 1;
+        }
+        shed
+    }
+
     /// The most buffers any member holds.
     pub fn max_held(&self) -> usize {
         self.members
@@ -531,12 +557,30 @@ impl Fanout {
     /// Tell every member the stream's format changed: remove its buffers, send the new
     /// `Welcome` and `pool`'s buffers — at once to a member that holds nothing, and to one
     /// that still holds frames once it has released them (it gets no frames meanwhile; the
-    /// others are not held up). A member that cannot be told is dropped.
+    /// others are not held up). A member that cannot be told is dropped, and so is one that
+    /// did not offer the new format and memory in its `Hello` (Goodbye(unsupported), rather
+    /// than a `Welcome` it would refuse).
     pub fn renegotiate(&mut self, welcome: &Welcome, pool: &Pool) {
+        let (format, memory) = (pool.format(), pool.memory());
         for i in (0..self.members.len()).rev() {
             let m = &mut self.members[i];
+            if !accepts(&m.hello, &format, memory) {
+                let m = self.members.remove(i);
+                let msg = format!(
+                    "the stream renegotiated to {format} in {memory}, which this consumer did \
+                     not offer"
+                );
+                tracing::warn!("consumer #{}: {msg}; dropped", m.n);
+                m.sess
+                    .finish(GoodbyeReason::Unsupported, &msg, Duration::ZERO);
+                continue;
+            }
             if m.sess.held_count() > 0 {
-                // (Its stall clock runs on: a release resets it, as always.)
+                if m.migrate.is_none() {
+                    // The stall clock starts now: it gets the whole stall timeout to release
+                    // what it holds, however long it held it already.
+                    m.last_progress = Instant::now();
+                }
                 m.migrate = Some(Box::new((welcome.clone(), pool.clone())));
             } else {
                 m.migrate = None;

@@ -336,6 +336,19 @@ impl Publisher {
         !self.own_pool && !self.deferred.is_empty() && self.fan.is_empty()
     }
 
+    /// Whether a consumer that can import only memfds may wait for the pool to be remade as
+    /// memfds ([`PublisherOptions::memfd_fallback`]). A caller whose pool stops being its own
+    /// to remake (a source that now passes its own buffers on) turns it off; consumers waiting
+    /// for memfds are then answered at once (Goodbye(unsupported), naming the pool's memory).
+    pub fn set_memfd_fallback(&mut self, on: bool) {
+        self.opts.memfd_fallback = on;
+        if !on {
+            for a in std::mem::take(&mut self.deferred) {
+                self.admit(a);
+            }
+        }
+    }
+
     /// A free buffer to write the next frame into, serving connections while waiting up to
     /// `timeout`; `None` when none came free in time (consumers hold them all).
     pub fn acquire(&mut self, timeout: Duration) -> Result<Option<Lease>, PublishError> {
@@ -487,6 +500,17 @@ impl Publisher {
     pub fn replace_pool(&mut self, pool: Pool) -> Result<usize, PublishError> {
         self.share = self.opts.buffers.min(pool.len());
         self.why = pool.allocator().to_string();
+        // A smaller pool serves fewer consumers with the stall guarantee (any n - 1 stalled
+        // leave a buffer): those that joined last go.
+        let most = self.most_members();
+        if self.fan.len() > most {
+            let msg = format!(
+                "the stream renegotiated to {} buffers, which serve at most {most} consumer(s) \
+                 at once",
+                self.share
+            );
+            self.fan.shed_newest(most, GoodbyeReason::Unsupported, &msg);
+        }
         self.install(pool);
         for a in std::mem::take(&mut self.deferred) {
             self.admit(a);
@@ -578,6 +602,15 @@ impl Publisher {
         }
     }
 
+    /// The most consumers served at once: `max_consumers`, and no more than the share serves
+    /// with the stall guarantee ([`Fanout::max_members`]).
+    fn most_members(&self) -> usize {
+        match self.opts.max_consumers {
+            0 => Fanout::max_members(self.share),
+            m => m.min(Fanout::max_members(self.share)),
+        }
+    }
+
     /// Check a consumer's Hello against the pool, answer it, send it the buffers and add it.
     fn admit(&mut self, a: Arrival) {
         let memory = self.pool.memory();
@@ -621,10 +654,7 @@ impl Publisher {
             refuse(a.chan, a.n, &msg);
             return;
         }
-        let most = match self.opts.max_consumers {
-            0 => Fanout::max_members(self.share),
-            m => m.min(Fanout::max_members(self.share)),
-        };
+        let most = self.most_members();
         if self.fan.len() >= most {
             // More members than the share has buffers would let stalled ones pin every buffer.
             let msg = if most < Fanout::max_members(self.share) {
@@ -640,6 +670,7 @@ impl Publisher {
         }
         let welcome = self.welcome();
         let n = a.n;
+        let hello = a.hello;
         let served = Session::start(a.chan, &welcome).and_then(|mut sess| {
             for id in 0..self.pool.len() as u32 {
                 sess.add_buffer(id, self.pool.buffer(id).expect("id in range"))?;
@@ -648,7 +679,7 @@ impl Publisher {
         });
         match served {
             Ok(sess) => {
-                self.fan.join(n, sess);
+                self.fan.join(n, sess, hello);
                 self.admitted.push(n);
                 tracing::info!(
                     "consumer #{n} connected: {} buffers of {} sent once; {} consumer(s) now",

@@ -131,7 +131,7 @@ pub enum InputEvent {
 enum Cmd {
     Active(bool),
     Recycle(u32, u32),
-    CopyInto(Pool),
+    CopyInto(u32, Pool),
     Quit,
 }
 
@@ -225,11 +225,14 @@ impl Input {
         let _ = self.tx.send(Cmd::Recycle(generation, index));
     }
 
-    /// For buffers in process memory ([`InputEvent::Buffers`] with `None`): copy each frame
-    /// into a free buffer of `pool` (of the stream's format), on arrival. A frame that finds
-    /// the pool without a free buffer is skipped.
-    pub fn copy_into(&self, pool: &Pool) {
-        let _ = self.tx.send(Cmd::CopyInto(pool.clone()));
+    /// For buffers in process memory ([`InputEvent::Buffers`] with `None`) of announcement
+    /// `generation`: copy each frame into a free buffer of `pool` (of that announcement's
+    /// format), on arrival. A frame that finds the pool without a free buffer is skipped. A
+    /// pool for an announcement PipeWire has since replaced is ignored (frames wait for the
+    /// next `copy_into`): no frame is copied into a pool of another format or pool
+    /// generation.
+    pub fn copy_into(&self, generation: u32, pool: &Pool) {
+        let _ = self.tx.send(Cmd::CopyInto(generation, pool.clone()));
     }
 
     /// Whether frames in process memory are copied (the default) or given straight back
@@ -435,6 +438,8 @@ fn stream_thread(
                     }
                     let buffers = s.buffers.iter().map(|(_, b)| b.clone()).collect();
                     s.generation += 1;
+                    // The caller's pool was for the buffers announced before.
+                    s.copy_pool = None;
                     events.send(InputEvent::Buffers {
                         format: f,
                         buffers,
@@ -548,7 +553,13 @@ fn stream_thread(
     let _commands = rx.attach(mainloop.loop_(), {
         let (stream, state, ml) = (stream.clone(), state.clone(), mainloop.downgrade());
         move |cmd| match cmd {
-            Cmd::CopyInto(pool) => state.borrow_mut().copy_pool = Some(pool),
+            Cmd::CopyInto(generation, pool) => {
+                let mut s = state.borrow_mut();
+                // Made for an announcement since replaced: not for this format or these frames.
+                if generation == s.generation && s.announced {
+                    s.copy_pool = Some(pool);
+                }
+            }
             Cmd::Active(active) => state.borrow_mut().active = active,
             Cmd::Recycle(generation, index) => {
                 let b = {

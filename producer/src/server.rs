@@ -536,6 +536,11 @@ impl Server<'_> {
 
     /// A consumer can import only memfds and no one else is connected: remake the pool.
     fn switch_to_memfd(&mut self) -> Result<()> {
+        if self.source.own_pool().is_some() {
+            // The source's own buffers (it passes them on as they are): nothing to remake.
+            self.ctx.publisher.set_memfd_fallback(false);
+            return Ok(());
+        }
         tracing::info!(
             "consumer cannot import {}; switching the pool to memfd",
             self.ctx.publisher.pool().memory()
@@ -740,6 +745,11 @@ impl Server<'_> {
             .publisher
             .set_stream_info(self.source.color(), self.source.geometry());
         let left = self.ctx.publisher.replace_pool(pool)?;
+        // A pool of the source's own buffers cannot be remade as memfds for a consumer that
+        // needs them (a PipeWire node that went from copied frames to its own dma-bufs).
+        self.ctx
+            .publisher
+            .set_memfd_fallback(self.source.own_pool().is_none());
         self.pool_changed();
         let what = if old == new {
             format!("new buffers for {new}")

@@ -361,7 +361,7 @@ impl FrameSource for PipeWireSource {
         }
         let pool = Pool::new(allocator, self.stream.format, buffers)
             .context("allocating the buffer pool")?;
-        self.input.copy_into(&pool);
+        self.input.copy_into(self.generation, &pool);
         self.pool = Some(pool.clone());
         Ok(pool)
     }
@@ -432,6 +432,12 @@ impl FrameSource for PipeWireSource {
                 let i = a.index as usize;
                 let copied = a.copy.is_some();
                 let lease = match a.copy {
+                    // Copied into a pool made before a renegotiation (the thread had not
+                    // heard of the new one yet): not a buffer the consumers have.
+                    Some(lease) if !self.pool.as_ref().is_some_and(|p| p.owns(&lease)) => {
+                        self.stale += 1;
+                        continue;
+                    }
                     Some(lease) => lease,
                     None => match self.lent.get_mut(i).and_then(Option::take) {
                         Some(lease) => lease,
