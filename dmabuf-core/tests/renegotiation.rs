@@ -55,6 +55,25 @@ fn publisher(sock: &Path, buffers: usize, stall: Duration) -> Publisher {
     .unwrap()
 }
 
+/// The receiver's next event within 20 ms: `Ok(None)` for nothing (or an event the scripts
+/// ignore), `Err` with the outcome once the session ended or renegotiated.
+fn step(rx: &Receiver) -> Result<Option<dmabuf_core::receiver::FrameGuard>, Outcome> {
+    match rx.next_event(Some(Duration::from_millis(20))) {
+        Ok(ReceiverEvent::Frame(g)) => Ok(Some(g)),
+        Ok(ReceiverEvent::Renegotiated(w)) => Err(Outcome::Renegotiated {
+            fourcc: w.pixel.fourcc(),
+            buffers: w.buffer_count,
+        }),
+        Ok(ReceiverEvent::End(g)) => Err(Outcome::Ended {
+            reason: g.reason,
+            message: g.message,
+        }),
+        Err(ProtoError::Goodbye { reason, message }) => Err(Outcome::Ended { reason, message }),
+        Err(ProtoError::Timeout { .. }) | Ok(_) => Ok(None),
+        Err(e) => panic!("receiver: {e}"),
+    }
+}
+
 /// Until the session is renegotiated or ends: frames are released at once, except the first
 /// while `hold` is given (it is let go when `hold` says so).
 fn watch(rx: &Receiver, hold: Option<mpsc::Receiver<()>>) -> Outcome {
@@ -62,32 +81,13 @@ fn watch(rx: &Receiver, hold: Option<mpsc::Receiver<()>>) -> Outcome {
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
         assert!(Instant::now() < deadline, "no renegotiation or end in 20 s");
-        if let Some(h) = &hold {
-            if h.try_recv().is_ok() {
-                held = None::<dmabuf_core::receiver::FrameGuard>;
-            }
+        if hold.as_ref().is_some_and(|h| h.try_recv().is_ok()) {
+            held = None;
         }
-        match rx.next_event(Some(Duration::from_millis(20))) {
-            Ok(ReceiverEvent::Frame(g)) if hold.is_some() && held.is_none() => {
-                held = Some(g);
-            }
-            Ok(ReceiverEvent::Renegotiated(w)) => {
-                return Outcome::Renegotiated {
-                    fourcc: w.pixel.fourcc(),
-                    buffers: w.buffer_count,
-                }
-            }
-            Ok(ReceiverEvent::End(g)) => {
-                return Outcome::Ended {
-                    reason: g.reason,
-                    message: g.message,
-                }
-            }
-            Err(ProtoError::Goodbye { reason, message }) => {
-                return Outcome::Ended { reason, message }
-            }
-            Err(ProtoError::Timeout { .. }) | Ok(_) => {}
-            Err(e) => panic!("receiver: {e}"),
+        match step(rx) {
+            Ok(Some(g)) if hold.is_some() && held.is_none() => held = Some(g),
+            Ok(_) => {}
+            Err(outcome) => return outcome,
         }
     }
 }
@@ -249,19 +249,10 @@ fn hoarder(caps: Vec<Cap>, leave: Option<mpsc::Receiver<()>>) -> (Vec<Cap>, Scri
                     rx.close("leaving");
                     return Outcome::Left;
                 }
-                match rx.next_event(Some(Duration::from_millis(20))) {
-                    Ok(ReceiverEvent::Frame(g)) => kept.push(g),
-                    Ok(ReceiverEvent::End(g)) => {
-                        return Outcome::Ended {
-                            reason: g.reason,
-                            message: g.message,
-                        }
-                    }
-                    Err(ProtoError::Goodbye { reason, message }) => {
-                        return Outcome::Ended { reason, message }
-                    }
-                    Err(ProtoError::Timeout { .. }) | Ok(_) => {}
-                    Err(e) => panic!("hoarder: {e}"),
+                match step(&rx) {
+                    Ok(Some(g)) => kept.push(g),
+                    Ok(None) => {}
+                    Err(outcome) => return outcome,
                 }
             }
         }),
