@@ -40,6 +40,31 @@ fn logged_strides(log: &str) -> Vec<usize> {
         .collect()
 }
 
+/// `consumer --verify --import cpu-map` for `frames` frames from `sock`, every frame also
+/// written to `raw`; its statistics.
+fn consume_verified(
+    sock: &Path,
+    tag: &str,
+    frames: usize,
+    raw: &Path,
+    timeout: Duration,
+) -> serde_json::Value {
+    consume(
+        sock,
+        tag,
+        &[
+            "--verify",
+            "--import",
+            "cpu-map",
+            "--frames",
+            &frames.to_string(),
+            "--dump-raw",
+            raw.to_str().unwrap(),
+        ],
+        timeout,
+    )
+}
+
 #[test]
 fn node_plays_in_pipewiresrc_byte_exact() {
     let daemon = Daemon::start("play");
@@ -297,20 +322,7 @@ fn a_gstreamer_node_through_the_producer_is_verified_and_its_copies_counted() {
         let producer = daemon.producer(&sock, &["--source", &format!("pipewire:{name}")]);
         let raw = sock.with_extension("raw");
         let frames = 30;
-        let stats = consume(
-            &sock,
-            "gstin",
-            &[
-                "--verify",
-                "--import",
-                "cpu-map",
-                "--frames",
-                &frames.to_string(),
-                "--dump-raw",
-                raw.to_str().unwrap(),
-            ],
-            Duration::from_secs(60),
-        );
+        let stats = consume_verified(&sock, "gstin", frames, &raw, Duration::from_secs(60));
         drop(gst);
         drop(producer);
         assert_eq!(stats["frames"], frames, "{w}x{h}: {stats:#}");
@@ -452,20 +464,7 @@ fn a_renegotiating_node_is_followed_through_a_second_producer() {
     );
     let raw = b.with_extension("raw");
     let frames = 120;
-    let stats = consume(
-        &b,
-        "reneg",
-        &[
-            "--verify",
-            "--import",
-            "cpu-map",
-            "--frames",
-            &frames.to_string(),
-            "--dump-raw",
-            raw.to_str().unwrap(),
-        ],
-        Duration::from_secs(90),
-    );
+    let stats = consume_verified(&b, "reneg", frames, &raw, Duration::from_secs(90));
     drop(second);
     assert_eq!(stats["frames"], frames, "{stats:#}");
     assert_eq!(stats["verified"], frames, "{stats:#}");
@@ -508,7 +507,7 @@ fn a_renegotiating_node_is_followed_through_a_second_producer() {
             );
         }
     }
-    assert_eq!(seen.len(), frames as usize);
+    assert_eq!(seen.len(), frames);
     let runs: Vec<Vec<usize>> = seen
         .chunk_by(|x, y| x.0 == y.0)
         .filter(|r| r[0].0 == 1)
