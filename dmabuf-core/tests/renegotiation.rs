@@ -60,10 +60,20 @@ fn publisher(sock: &Path, buffers: usize, stall: Duration) -> Publisher {
 fn step(rx: &Receiver) -> Result<Option<dmabuf_core::receiver::FrameGuard>, Outcome> {
     match rx.next_event(Some(Duration::from_millis(20))) {
         Ok(ReceiverEvent::Frame(g)) => Ok(Some(g)),
-        Ok(ReceiverEvent::Renegotiated(w)) => Err(Outcome::Renegotiated {
-            fourcc: w.pixel.fourcc(),
-            buffers: w.buffer_count,
-        }),
+        Ok(ReceiverEvent::Renegotiated(w)) => {
+            // Take the new buffers before going (leaving while the producer still sends them
+            // would be a consumer that left, dropped as such).
+            for _ in 0..w.buffer_count {
+                match rx.next_event(Some(Duration::from_secs(10))) {
+                    Ok(ReceiverEvent::BufferAdded(_)) => {}
+                    other => panic!("after the new Welcome, a new buffer, not {other:?}"),
+                }
+            }
+            Err(Outcome::Renegotiated {
+                fourcc: w.pixel.fourcc(),
+                buffers: w.buffer_count,
+            })
+        }
         Ok(ReceiverEvent::End(g)) => Err(Outcome::Ended {
             reason: g.reason,
             message: g.message,
