@@ -533,16 +533,12 @@ impl Fanout {
     }
 
     /// End the sessions of the members that joined last until at most `keep` are left
-    /// (Goodbye(`reason`, `message`)); how many were dismissed.
-    pub fn shed_newest(&mut self, keep: usize, reason: GoodbyeReason, message: &str) -> usize {
-        let mut shed = 0;
-        while self.members.len() > keep {
-            let m = self.members.pop().expect("more than keep");
+    /// (Goodbye(`reason`, `message`)).
+    pub fn shed_newest(&mut self, keep: usize, reason: GoodbyeReason, message: &str) {
+        for m in self.members.drain(keep.min(self.members.len())..) {
             tracing::warn!("consumer #{}: {message}; dropped", m.n);
             m.sess.finish(reason, message, Duration::ZERO);
-            shed += 1;
         }
-        shed
     }
 
     /// The most buffers any member holds.

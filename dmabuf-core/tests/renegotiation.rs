@@ -41,6 +41,11 @@ fn memfd_pool(pixel: PixelFormat, buffers: usize) -> dmabuf_core::pool::Pool {
         .unwrap()
 }
 
+/// What a consumer of NV12 in memfds offers.
+fn nv12() -> Vec<Cap> {
+    linear_caps(&[PixelFormat::Nv12], &[MemoryKind::Memfd])
+}
+
 fn publisher(sock: &Path, buffers: usize, stall: Duration) -> Publisher {
     Publisher::bind(
         sock,
@@ -148,7 +153,7 @@ fn serve_until_done(
 fn a_smaller_pool_ends_the_sessions_it_cannot_serve_saying_why() {
     let sock = socket("shrink");
     let mut p = publisher(&sock, 4, Duration::from_secs(5));
-    let nv12 = linear_caps(&[PixelFormat::Nv12], &[MemoryKind::Memfd]);
+    let nv12 = nv12();
     let threads = connect_all(
         &mut p,
         &sock,
@@ -178,7 +183,7 @@ fn a_smaller_pool_ends_the_sessions_it_cannot_serve_saying_why() {
 fn a_format_a_consumer_did_not_offer_ends_its_session_saying_so() {
     let sock = socket("format");
     let mut p = publisher(&sock, 4, Duration::from_secs(5));
-    let nv12 = linear_caps(&[PixelFormat::Nv12], &[MemoryKind::Memfd]);
+    let nv12 = nv12();
     let both = linear_caps(
         &[PixelFormat::Nv12, PixelFormat::Xrgb8888],
         &[MemoryKind::Memfd],
@@ -216,7 +221,7 @@ fn a_renegotiation_gives_a_slow_holder_the_whole_stall_timeout() {
     let sock = socket("holder");
     let stall = Duration::from_millis(1000);
     let mut p = publisher(&sock, 4, stall);
-    let nv12 = linear_caps(&[PixelFormat::Nv12], &[MemoryKind::Memfd]);
+    let nv12 = nv12();
     let (let_go, hold) = mpsc::channel();
     let holder: Script = Box::new(move |rx| watch(&rx, Some(hold)));
     let threads = connect_all(&mut p, &sock, vec![prompt(nv12.clone()), (nv12, holder)]);
@@ -278,7 +283,7 @@ fn a_quota_that_grows_does_not_restart_a_stalled_consumers_clock() {
     let sock = socket("grow");
     let stall = Duration::from_millis(1000);
     let mut p = publisher(&sock, 4, stall);
-    let nv12 = linear_caps(&[PixelFormat::Nv12], &[MemoryKind::Memfd]);
+    let nv12 = nv12();
     let (leave, leave_rx) = mpsc::channel();
     let threads = connect_all(
         &mut p,

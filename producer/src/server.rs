@@ -536,11 +536,6 @@ impl Server<'_> {
 
     /// A consumer can import only memfds and no one else is connected: remake the pool.
     fn switch_to_memfd(&mut self) -> Result<()> {
-        if self.source.own_pool().is_some() {
-            // The source's own buffers (it passes them on as they are): nothing to remake.
-            self.ctx.publisher.set_memfd_fallback(false);
-            return Ok(());
-        }
         tracing::info!(
             "consumer cannot import {}; switching the pool to memfd",
             self.ctx.publisher.pool().memory()
