@@ -51,7 +51,8 @@ pub struct Member {
     pub sess: Session<Arc<Lease>>,
     /// Frames not sent to it because it held its quota.
     pub skipped: u64,
-    /// Its last release, or when it reached its quota after releasing: the stall clock.
+    /// Its last release, or when it was first seen at its quota after releasing
+    /// ([`Fanout::drop_stalled`]): the stall clock.
     last_progress: Instant,
     /// It released something since its stall clock last started at its quota: reaching its
     /// quota again restarts the clock. False while it releases nothing, so a quota that grows
@@ -432,13 +433,6 @@ impl Fanout {
             match m.sess.send_frame(frame.clone(), lease.clone()) {
                 Ok(()) => {
                     sent += 1;
-                    if m.sess.held_count() == quota && m.released_since_quota {
-                        // Now it blocks (alone: the pool is dry): start the stall clock —
-                        // unless it has released nothing since it last started (its quota
-                        // grew when another member went; it is as stalled as before).
-                        m.last_progress = Instant::now();
-                        m.released_since_quota = false;
-                    }
                 }
                 Err(ProtoError::Closed) => {
                     let m = self.members.remove(i);
@@ -467,7 +461,17 @@ impl Fanout {
         let quota = self.quota(pool_len);
         let mut i = 0;
         while i < self.members.len() {
-            let m = &self.members[i];
+            let m = &mut self.members[i];
+            if m.migrate.is_none() && m.sess.held_count() >= quota && m.released_since_quota {
+                // It reached its quota (a frame sent, or the quota shrank as another member
+                // joined): it blocks now (alone: the pool is dry), and its stall clock starts
+                // — unless it has released nothing since it last started (its quota grew when
+                // another member went; it is as stalled as before).
+                m.last_progress = Instant::now();
+                m.released_since_quota = false;
+                i += 1;
+                continue;
+            }
             let holding = if m.migrate.is_some() {
                 m.sess.held_count() > 0
             } else {
@@ -557,20 +561,9 @@ impl Fanout {
     /// did not offer the new format and memory in its `Hello` (Goodbye(unsupported), rather
     /// than a `Welcome` it would refuse).
     pub fn renegotiate(&mut self, welcome: &Welcome, pool: &Pool) {
-        let (format, memory) = (pool.format(), pool.memory());
+        self.drop_unaccepting(pool);
         for i in (0..self.members.len()).rev() {
             let m = &mut self.members[i];
-            if !accepts(&m.hello, &format, memory) {
-                let m = self.members.remove(i);
-                let msg = format!(
-                    "the stream renegotiated to {format} in {memory}, which this consumer did \
-                     not offer"
-                );
-                tracing::warn!("consumer #{}: {msg}; dropped", m.n);
-                m.sess
-                    .finish(GoodbyeReason::Unsupported, &msg, Duration::ZERO);
-                continue;
-            }
             if m.sess.held_count() > 0 {
                 if m.migrate.is_none() {
                     // The stall clock starts now: it gets the whole stall timeout to release
@@ -582,6 +575,24 @@ impl Fanout {
                 m.migrate = None;
                 self.tell(i, welcome, pool);
             }
+        }
+    }
+
+    /// End the session of every member whose `Hello` did not offer `pool`'s format and memory
+    /// (Goodbye(unsupported), naming them): the first step of a renegotiation to `pool`.
+    pub fn drop_unaccepting(&mut self, pool: &Pool) {
+        let (format, memory) = (pool.format(), pool.memory());
+        let msg = format!(
+            "the stream renegotiated to {format} in {memory}, which this consumer did not offer"
+        );
+        let (keep, gone): (Vec<Member>, Vec<Member>) = std::mem::take(&mut self.members)
+            .into_iter()
+            .partition(|m| accepts(&m.hello, &format, memory));
+        self.members = keep;
+        for m in gone {
+            tracing::warn!("consumer #{}: {msg}; dropped", m.n);
+            m.sess
+                .finish(GoodbyeReason::Unsupported, &msg, Duration::ZERO);
         }
     }
 

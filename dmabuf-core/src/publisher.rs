@@ -500,8 +500,10 @@ impl Publisher {
     pub fn replace_pool(&mut self, pool: Pool) -> Result<usize, PublishError> {
         self.share = self.opts.buffers.min(pool.len());
         self.why = pool.allocator().to_string();
-        // A smaller pool serves fewer consumers with the stall guarantee (any n - 1 stalled
-        // leave a buffer): those that joined last go.
+        // Those that cannot take the new pool go first; then, if a smaller pool serves fewer
+        // consumers with the stall guarantee (any n - 1 stalled leave a buffer), those that
+        // joined last.
+        self.fan.drop_unaccepting(&pool);
         let most = self.most_members();
         if self.fan.len() > most {
             let msg = format!(

@@ -118,13 +118,14 @@ fn connect_all(
     receivers: Vec<(Vec<Cap>, Script)>,
 ) -> Vec<std::thread::JoinHandle<Outcome>> {
     let mut threads = Vec::new();
+    let before = p.consumers();
     for (i, (caps, script)) in receivers.into_iter().enumerate() {
         let sock = sock.to_path_buf();
         threads.push(std::thread::spawn(move || {
             script(Receiver::connect(&sock, caps, Duration::from_secs(10)).unwrap())
         }));
         let deadline = Instant::now() + Duration::from_secs(10);
-        while p.consumers() < i + 1 {
+        while p.consumers() < before + i + 1 {
             assert!(Instant::now() < deadline, "receiver {i} not admitted");
             p.serve(Duration::from_millis(10)).unwrap();
         }
@@ -333,4 +334,93 @@ fn a_quota_that_grows_does_not_restart_a_stalled_consumers_clock() {
         "{:?}",
         outcomes[2]
     );
+}
+
+/// A consumer alone on two buffers holds one (below its quota) for longer than the stall
+/// timeout; a second consumer joins, and its quota shrinks to the one it holds. Its stall clock
+/// starts then: it is not dropped at once, and is one stall timeout later if it still
+/// releases nothing.
+#[test]
+fn a_quota_that_shrinks_as_a_consumer_joins_starts_the_clock_then() {
+    let sock = socket("join");
+    let stall = Duration::from_millis(1000);
+    let mut p = publisher(&sock, 2, stall);
+    let (_never, hold) = mpsc::channel();
+    let holder: Script = Box::new(move |rx| watch(&rx, Some(hold)));
+    let mut threads = connect_all(&mut p, &sock, vec![(nv12(), holder)]);
+    let lease = p
+        .acquire(Duration::from_secs(5))
+        .unwrap()
+        .expect("a free buffer");
+    assert_eq!(p.publish(lease, 0).unwrap(), 1);
+    let serve_for = |p: &mut Publisher, d: Duration| {
+        let until = Instant::now() + d;
+        while Instant::now() < until {
+            p.serve(Duration::from_millis(10)).unwrap();
+        }
+    };
+    serve_for(&mut p, stall * 3 / 2);
+    assert_eq!(p.consumers(), 1, "alone, holding 1 of 2: below its quota");
+    threads.extend(connect_all(&mut p, &sock, vec![prompt(nv12())]));
+    serve_for(&mut p, stall / 2);
+    assert_eq!(
+        p.consumers(),
+        2,
+        "at its quota for half the stall timeout only"
+    );
+    serve_for(&mut p, stall * 11 / 10);
+    assert_eq!(
+        p.consumers(),
+        1,
+        "at its quota, releasing none, for the stall timeout"
+    );
+    p.end_stream(GoodbyeReason::EndOfStream, "done", Duration::from_secs(1));
+    let outcomes = serve_until_done(&mut p, threads);
+    match &outcomes[0] {
+        Outcome::Ended { reason, message } => {
+            assert_eq!(*reason, GoodbyeReason::InternalError);
+            assert!(message.contains("released none"), "{message}");
+        }
+        o => panic!("the holder: {o:?}"),
+    }
+}
+
+/// A renegotiation that changes the format and shrinks the pool: those that cannot take the
+/// format go first, and the pool's size is then weighed against those left.
+#[test]
+fn a_format_change_with_a_smaller_pool_keeps_those_that_fit() {
+    let sock = socket("shrinkfmt");
+    let mut p = publisher(&sock, 4, Duration::from_secs(5));
+    let both = || {
+        linear_caps(
+            &[PixelFormat::Nv12, PixelFormat::Xrgb8888],
+            &[MemoryKind::Memfd],
+        )
+    };
+    let threads = connect_all(
+        &mut p,
+        &sock,
+        vec![
+            prompt(nv12()),
+            prompt(nv12()),
+            prompt(both()),
+            prompt(both()),
+        ],
+    );
+    let left = p
+        .replace_pool(memfd_pool(PixelFormat::Xrgb8888, 2))
+        .unwrap();
+    assert_eq!(left, 2, "the two that offered XRGB8888 fit in two buffers");
+    let outcomes = serve_until_done(&mut p, threads);
+    for (i, o) in outcomes.iter().enumerate() {
+        match (i, o) {
+            (0 | 1, Outcome::Ended { message, .. }) => {
+                assert!(message.contains("did not offer"), "{message}")
+            }
+            (2 | 3, Outcome::Renegotiated { fourcc, buffers: 2 }) => {
+                assert_eq!(*fourcc, PixelFormat::Xrgb8888.fourcc())
+            }
+            _ => panic!("receiver {i}: {o:?}"),
+        }
+    }
 }
