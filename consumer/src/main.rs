@@ -139,6 +139,11 @@ struct Args {
     )]
     transport: transport::TransportKind,
 
+    /// Take frames and give releases on the socket alone: do not ask the producer for the
+    /// shared-memory ring (docs/PROTOCOL.md, "Ring"; for comparisons).
+    #[arg(long)]
+    no_ring: bool,
+
     /// Frames to leave out of the steady-state figures in --stats-json at the start (warm-up).
     #[arg(long, default_value_t = 10)]
     stats_warmup: u64,
@@ -398,7 +403,12 @@ fn run(args: &Args) -> Result<i32> {
             Ok(c) => c,
             Err(e) => break Err(e),
         };
-        let client = match Client::handshake(chan, offered.clone(), Duration::from_secs(5)) {
+        let client = match Client::handshake_with(
+            chan,
+            offered.clone(),
+            Duration::from_secs(5),
+            !args.no_ring,
+        ) {
             Ok(c) => c,
             // A producer that is still going away (or not quite up) can accept and close:
             // while reconnecting, keep waiting.
@@ -666,6 +676,13 @@ impl Stream<'_> {
                     continue;
                 }
                 Ok(Event::BufferAdded(id)) => {
+                    // (The Ring message, if any, comes before the first buffer.)
+                    self.stats.report.messages = if self.client.uses_ring() {
+                        "ring"
+                    } else {
+                        "socket"
+                    }
+                    .into();
                     let buf = self.client.buffer(id).expect("just added");
                     match self.gpu.as_mut() {
                         Some(g) => {

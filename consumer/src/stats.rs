@@ -101,6 +101,9 @@ pub struct Report {
     pub fds_at_end: usize,
     /// `--transport`: zero-copy, memcpy or socket-copy.
     pub transport: String,
+    /// How frames and releases came and went: `ring` (the shared-memory ring, docs/PROTOCOL.md
+    /// "Ring") or `socket`.
+    pub messages: String,
     /// Producer's publish to the frame being GPU-visible (the import's acquire, the upload or
     /// the checksum finished: fence signalled), in microseconds, over the steady state.
     pub visible_us_p50: f64,

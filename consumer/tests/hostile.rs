@@ -28,6 +28,7 @@ fn nv12_caps() -> Vec<Cap> {
 fn hello() -> Message {
     Message::Hello(Hello {
         version: VERSION,
+        flags: 0,
         caps: nv12_caps(),
     })
 }
@@ -110,6 +111,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
             Box::new(|c| {
                 c.send(&Message::Hello(Hello {
                     version: 9,
+                    flags: 0,
                     caps: nv12_caps(),
                 }))
                 .unwrap();
@@ -149,6 +151,7 @@ fn producer_survives_hostile_consumers_and_serves_the_next() {
             Box::new(|c| {
                 c.send(&Message::Hello(Hello {
                     version: VERSION,
+                    flags: 0,
                     caps: vec![Cap {
                         fourcc: PixelFormat::Yuyv.fourcc(),
                         memory_mask: MemoryKind::Memfd.bit(),

@@ -483,6 +483,7 @@ fn peer_text_is_escaped() {
         let mut chan = Channel::connect(&sock).unwrap();
         chan.send(&Message::Hello(Hello {
             version: VERSION,
+            flags: 0,
             caps: vec![Cap {
                 fourcc: PixelFormat::Nv12.fourcc(),
                 memory_mask: MemoryKind::Memfd.bit(),

@@ -56,6 +56,7 @@ fn messages() -> Vec<(&'static str, Message)> {
             "Hello/8caps",
             Message::Hello(Hello {
                 version: VERSION,
+                flags: 0,
                 caps: (0..8)
                     .map(|i| Cap {
                         fourcc: 0x3231_564e + i,

@@ -245,8 +245,10 @@ impl Fanout {
             // The per-frame check of a busy stream: one non-blocking receive per member (its
             // Release, or nothing), no poll; the listener and everything else are polled at
             // least every FULL_POLL_EVERY.
+            // With a ring, the Release is read from shared memory: no system call at all.
             for i in (0..self.members.len()).rev() {
-                self.pump_member(i);
+                let socket = !self.members[i].sess.uses_ring();
+                self.pump_member(i, socket);
             }
             return Ok((Vec::new(), false));
         }
@@ -264,6 +266,16 @@ impl Fanout {
             Some((until, _)) if !listen => timeout.min(until.saturating_duration_since(now)),
             _ => timeout,
         };
+        // About to sleep: consumers with a ring send `Wake` after a release from now on (and
+        // one already waiting means no sleep).
+        let mut timeout = timeout;
+        if !timeout.is_zero() {
+            for m in &self.members {
+                if m.sess.set_waiting(true) {
+                    timeout = Duration::ZERO;
+                }
+            }
+        }
         let fds: Vec<BorrowedFd<'_>> = extra
             .into_iter()
             .chain(std::iter::once(listener.as_fd()).filter(|_| listen))
@@ -292,9 +304,12 @@ impl Fanout {
         };
         let (pending_ready, member_ready) = rest.split_at(self.pending.len());
 
+        for m in &self.members {
+            m.sess.set_waiting(false);
+        }
         for i in (0..self.members.len()).rev() {
-            if member_ready[i] {
-                self.pump_member(i);
+            if member_ready[i] || self.members[i].sess.uses_ring() {
+                self.pump_member(i, member_ready[i]);
             }
         }
         let mut arrivals = Vec::new();
@@ -373,10 +388,16 @@ impl Fanout {
         }
     }
 
-    /// Handle member `i`'s messages; remove it if it left or broke the protocol.
-    fn pump_member(&mut self, i: usize) {
+    /// Handle member `i`'s releases (from its ring) and, when `socket`, its messages; remove
+    /// it if it left or broke the protocol.
+    fn pump_member(&mut self, i: usize, socket: bool) {
         let m = &mut self.members[i];
-        match m.sess.pump(Duration::ZERO) {
+        let got = if socket {
+            m.sess.pump(Duration::ZERO)
+        } else {
+            m.sess.pump_ring().map(Pumped::Released)
+        };
+        match got {
             Ok(Pumped::Released(k)) => {
                 if k > 0 {
                     m.last_progress = Instant::now();
@@ -496,11 +517,8 @@ impl Fanout {
     /// then end every session (and close the pending connections).
     pub fn finish_all(&mut self, reason: GoodbyeReason, message: &str, grace: Duration) {
         self.pending.clear();
-        for m in &self.members {
-            let _ = m.sess.channel().send(&Message::Goodbye(Goodbye {
-                reason,
-                message: message.to_string(),
-            }));
+        for m in &mut self.members {
+            m.sess.say_goodbye(reason, message);
         }
         let deadline = Instant::now() + grace;
         loop {
@@ -509,16 +527,22 @@ impl Fanout {
             if self.members.is_empty() || left.is_zero() {
                 break;
             }
+            let mut waiting = false;
+            for m in &self.members {
+                waiting |= m.sess.set_waiting(true);
+            }
+            let wait = if waiting { Duration::ZERO } else { left };
             let fds: Vec<BorrowedFd<'_>> = self
                 .members
                 .iter()
                 .map(|m| m.sess.channel().as_fd())
                 .collect();
             let ready =
-                poll_readable(&fds, left).unwrap_or_else(|_| vec![false; self.members.len()]);
+                poll_readable(&fds, wait).unwrap_or_else(|_| vec![false; self.members.len()]);
             for i in (0..self.members.len()).rev() {
-                if ready[i] {
-                    self.pump_member(i);
+                self.members[i].sess.set_waiting(false);
+                if ready[i] || self.members[i].sess.uses_ring() {
+                    self.pump_member(i, ready[i]);
                 }
             }
         }

@@ -41,7 +41,7 @@ use crate::buffer::MemoryKind;
 use crate::fanout::{Arrival, Fanout};
 use crate::format::FrameFormat;
 use crate::pool::{Lease, Pool, PoolError};
-use crate::proto::server::{accepts, full_chunks, Session};
+use crate::proto::server::{accepts, full_chunks, wants_ring, Session};
 use crate::proto::wire::{
     ColorInfo, Frame, Geometry, Goodbye, GoodbyeReason, Message, Welcome, CHUNK_FLAG_CORRUPTED,
     FRAME_FLAG_CHECKSUM, FRAME_FLAG_COPIED, VERSION,
@@ -86,6 +86,9 @@ pub struct PublisherOptions {
     pub max_consumers: usize,
     /// The socket's file mode and allowed uids.
     pub listener: ListenerOptions,
+    /// Give a consumer that asks for one a shared-memory ring for frames and releases
+    /// (`docs/PROTOCOL.md`, "Ring"); false: every consumer on the socket alone.
+    pub ring: bool,
 }
 
 impl Default for PublisherOptions {
@@ -102,6 +105,7 @@ impl Default for PublisherOptions {
             memfd_fallback: true,
             max_consumers: 0,
             listener: ListenerOptions::default(),
+            ring: true,
         }
     }
 }
@@ -673,7 +677,8 @@ impl Publisher {
         let welcome = self.welcome();
         let n = a.n;
         let hello = a.hello;
-        let served = Session::start(a.chan, &welcome).and_then(|mut sess| {
+        let ring = self.opts.ring && wants_ring(&hello);
+        let served = Session::start_with(a.chan, &welcome, ring).and_then(|mut sess| {
             for id in 0..self.pool.len() as u32 {
                 sess.add_buffer(id, self.pool.buffer(id).expect("id in range"))?;
             }
@@ -684,9 +689,15 @@ impl Publisher {
                 self.fan.join(n, sess, hello);
                 self.admitted.push(n);
                 tracing::info!(
-                    "consumer #{n} connected: {} buffers of {} sent once; {} consumer(s) now",
+                    "consumer #{n} connected: {} buffers of {} sent once, frames {}; {} \
+                     consumer(s) now",
                     self.pool.len(),
                     self.pool.allocator(),
+                    if ring {
+                        "through a shared ring"
+                    } else {
+                        "on the socket"
+                    },
                     self.fan.len()
                 );
             }

@@ -38,6 +38,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
+/// The longest a receiver sleeps on its ring's doorbell before it looks at the socket.
+const RING_CHECK: Duration = Duration::from_millis(250);
+
 /// What the producer did, as a [`Receiver`] reports it.
 #[derive(Debug)]
 pub enum ReceiverEvent {
@@ -93,17 +96,40 @@ impl Receiver {
     /// Errors: [`ProtoError::Path`] when nothing listens there, [`ProtoError::Goodbye`] when
     /// the producer refuses (no format in common, full), [`ProtoError::Timeout`], and the
     /// protocol errors of `docs/PROTOCOL.md`.
+    ///
+    /// Frames and releases go through a shared-memory ring when the producer offers one
+    /// (`docs/PROTOCOL.md`, "Ring"); [`Receiver::connect_with`] can ask for the socket alone.
     pub fn connect(
         path: impl AsRef<Path>,
         caps: Vec<Cap>,
         timeout: Duration,
     ) -> Result<Self, ProtoError> {
+        Self::connect_with(path, caps, timeout, true)
+    }
+
+    /// [`Receiver::connect`], asking for the shared-memory ring (`ring`) or not.
+    pub fn connect_with(
+        path: impl AsRef<Path>,
+        caps: Vec<Cap>,
+        timeout: Duration,
+        ring: bool,
+    ) -> Result<Self, ProtoError> {
         let chan = Channel::connect(path.as_ref())?;
-        Self::handshake(chan, caps, timeout)
+        Self::handshake_with(chan, caps, timeout, ring)
     }
 
     /// [`Receiver::connect`] over a connected channel.
     pub fn handshake(chan: Channel, caps: Vec<Cap>, timeout: Duration) -> Result<Self, ProtoError> {
+        Self::handshake_with(chan, caps, timeout, true)
+    }
+
+    /// [`Receiver::connect_with`] over a connected channel.
+    pub fn handshake_with(
+        chan: Channel,
+        caps: Vec<Cap>,
+        timeout: Duration,
+        ring: bool,
+    ) -> Result<Self, ProtoError> {
         let poll_fd = chan
             .as_fd()
             .try_clone_to_owned()
@@ -111,7 +137,7 @@ impl Receiver {
                 op: "dup of the socket",
                 source: nix::errno::Errno::from_raw(e.raw_os_error().unwrap_or(0)),
             })?;
-        let client = Client::handshake(chan, caps, timeout)?;
+        let client = Client::handshake_with(chan, caps, timeout, ring)?;
         Ok(Self {
             client: Arc::new(Mutex::new(client)),
             poll_fd,
@@ -135,19 +161,65 @@ impl Receiver {
     /// their releases sent) from other threads meanwhile.
     pub fn next_event(&self, timeout: Option<Duration>) -> Result<ReceiverEvent, ProtoError> {
         let deadline = timeout.map(|t| std::time::Instant::now() + t);
+        let timed_out = || ProtoError::Timeout {
+            what: "the producer",
+            ms: timeout.unwrap_or_default().as_millis() as u64,
+        };
         loop {
-            if let Some(ev) = self.try_next_event()? {
-                return Ok(ev);
-            }
             let left = deadline.map(|d| d.saturating_duration_since(std::time::Instant::now()));
-            if left.is_some_and(|l| l.is_zero()) {
-                return Err(ProtoError::Timeout {
-                    what: "the producer",
-                    ms: timeout.unwrap_or_default().as_millis() as u64,
-                });
+            let bell = {
+                let mut c = lock(&self.client);
+                if c.uses_ring() {
+                    // Sleep on the ring's doorbell, outside the lock.
+                    if let Some(ev) = c.poll_event(false)? {
+                        drop(c);
+                        return Ok(self.wrap(ev));
+                    }
+                    let bell = c.arm();
+                    if let Some(ev) = c.poll_event(false)? {
+                        c.disarm();
+                        drop(c);
+                        return Ok(self.wrap(ev));
+                    }
+                    bell
+                } else {
+                    None
+                }
+            };
+            match bell {
+                Some(bell) => {
+                    if left.is_some_and(|l| l.is_zero()) {
+                        lock(&self.client).disarm();
+                        return Err(timed_out());
+                    }
+                    let step = left.unwrap_or(RING_CHECK).min(RING_CHECK);
+                    let rang = bell.wait(step);
+                    let mut c = lock(&self.client);
+                    c.disarm();
+                    if !rang {
+                        // Quiet for a while: the socket says whether the producer is there.
+                        if let Some(ev) = c.poll_event(true)? {
+                            drop(c);
+                            return Ok(self.wrap(ev));
+                        }
+                    }
+                }
+                None => {
+                    if let Some(ev) = self.try_next_event()? {
+                        return Ok(ev);
+                    }
+                    if left.is_some_and(|l| l.is_zero()) {
+                        return Err(timed_out());
+                    }
+                    crate::proto::channel::wait_readable(self.poll_fd.as_fd(), left)?;
+                }
             }
-            crate::proto::channel::wait_readable(self.poll_fd.as_fd(), left)?;
         }
+    }
+
+    /// Whether frames and releases go through a shared-memory ring.
+    pub fn uses_ring(&self) -> bool {
+        lock(&self.client).uses_ring()
     }
 
     /// The next event if one is waiting, without blocking: call it when the fd polls

@@ -52,6 +52,7 @@ fn samples() -> Vec<Vec<u8>> {
     let msgs = [
         Message::Hello(Hello {
             version: VERSION,
+            flags: 0,
             caps: (0..5)
                 .map(|i| Cap {
                     fourcc: PixelFormat::ALL[i].fourcc(),

@@ -693,6 +693,7 @@ fn releases_are_checked_and_everything_held_comes_back() {
         (
             Message::Hello(Hello {
                 version: VERSION,
+                flags: 0,
                 caps: vec![],
             }),
             "got Hello",
@@ -744,6 +745,7 @@ fn hello_errors_are_named() {
     let (mut prod, mut cons) = Channel::pair().unwrap();
     cons.send(&Message::Hello(Hello {
         version: 7,
+        flags: 0,
         caps: caps(),
     }))
     .unwrap();
@@ -759,6 +761,7 @@ fn hello_errors_are_named() {
     cons.send_with_fds(
         &Message::Hello(Hello {
             version: VERSION,
+            flags: 0,
             caps: caps(),
         }),
         &[fd.as_fd()],

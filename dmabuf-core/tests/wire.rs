@@ -9,10 +9,12 @@ fn samples() -> Vec<Message> {
     vec![
         Message::Hello(Hello {
             version: VERSION,
+            flags: 0,
             caps: vec![],
         }),
         Message::Hello(Hello {
             version: VERSION,
+            flags: 0,
             caps: (0..MAX_CAPS as u32)
                 .map(|i| Cap {
                     fourcc: 0x3231_564e + i,
@@ -93,7 +95,30 @@ fn samples() -> Vec<Message> {
             reason: GoodbyeReason::EndOfStream,
             message: String::new(),
         }),
+        Message::Ring(RingMsg { size: 33024 }),
+        Message::Wake,
     ]
+}
+
+#[test]
+fn ring_and_wake_bytes_are_where_protocol_md_says() {
+    let r = encode(&Message::Ring(RingMsg { size: 33024 }));
+    assert_eq!(&r[..8], &[0x44, 0x4D, 0x42, 0x46, 8, 0, 16, 0]);
+    assert_eq!(u32::from_le_bytes(r[8..12].try_into().unwrap()), 33024);
+    assert_eq!(&r[12..16], &[0; 4]);
+    assert!(matches!(
+        decode(&patched(&Message::Ring(RingMsg { size: 1 }), 12, &[1])),
+        Err(WireError::Reserved { .. })
+    ));
+    assert_eq!(
+        encode(&Message::Wake),
+        vec![0x44, 0x4D, 0x42, 0x46, 9, 0, 8, 0]
+    );
+    // A Wake with a body is the wrong length.
+    let mut long = encode(&Message::Wake);
+    long.extend_from_slice(&[0; 4]);
+    long[6] = 12;
+    assert!(decode(&long).is_err());
 }
 
 #[test]
@@ -109,6 +134,8 @@ fn every_message_round_trips() {
             Message::Release(_) => RELEASE_LEN,
             Message::RemoveBuffer(_) => REMOVE_BUFFER_LEN,
             Message::Goodbye(_) => GOODBYE_LEN,
+            Message::Ring(_) => RING_LEN_MSG,
+            Message::Wake => WAKE_LEN,
         };
         assert_eq!(bytes.len(), want, "{}", m.name());
         assert!(bytes.len() <= MAX_MESSAGE_LEN);
@@ -270,8 +297,16 @@ fn malformed_messages_are_named_errors() {
         Ok(Message::Frame(f)) => assert_eq!(f.flags, FRAME_FLAG_CHECKSUM | FRAME_FLAG_COPIED),
         other => panic!("flags 3: {other:?}"),
     }
-    // Hello: more caps than allowed, nonzero reserved flags.
+    // Hello: more caps than allowed, an unknown flag (bit 0, the ring, is known), reserved.
     let hello = &s[0];
+    assert!(matches!(
+        decode(&patched(hello, 16, &2u32.to_le_bytes())),
+        Err(WireError::OutOfRange { field: "flags", .. })
+    ));
+    match decode(&patched(hello, 16, &1u32.to_le_bytes())) {
+        Ok(Message::Hello(h)) => assert_eq!(h.flags, HELLO_FLAG_RING),
+        other => panic!("flags 1: {other:?}"),
+    }
     assert!(matches!(
         decode(&patched(hello, 12, &65u32.to_le_bytes())),
         Err(WireError::OutOfRange {
@@ -280,7 +315,7 @@ fn malformed_messages_are_named_errors() {
         })
     ));
     assert!(matches!(
-        decode(&patched(hello, 16, &1u32.to_le_bytes())),
+        decode(&patched(hello, 20, &1u32.to_le_bytes())),
         Err(WireError::Reserved { .. })
     ));
     // Welcome: unknown memory kind, allocator, fourcc, zero size, zero fps_den, bad colour.
@@ -498,6 +533,7 @@ fn memory_mask_reserved_bits_are_refused() {
     ] {
         let m = Message::Hello(Hello {
             version: VERSION,
+            flags: 0,
             caps: vec![Cap {
                 fourcc: u32::from_le_bytes(*b"NV12"),
                 memory_mask: mask,

@@ -163,6 +163,12 @@ struct Args {
     #[arg(long)]
     no_checksum: bool,
 
+    /// Keep every consumer on the socket alone: decline the shared-memory ring a consumer asks
+    /// for (docs/PROTOCOL.md, "Ring"), which otherwise carries frames and releases without a
+    /// system call while both sides are busy (for comparisons).
+    #[arg(long)]
+    no_ring: bool,
+
     /// Socket file mode, octal (0600: only our uid may connect; peers are also checked with
     /// SO_PEERCRED).
     #[arg(long, visible_alias = "socket-mode", default_value = "600", value_parser = parse_mode)]
@@ -482,6 +488,7 @@ fn run(args: Args) -> Result<()> {
         duration: args.duration.map(Duration::from_secs_f64),
         report_every: Duration::from_secs_f64(args.report_every),
         pipewire: args.pipewire.clone(),
+        ring: !args.no_ring,
     };
     let mut transport = Transport::new(
         args.transport,

@@ -43,6 +43,8 @@ pub struct ServeOptions {
     pub report_every: Duration,
     /// Also publish the stream as a PipeWire `Video/Source` node of this name.
     pub pipewire: Option<String>,
+    /// Offer consumers the shared-memory ring.
+    pub ring: bool,
 }
 
 /// When to publish each frame: at its presentation time (the source's timestamp, for a file the
@@ -395,6 +397,7 @@ pub fn serve(
             // The comparison transports serve one consumer at a time.
             max_consumers: usize::from(transport.kind() != TransportKind::ZeroCopy),
             listener: listen.clone(),
+            ring: opts.ring,
         },
     )
     .with_context(|| format!("cannot listen on {}", socket.display()))?;

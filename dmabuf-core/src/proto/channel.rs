@@ -138,7 +138,7 @@ impl Channel {
         self.send_raw(&wire::encode(msg), &[])
     }
 
-    /// Send one message with `fds` attached (`SCM_RIGHTS`; `AddBuffer` only).
+    /// Send one message with `fds` attached (`SCM_RIGHTS`; `AddBuffer` and `Ring` only).
     pub fn send_with_fds(&self, msg: &Message, fds: &[BorrowedFd<'_>]) -> Result<(), ProtoError> {
         self.send_raw(&wire::encode(msg), fds)
     }
@@ -272,6 +272,7 @@ impl Channel {
         let msg = wire::decode(&self.buf[..r.len])?;
         let expected = match &msg {
             Message::AddBuffer(a) => a.n_fds as usize,
+            Message::Ring(_) => 1,
             _ => 0,
         };
         if r.fds.len() != expected {

@@ -3,14 +3,22 @@
 //! buffers the consumer is not still holding, sequence numbers increasing).
 
 use super::channel::Channel;
+use super::ring::{ConsumerRing, Doorbell, RingFrame, Wake, AWAKE, WAITS_FUTEX, WAITS_SOCKET};
 use super::validate::validate_add_buffer;
 use super::wire::{
-    Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, WireError, MAX_SEQ_STEP,
-    VERSION,
+    Cap, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, Welcome, WireError,
+    HELLO_FLAG_RING, MAX_SEQ_STEP, VERSION,
 };
 use super::ProtoError;
 use crate::buffer::FrameBuffer;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+
+/// The longest a consumer with a ring sleeps on its doorbell before it looks at the socket
+/// (a producer that died cannot ring).
+const DOORBELL_CHECK: Duration = Duration::from_millis(250);
+/// How long the messages a ring frame says came before it may take to arrive (they were sent
+/// before the frame was written: an honest producer's are already queued).
+const EARLY_FRAME_WAIT: Duration = Duration::from_secs(1);
 
 /// What the producer did.
 #[derive(Debug)]
@@ -41,17 +49,38 @@ pub struct Client {
     last_seq: Option<u64>,
     /// Messages read ahead by [`Client::frames_reclaimed`] (or the error that ended reading).
     queued: std::collections::VecDeque<Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError>>,
+    /// We asked for a ring in `Hello`.
+    want_ring: bool,
+    /// The producer's ring, once its `Ring` message came: frames and releases go through it.
+    ring: Option<ConsumerRing>,
+    /// Messages received on the socket (the ring's frames say how many came before them).
+    msgs_got: u32,
+    /// A frame taken from the ring whose earlier socket messages have not all been read.
+    early: Option<RingFrame>,
 }
 
 impl Client {
     /// Say hello with `caps` and wait for the producer's `Welcome`.
     pub fn handshake(
-        mut chan: Channel,
+        chan: Channel,
         caps: Vec<Cap>,
         timeout: Duration,
     ) -> Result<Client, ProtoError> {
+        Self::handshake_with(chan, caps, timeout, true)
+    }
+
+    /// [`Client::handshake`], asking for a shared-memory ring (`ring`: frames and releases
+    /// with no system call while both sides are busy; `docs/PROTOCOL.md`, "Ring") or not
+    /// (everything on the socket). The producer may decline a ring; both work the same.
+    pub fn handshake_with(
+        mut chan: Channel,
+        caps: Vec<Cap>,
+        timeout: Duration,
+        ring: bool,
+    ) -> Result<Client, ProtoError> {
         chan.send(&Message::Hello(Hello {
             version: VERSION,
+            flags: if ring { HELLO_FLAG_RING } else { 0 },
             caps: caps.clone(),
         }))?;
         let (msg, _fds) = recv_or_fail(&mut chan, Some(timeout), "the producer's Welcome")?;
@@ -94,7 +123,16 @@ impl Client {
             held: vec![None; n],
             last_seq: None,
             queued: Default::default(),
+            want_ring: ring,
+            ring: None,
+            msgs_got: 1,
+            early: None,
         })
+    }
+
+    /// Whether frames and releases go through a shared-memory ring (the producer sent one).
+    pub fn uses_ring(&self) -> bool {
+        self.ring.is_some()
     }
 
     /// The stream's current `Welcome`.
@@ -114,13 +152,162 @@ impl Client {
 
     /// The next event, waiting at most `timeout` (`None`: forever). A protocol violation is
     /// answered with a `Goodbye` naming it and returned as the error.
+    ///
+    /// With a ring, waiting sleeps on its doorbell (a futex) — except with a zero timeout,
+    /// the call of an event loop that polls the socket: then the producer is asked to send
+    /// `Wake` on the socket when the next frame comes, so the socket polls readable.
     pub fn next_event(&mut self, timeout: Option<Duration>) -> Result<Event, ProtoError> {
-        let (msg, fds) = match self.queued.pop_front() {
-            Some(Ok(m)) => m,
-            Some(Err(e)) => return Err(e),
-            None => recv_or_fail(&mut self.chan, timeout, "the producer")?,
+        let deadline = timeout.map(|t| Instant::now() + t);
+        let timed_out = || ProtoError::Timeout {
+            what: "the producer",
+            ms: timeout.map_or(0, |t| t.as_millis() as u64),
         };
-        self.handle(msg, fds).map_err(|e| fail(&self.chan, e))
+        loop {
+            if self.ring.is_none() {
+                // Everything on the socket (a Ring message may still come).
+                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                let (msg, fds) = match self.queued.pop_front() {
+                    Some(m) => m?,
+                    None => self.recv(left)?,
+                };
+                match self.handle(msg, fds).map_err(|e| fail(&self.chan, e))? {
+                    Some(ev) => return Ok(ev),
+                    None => continue,
+                }
+            }
+            if let Some(ev) = self.poll_event(false)? {
+                return Ok(ev);
+            }
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left.is_some_and(|l| l.is_zero()) {
+                // An event loop's call: drain the socket (Wake messages, a hang-up), then ask
+                // for a Wake with the next frame and look once more.
+                if let Some(ev) = self.poll_event(true)? {
+                    return Ok(ev);
+                }
+                self.set_waiting(WAITS_SOCKET);
+                if let Some(ev) = self.poll_event(false)? {
+                    self.set_waiting(AWAKE);
+                    return Ok(ev);
+                }
+                return Err(timed_out());
+            }
+            let Some(bell) = self.arm() else { continue };
+            if let Some(ev) = self.poll_event(false)? {
+                self.set_waiting(AWAKE);
+                return Ok(ev);
+            }
+            let rang = bell.wait(left.unwrap_or(DOORBELL_CHECK).min(DOORBELL_CHECK));
+            self.set_waiting(AWAKE);
+            if !rang {
+                // Quiet for a while: the socket says whether the producer is still there.
+                if let Some(ev) = self.poll_event(true)? {
+                    return Ok(ev);
+                }
+            }
+        }
+    }
+
+    /// With a ring, before sleeping on its doorbell: say so, read the doorbell, and check
+    /// again with [`Client::poll_event`] before [`Doorbell::wait`]; call
+    /// [`Client::disarm`] after. `None` without a ring.
+    pub fn arm(&mut self) -> Option<Doorbell> {
+        self.set_waiting(WAITS_FUTEX);
+        self.ring.as_ref().map(|r| r.doorbell())
+    }
+
+    /// Awake again after [`Client::arm`].
+    pub fn disarm(&mut self) {
+        self.set_waiting(AWAKE);
+    }
+
+    fn set_waiting(&self, how: u32) {
+        if let Some(r) = &self.ring {
+            r.set_waiting(how);
+        }
+    }
+
+    /// The next event if one is ready, without waiting: with a ring, a frame from it (once the
+    /// socket messages sent before it are read) or a message the ring says was sent; and with
+    /// `socket`, anything on the socket (a hang-up, `Wake`s to drain). Without a ring, the
+    /// socket.
+    pub fn poll_event(&mut self, socket: bool) -> Result<Option<Event>, ProtoError> {
+        loop {
+            let (msg, fds) = match self.queued.pop_front() {
+                Some(m) => m?,
+                None => match self.next_ready(socket)? {
+                    Some(m) => m,
+                    None => return Ok(None),
+                },
+            };
+            if let Some(ev) = self.handle(msg, fds).map_err(|e| fail(&self.chan, e))? {
+                return Ok(Some(ev));
+            }
+        }
+    }
+
+    /// The next message to handle, in the producer's order: a ring frame once every socket
+    /// message before it is read, else a socket message that is there.
+    fn next_ready(
+        &mut self,
+        socket: bool,
+    ) -> Result<Option<(Message, Vec<std::os::fd::OwnedFd>)>, ProtoError> {
+        let Some(ring) = &mut self.ring else {
+            return self.recv_now();
+        };
+        if self.early.is_none() {
+            self.early = ring
+                .pop_frame()
+                .map_err(|why| fail(&self.chan, ProtoError::BadRing(why)))?;
+        }
+        if let Some(f) = &self.early {
+            let before = f.msgs_before;
+            if (self.msgs_got.wrapping_sub(before) as i32) >= 0 {
+                let f = self.early.take().expect("checked");
+                return Ok(Some((Message::Frame(f.frame), Vec::new())));
+            }
+            // Sent before the frame was written: already queued, unless the producer lies.
+            return match self.recv(Some(EARLY_FRAME_WAIT)) {
+                Ok(m) => Ok(Some(m)),
+                Err(ProtoError::Timeout { .. }) => Err(fail(
+                    &self.chan,
+                    ProtoError::BadRing(format!(
+                        "a frame says {before} messages were sent before it; {} arrived",
+                        self.msgs_got
+                    )),
+                )),
+                Err(e) => Err(e),
+            };
+        }
+        if socket || ring.msgs_sent() != self.msgs_got {
+            return self.recv_now();
+        }
+        Ok(None)
+    }
+
+    /// A socket message if one is queued.
+    fn recv_now(&mut self) -> Result<Option<(Message, Vec<std::os::fd::OwnedFd>)>, ProtoError> {
+        match self.recv(Some(Duration::ZERO)) {
+            Ok(m) => Ok(Some(m)),
+            Err(ProtoError::Timeout { .. }) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Receive one socket message (counted).
+    fn recv(
+        &mut self,
+        timeout: Option<Duration>,
+    ) -> Result<(Message, Vec<std::os::fd::OwnedFd>), ProtoError> {
+        let m = recv_or_fail(&mut self.chan, timeout, "the producer")?;
+        self.msgs_got = self.msgs_got.wrapping_add(1);
+        if self.ring.is_some() && matches!(m.0, Message::Frame(_)) {
+            return Err(fail(
+                &self.chan,
+                ProtoError::BadRing("a Frame on the socket: with a ring, frames come in it".into()),
+            ));
+        }
+        Ok(m)
     }
 
     /// Whether the frames this consumer holds may have been overwritten: the producer ended
@@ -135,7 +322,7 @@ impl Client {
         }
         // Everything the producer sent before closing is queued: read it all.
         while !matches!(self.queued.back(), Some(Err(_))) {
-            match recv_or_fail(&mut self.chan, Some(Duration::ZERO), "the producer") {
+            match self.recv(Some(Duration::ZERO)) {
                 Ok(m) => self.queued.push_back(Ok(m)),
                 Err(ProtoError::Timeout { .. }) => break,
                 Err(e) => self.queued.push_back(Err(e)),
@@ -155,13 +342,30 @@ impl Client {
         })
     }
 
+    /// Check one message against the session; `None` for one that is not an event (the ring
+    /// set up, a `Wake`).
     fn handle(
         &mut self,
         msg: Message,
-        fds: Vec<std::os::fd::OwnedFd>,
-    ) -> Result<Event, ProtoError> {
+        mut fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Option<Event>, ProtoError> {
         let count = self.buffers.len();
-        match msg {
+        Ok(Some(match msg {
+            Message::Ring(r) => {
+                if !self.want_ring {
+                    return Err(ProtoError::BadRing(
+                        "sent, but we did not ask for one".into(),
+                    ));
+                }
+                if self.ring.is_some() {
+                    return Err(ProtoError::BadRing("sent twice".into()));
+                }
+                let fd = fds.pop().expect("the channel checked: one descriptor");
+                self.ring = Some(ConsumerRing::from_fd(fd, r.size).map_err(ProtoError::BadRing)?);
+                return Ok(None);
+            }
+            Message::Wake if self.ring.is_some() => return Ok(None),
+
             Message::AddBuffer(a) => {
                 let id = a.buffer_id;
                 let slot = self.buffers.get(id as usize).ok_or(ProtoError::BadBuffer {
@@ -176,7 +380,7 @@ impl Client {
                 }
                 let buf = validate_add_buffer(&a, fds, &self.welcome)?;
                 self.buffers[id as usize] = Some(buf);
-                Ok(Event::BufferAdded(id))
+                Event::BufferAdded(id)
             }
             Message::Frame(f) => {
                 let id = f.buffer_id;
@@ -227,7 +431,7 @@ impl Client {
                 }
                 self.last_seq = Some(f.seq);
                 self.held[id as usize] = Some(f.seq);
-                Ok(Event::Frame(f))
+                Event::Frame(f)
             }
             Message::RemoveBuffer(r) => {
                 let id = r.buffer_id;
@@ -240,12 +444,14 @@ impl Client {
                             });
                         }
                         *slot = None;
-                        Ok(Event::BufferRemoved(id))
+                        Event::BufferRemoved(id)
                     }
-                    _ => Err(ProtoError::BadBuffer {
-                        id,
-                        why: "removed but never added".into(),
-                    }),
+                    _ => {
+                        return Err(ProtoError::BadBuffer {
+                            id,
+                            why: "removed but never added".into(),
+                        })
+                    }
                 }
             }
             Message::Welcome(w) => {
@@ -270,14 +476,16 @@ impl Client {
                 self.buffers = (0..n).map(|_| None).collect();
                 self.held = vec![None; n];
                 self.welcome = w;
-                Ok(Event::Renegotiated)
+                Event::Renegotiated
             }
-            Message::Goodbye(g) => Ok(Event::End(g)),
-            other => Err(ProtoError::Unexpected {
-                expected: "AddBuffer, Frame, RemoveBuffer, Welcome or Goodbye",
-                got: other.name(),
-            }),
-        }
+            Message::Goodbye(g) => Event::End(g),
+            other => {
+                return Err(ProtoError::Unexpected {
+                    expected: "AddBuffer, Frame, RemoveBuffer, Welcome or Goodbye",
+                    got: other.name(),
+                })
+            }
+        }))
     }
 
     /// Hand the frame in `buffer_id` back to the producer.
@@ -296,10 +504,16 @@ impl Client {
             .get_mut(buffer_id as usize)
             .and_then(|h| h.take())
             .ok_or_else(|| ProtoError::BadRelease(format!("we hold no frame in {buffer_id}")))?;
-        match self
-            .chan
-            .send(&Message::Release(Release { buffer_id, seq }))
-        {
+        let release = Release { buffer_id, seq };
+        if let Some(ring) = &mut self.ring {
+            if ring.push_release(&release) == Wake::Socket {
+                // The producer sleeps waiting for releases: wake it (it may be gone).
+                let _ = self.chan.send(&Message::Wake);
+            }
+            // The producer marks the ring ended before it reuses anything we hold.
+            return Ok(!ring.ended());
+        }
+        match self.chan.send(&Message::Release(release)) {
             Ok(()) => Ok(true),
             // The producer may already be gone at the end of a stream.
             Err(ProtoError::Closed) => Ok(false),

@@ -10,6 +10,7 @@
 pub mod bytestream;
 pub mod channel;
 pub mod client;
+pub mod ring;
 pub mod server;
 pub mod validate;
 pub mod wire;
@@ -118,6 +119,9 @@ pub enum ProtoError {
     #[error("frame: {0}")]
     /// A `Frame` that breaks a rule.
     BadFrame(String),
+    #[error("ring: {0}")]
+    /// The shared-memory ring (its memfd, its header, a slot) breaks a rule.
+    BadRing(String),
     #[error("release: {0}")]
     /// A `Release` that breaks a rule.
     BadRelease(String),

@@ -5,9 +5,10 @@
 
 use super::channel::Channel;
 use super::client::{fail, recv_or_fail};
+use super::ring::{ProducerRing, Wake};
 use super::wire::{
-    AddBuffer, Chunk, Frame, Goodbye, GoodbyeReason, Hello, Message, RemoveBuffer, Welcome,
-    WirePlane, VERSION,
+    AddBuffer, Chunk, Frame, Goodbye, GoodbyeReason, Hello, Message, Release, RemoveBuffer,
+    RingMsg, Welcome, WirePlane, HELLO_FLAG_RING, VERSION,
 };
 use super::ProtoError;
 use crate::buffer::{FrameBuffer, MemoryKind};
@@ -51,6 +52,11 @@ pub fn accepts(hello: &Hello, format: &FrameFormat, memory: MemoryKind) -> bool 
     })
 }
 
+/// Whether the consumer's `Hello` asks for a ring.
+pub fn wants_ring(hello: &Hello) -> bool {
+    hello.flags & HELLO_FLAG_RING != 0
+}
+
 /// What happened while pumping the consumer's messages.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Pumped {
@@ -63,7 +69,13 @@ pub enum Pumped {
 /// One consumer. `T` is what the producer keeps alive while the consumer holds a frame
 /// (a pool lease).
 pub struct Session<T> {
+    // (Dropped in this order: the connection closes, the ring says the session ended, then
+    // what the consumer held goes back.)
     chan: Channel,
+    /// The shared-memory ring, when the consumer asked for one and it was set up.
+    ring: Option<ProducerRing>,
+    /// Messages sent on the socket (the ring's `msgs_sent`).
+    msgs_sent: u32,
     held: HashMap<u32, (u64, T)>,
     buffer_count: u32,
     /// Frames sent to this consumer.
@@ -86,17 +98,60 @@ impl<T> Session<T> {
     ///
     /// A consumer that said goodbye and closed before this (or [`Session::add_buffer`]) could
     /// send is reported as [`ProtoError::Goodbye`] with its reason, not as a closed socket.
-    pub fn start(mut chan: Channel, welcome: &Welcome) -> Result<Self, ProtoError> {
-        if let Err(e) = chan.send(&Message::Welcome(welcome.clone())) {
-            return Err(parting_words(&mut chan).unwrap_or(e));
-        }
-        Ok(Self {
+    pub fn start(chan: Channel, welcome: &Welcome) -> Result<Self, ProtoError> {
+        Self::start_with(chan, welcome, false)
+    }
+
+    /// [`Session::start`], then, when `ring` (the consumer's `Hello` asked for one and the
+    /// producer allows it), the `Ring` message with the ring's memfd: frames and releases
+    /// travel through it from now on.
+    pub fn start_with(chan: Channel, welcome: &Welcome, ring: bool) -> Result<Self, ProtoError> {
+        let mut sess = Self {
             chan,
+            ring: None,
+            msgs_sent: 0,
             held: HashMap::new(),
             buffer_count: welcome.buffer_count,
             frames_sent: 0,
             releases: 0,
-        })
+        };
+        sess.send(&Message::Welcome(welcome.clone()), &[])?;
+        if ring {
+            let r = ProducerRing::new()?;
+            let msg = Message::Ring(RingMsg {
+                size: super::ring::RING_BYTES as u32,
+            });
+            sess.chan
+                .send_with_fds(&msg, &[r.fd()])
+                .map_err(|e| parting_words(&mut sess.chan).unwrap_or(e))?;
+            sess.msgs_sent = sess.msgs_sent.wrapping_add(1);
+            r.ring(sess.msgs_sent);
+            sess.ring = Some(r);
+        }
+        Ok(sess)
+    }
+
+    /// Whether frames and releases go through the shared-memory ring.
+    pub fn uses_ring(&self) -> bool {
+        self.ring.is_some()
+    }
+
+    /// Send `msg` on the socket (counted, and the ring's doorbell rung: a consumer asleep on
+    /// it looks at the socket). A failure reports the consumer's parting Goodbye if it sent
+    /// one.
+    pub fn send(
+        &mut self,
+        msg: &Message,
+        fds: &[std::os::fd::BorrowedFd<'_>],
+    ) -> Result<(), ProtoError> {
+        if let Err(e) = self.chan.send_with_fds(msg, fds) {
+            return Err(parting_words(&mut self.chan).unwrap_or(e));
+        }
+        self.msgs_sent = self.msgs_sent.wrapping_add(1);
+        if let Some(r) = &self.ring {
+            r.ring(self.msgs_sent);
+        }
+        Ok(())
     }
 
     /// The connection.
@@ -121,9 +176,7 @@ impl<T> Session<T> {
             planes,
         });
         let fds: Vec<_> = buf.fds.iter().map(|f| f.as_fd()).collect();
-        self.chan
-            .send_with_fds(&msg, &fds)
-            .map_err(|e| parting_words(&mut self.chan).unwrap_or(e))
+        self.send(&msg, &fds)
     }
 
     /// Change the stream's format mid-stream: remove every buffer, then send the new Welcome
@@ -137,10 +190,9 @@ impl<T> Session<T> {
             });
         }
         for id in 0..self.buffer_count {
-            self.chan
-                .send(&Message::RemoveBuffer(RemoveBuffer { buffer_id: id }))?;
+            self.send(&Message::RemoveBuffer(RemoveBuffer { buffer_id: id }), &[])?;
         }
-        self.chan.send(&Message::Welcome(welcome.clone()))?;
+        self.send(&Message::Welcome(welcome.clone()), &[])?;
         self.buffer_count = welcome.buffer_count;
         Ok(())
     }
@@ -154,9 +206,15 @@ impl<T> Session<T> {
             )));
         }
         let seq = frame.seq;
-        self.chan
-            .send(&Message::Frame(frame))
-            .map_err(|e| parting_words(&mut self.chan).unwrap_or(e))?;
+        match &mut self.ring {
+            Some(r) => {
+                r.push_frame(&frame, self.msgs_sent);
+                if r.ring(self.msgs_sent) == Wake::Socket {
+                    self.send(&Message::Wake, &[])?;
+                }
+            }
+            None => self.send(&Message::Frame(frame), &[])?,
+        }
         self.held.insert(id, (seq, token));
         self.frames_sent += 1;
         Ok(())
@@ -172,10 +230,66 @@ impl<T> Session<T> {
         self.held.contains_key(&id)
     }
 
+    /// Take the releases waiting in the ring (none without one): no system call. A broken
+    /// ring or release is answered with a Goodbye and returned.
+    pub fn pump_ring(&mut self) -> Result<usize, ProtoError> {
+        let mut released = 0;
+        while let Some(ring) = &mut self.ring {
+            match ring.pop_release() {
+                Ok(Some(r)) => {
+                    self.take_release(r).map_err(|e| fail(&self.chan, e))?;
+                    released += 1;
+                }
+                Ok(None) => break,
+                Err(why) => return Err(fail(&self.chan, ProtoError::BadRing(why))),
+            }
+        }
+        Ok(released)
+    }
+
+    /// Before sleeping until the consumer releases something (`true`) and after (`false`):
+    /// a consumer with a ring then sends `Wake` after each release. True when a release is
+    /// already waiting in the ring (do not sleep).
+    pub fn set_waiting(&self, on: bool) -> bool {
+        match &self.ring {
+            Some(r) => {
+                r.set_waiting(on);
+                on && r.has_release()
+            }
+            None => false,
+        }
+    }
+
+    /// Check a release (of a frame this consumer holds, with its seq) and take the buffer
+    /// back.
+    fn take_release(&mut self, r: Release) -> Result<(), ProtoError> {
+        match self.held.get(&r.buffer_id) {
+            Some((seq, _)) if *seq == r.seq => {
+                self.held.remove(&r.buffer_id);
+                self.releases += 1;
+                Ok(())
+            }
+            Some((seq, _)) => Err(ProtoError::BadRelease(format!(
+                "buffer {} holds frame {seq}, not {}",
+                r.buffer_id, r.seq
+            ))),
+            None => Err(ProtoError::BadRelease(
+                if r.buffer_id >= self.buffer_count {
+                    format!("buffer {} does not exist", r.buffer_id)
+                } else {
+                    format!(
+                        "buffer {} is not held by this consumer (double release, or never sent)",
+                        r.buffer_id
+                    )
+                },
+            )),
+        }
+    }
+
     /// Handle every message waiting now, then wait up to `timeout` for more if none came back.
     pub fn pump(&mut self, timeout: Duration) -> Result<Pumped, ProtoError> {
         let deadline = Instant::now() + timeout;
-        let mut released = 0;
+        let mut released = self.pump_ring()?;
         loop {
             let got = match self.chan.try_recv() {
                 Ok(m) => m,
@@ -184,39 +298,19 @@ impl<T> Session<T> {
                 Err(e) => return Err(fail(&self.chan, e)),
             };
             match got {
-                Some((Message::Release(r), _)) => match self.held.get(&r.buffer_id) {
-                    Some((seq, _)) if *seq == r.seq => {
-                        self.held.remove(&r.buffer_id);
-                        self.releases += 1;
-                        released += 1;
-                        if timeout.is_zero() {
-                            // One message per call without a wait: no further receive just
-                            // to learn that nothing more is queued (a caller that polls sees
-                            // the socket readable again if something is).
-                            return Ok(Pumped::Released(released));
-                        }
+                Some((Message::Release(r), _)) => {
+                    self.take_release(r).map_err(|e| fail(&self.chan, e))?;
+                    released += 1;
+                    if timeout.is_zero() {
+                        // One message per call without a wait: no further receive just
+                        // to learn that nothing more is queued (a caller that polls sees
+                        // the socket readable again if something is).
+                        return Ok(Pumped::Released(released));
                     }
-                    Some((seq, _)) => {
-                        return Err(fail(
-                            &self.chan,
-                            ProtoError::BadRelease(format!(
-                                "buffer {} holds frame {seq}, not {}",
-                                r.buffer_id, r.seq
-                            )),
-                        ))
-                    }
-                    None => {
-                        let why = if r.buffer_id >= self.buffer_count {
-                            format!("buffer {} does not exist", r.buffer_id)
-                        } else {
-                            format!(
-                                    "buffer {} is not held by this consumer (double release, or never sent)",
-                                    r.buffer_id
-                                )
-                        };
-                        return Err(fail(&self.chan, ProtoError::BadRelease(why)));
-                    }
-                },
+                }
+                Some((Message::Wake, _)) if self.ring.is_some() => {
+                    released += self.pump_ring()?;
+                }
                 Some((Message::Goodbye(g), _)) => {
                     if g.reason != GoodbyeReason::Leaving && g.reason != GoodbyeReason::EndOfStream
                     {
@@ -260,10 +354,7 @@ impl<T> Session<T> {
     /// that checks its connection after using a frame (PROTOCOL.md, "Reclaimed buffers") can
     /// tell whether the producer may have written it meanwhile.
     pub fn finish(mut self, reason: GoodbyeReason, message: &str, grace: Duration) {
-        let _ = self.chan.send(&Message::Goodbye(Goodbye {
-            reason,
-            message: message.to_string(),
-        }));
+        self.say_goodbye(reason, message);
         let deadline = Instant::now() + grace;
         while !self.held.is_empty() {
             let left = deadline.saturating_duration_since(Instant::now());
@@ -275,9 +366,24 @@ impl<T> Session<T> {
                 _ => break,
             }
         }
-        let Session { chan, held, .. } = self;
+        let Session {
+            chan, ring, held, ..
+        } = self;
         chan.close_gracefully();
+        // (The ring says the session ended before the buffers go back.)
+        drop(ring);
         drop(held);
+    }
+
+    /// Send Goodbye(`reason`, `message`), best effort; the session goes on until finished.
+    pub fn say_goodbye(&mut self, reason: GoodbyeReason, message: &str) {
+        let _ = self.send(
+            &Message::Goodbye(Goodbye {
+                reason,
+                message: message.to_string(),
+            }),
+            &[],
+        );
     }
 }
 

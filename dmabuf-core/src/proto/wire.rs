@@ -65,6 +65,13 @@ pub const FRAME_FLAG_CHECKSUM: u32 = 1 << 0;
 /// `Frame.flags`: the producer's CPU copied these pixels into the buffer (a decoded picture
 /// that could not be decoded in place); clear when the source wrote them in place.
 pub const FRAME_FLAG_COPIED: u32 = 1 << 1;
+/// `Hello.flags`: the consumer can take frames and give releases through a shared-memory ring
+/// (`docs/PROTOCOL.md`, "Ring"); the producer answers with a `Ring` message or not at all.
+pub const HELLO_FLAG_RING: u32 = 1 << 0;
+/// `Ring` message length.
+pub const RING_LEN_MSG: usize = 16;
+/// `Wake` message length (the header alone).
+pub const WAKE_LEN: usize = HEADER_LEN;
 /// Every `Frame.flags` bit this version defines.
 pub const FRAME_FLAGS_KNOWN: u32 = FRAME_FLAG_CHECKSUM | FRAME_FLAG_COPIED;
 /// `Chunk.flags`: the decoder reported this plane's data corrupt.
@@ -88,6 +95,10 @@ pub enum MsgType {
     RemoveBuffer = 6,
     /// Either side: the connection ends, saying why.
     Goodbye = 7,
+    /// Producer → consumer, with one fd: the shared-memory frame/release ring.
+    Ring = 8,
+    /// Either side, after `Ring`: the peer said it sleeps; something is in the ring.
+    Wake = 9,
 }
 
 impl MsgType {
@@ -100,6 +111,8 @@ impl MsgType {
             5 => MsgType::Release,
             6 => MsgType::RemoveBuffer,
             7 => MsgType::Goodbye,
+            8 => MsgType::Ring,
+            9 => MsgType::Wake,
             _ => return None,
         })
     }
@@ -121,6 +134,8 @@ pub struct Cap {
 pub struct Hello {
     /// The protocol version the consumer speaks.
     pub version: u32,
+    /// [`HELLO_FLAG_RING`], or 0.
+    pub flags: u32,
     /// What it can import.
     pub caps: Vec<Cap>,
 }
@@ -507,6 +522,18 @@ pub enum Message {
     RemoveBuffer(RemoveBuffer),
     /// See [`Goodbye`].
     Goodbye(Goodbye),
+    /// See [`RingMsg`].
+    Ring(RingMsg),
+    /// The peer sleeps no more: look in the ring (after `Ring` only).
+    Wake,
+}
+
+/// Producer → consumer, right after `Welcome`, with one descriptor: the shared-memory ring
+/// (a sealed memfd of `size` bytes) that carries frames and releases from now on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RingMsg {
+    /// The ring's size in bytes ([`crate::proto::ring::RING_BYTES`]).
+    pub size: u32,
 }
 
 impl Message {
@@ -520,6 +547,8 @@ impl Message {
             Message::Release(_) => MsgType::Release,
             Message::RemoveBuffer(_) => MsgType::RemoveBuffer,
             Message::Goodbye(_) => MsgType::Goodbye,
+            Message::Ring(_) => MsgType::Ring,
+            Message::Wake => MsgType::Wake,
         }
     }
 
@@ -533,6 +562,8 @@ impl Message {
             MsgType::Release => "Release",
             MsgType::RemoveBuffer => "RemoveBuffer",
             MsgType::Goodbye => "Goodbye",
+            MsgType::Ring => "Ring",
+            MsgType::Wake => "Wake",
         }
     }
 }
@@ -735,7 +766,7 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             let mut w = Writer::new(MsgType::Hello, HELLO_FIXED_LEN + caps.len() * CAP_LEN);
             w.u32(h.version);
             w.u32(caps.len() as u32);
-            w.u32(0);
+            w.u32(h.flags);
             w.u32(0);
             for c in caps {
                 w.u32(c.fourcc);
@@ -830,6 +861,13 @@ pub fn encode(msg: &Message) -> Vec<u8> {
             w.zeros(GOODBYE_TEXT_LEN - text.len());
             w.finish()
         }
+        Message::Ring(m) => {
+            let mut w = Writer::new(MsgType::Ring, RING_LEN_MSG);
+            w.u32(m.size);
+            w.u32(0);
+            w.finish()
+        }
+        Message::Wake => Writer::new(MsgType::Wake, WAKE_LEN).finish(),
     }
 }
 
@@ -859,6 +897,8 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
         MsgType::Release => "Release",
         MsgType::RemoveBuffer => "RemoveBuffer",
         MsgType::Goodbye => "Goodbye",
+        MsgType::Ring => "Ring",
+        MsgType::Wake => "Wake",
     };
     let mut r = Reader {
         buf,
@@ -877,7 +917,8 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
             let version = r.u32();
             let n = r.u32() as usize;
             r.range("n_caps", n as u64, n <= MAX_CAPS)?;
-            r.reserved32("flags")?;
+            let flags = r.u32();
+            r.range("flags", flags.into(), flags & !HELLO_FLAG_RING == 0)?;
             r.reserved32("reserved")?;
             expect_len(name, HELLO_FIXED_LEN + n * CAP_LEN, buf.len())?;
             let mut caps = Vec::with_capacity(n);
@@ -896,7 +937,11 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
                 )?;
                 caps.push(c);
             }
-            Message::Hello(Hello { version, caps })
+            Message::Hello(Hello {
+                version,
+                flags,
+                caps,
+            })
         }
         MsgType::Welcome => {
             // Another version's Welcome may have another length: say which version it is.
@@ -1117,6 +1162,16 @@ pub fn decode(buf: &[u8]) -> Result<Message, WireError> {
                 reason: reason.unwrap_or(GoodbyeReason::ProtocolError),
                 message,
             })
+        }
+        MsgType::Ring => {
+            expect_len(name, RING_LEN_MSG, buf.len())?;
+            let size = r.u32();
+            r.reserved32("reserved")?;
+            Message::Ring(RingMsg { size })
+        }
+        MsgType::Wake => {
+            expect_len(name, WAKE_LEN, buf.len())?;
+            Message::Wake
         }
     })
 }

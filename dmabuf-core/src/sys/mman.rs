@@ -75,6 +75,21 @@ impl MappedRegion {
         unsafe { std::slice::from_raw_parts(self.ptr.as_ptr(), self.len) }
     }
 
+    /// The mapped bytes as 32-bit atomic words (`len / 4` of them): the view for memory that
+    /// another process writes at the same time (the ring), where plain `&[u8]` would be a data
+    /// race. Writable only through a writable mapping (a store to a read-only one faults).
+    pub fn as_atomic_words(&self) -> &[std::sync::atomic::AtomicU32] {
+        // SAFETY: the mapping is page-aligned (so 4-aligned) and `len / 4` whole words lie in
+        // it for the life of `self`; `AtomicU32` has `u32`'s size and alignment, and atomic
+        // accesses are defined even while another process (or thread) writes the words.
+        unsafe {
+            std::slice::from_raw_parts(
+                self.ptr.as_ptr().cast::<std::sync::atomic::AtomicU32>(),
+                self.len / 4,
+            )
+        }
+    }
+
     /// Mutable view; `None` for a read-only mapping.
     pub fn as_mut_slice(&mut self) -> Option<&mut [u8]> {
         if !self.writable {

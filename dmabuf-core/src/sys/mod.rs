@@ -9,6 +9,7 @@
 pub mod dma_buf;
 pub mod dma_heap;
 pub mod drm;
+pub mod futex;
 pub mod mman;
 pub mod scm;
 pub mod udmabuf;
