@@ -31,8 +31,11 @@ use std::time::{Duration, Instant};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Case {
-    /// Our producer (pattern, sealed-memfd pool, zero-copy) → our consumer `--import cpu-map`.
+    /// Our producer (pattern, sealed-memfd pool, zero-copy) → our consumer `--import cpu-map`;
+    /// frames and releases through the shared-memory ring.
     Ours,
+    /// `Ours` with `--no-ring` on both sides: frames and releases on the socket.
+    OursSocket,
     /// `Ours` with the binaries of `--peers-before DIR` (an older build), alternated with ours
     /// in every round: before/after figures of a change.
     OursBefore,
@@ -52,8 +55,9 @@ pub enum Case {
 }
 
 impl Case {
-    pub const ALL: [Case; 7] = [
+    pub const ALL: [Case; 8] = [
         Case::Ours,
+        Case::OursSocket,
         Case::OursBefore,
         Case::GstSource,
         Case::GstShm,
@@ -65,6 +69,7 @@ impl Case {
     pub fn name(self) -> &'static str {
         match self {
             Case::Ours => "ours",
+            Case::OursSocket => "ours-socket",
             Case::OursBefore => "ours-before",
             Case::GstSource => "gst-source",
             Case::GstShm => "gst-shm",
@@ -76,7 +81,11 @@ impl Case {
 
     fn describe(self) -> &'static str {
         match self {
-            Case::Ours => "our producer → consumer (memfd, zero-copy, `--import cpu-map`)",
+            Case::Ours => {
+                "our producer → consumer (memfd, zero-copy, `--import cpu-map`), frames and \
+                 releases through the shared-memory ring"
+            }
+            Case::OursSocket => "the same on the socket alone (`--no-ring` on both sides)",
             Case::OursBefore => "the same with an older build's binaries (`--peers-before`)",
             Case::GstSource => "`videotestsrc pattern=smpte75 ! fakesink` (the source alone)",
             Case::GstShm => "GStreamer `shmsink → shmsrc ! fakesink`",
@@ -476,7 +485,7 @@ impl Runner<'_> {
         let nb = format!("num-buffers={frames}");
         let src = ["videotestsrc", "pattern=smpte75", &nb, "!", &caps, "!"];
         match case {
-            Case::Ours | Case::OursBefore => {
+            Case::Ours | Case::OursSocket | Case::OursBefore => {
                 let (pbin, cbin) = match (&self.opts.before, case) {
                     (Some(d), Case::OursBefore) => (d.join("producer"), d.join("consumer")),
                     _ => (self.opts.producer.clone(), self.opts.consumer.clone()),
@@ -511,6 +520,10 @@ impl Runner<'_> {
                 ];
                 if stats {
                     consumer.extend(["--stats-json".into(), cj.display().to_string()]);
+                }
+                if case == Case::OursSocket {
+                    producer.push("--no-ring".into());
+                    consumer.push("--no-ring".into());
                 }
                 Plan {
                     producer,
@@ -851,7 +864,7 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
     let mut skipped = Vec::new();
     let mut versions = Vec::new();
     let gst = which("gst-launch-1.0");
-    let mut cases = vec![Case::Ours];
+    let mut cases = vec![Case::Ours, Case::OursSocket];
     if let Some(d) = &opts.before {
         for b in ["producer", "consumer"] {
             if !d.join(b).exists() {
@@ -1034,7 +1047,9 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
                     producer_syscalls: syscalls.map(|s| s.0),
                     consumer_syscalls: syscalls.map(|s| s.1).filter(|_| case != Case::GstSource),
                     producer_beyond_source_us: match case {
-                        Case::Ours | Case::OursBefore => internal_source.map(|s| producer_us - s),
+                        Case::Ours | Case::OursSocket | Case::OursBefore => {
+                            internal_source.map(|s| producer_us - s)
+                        }
                         _ => None,
                     },
                     internal_transport_us: internal_transport,
@@ -1156,7 +1171,8 @@ impl PeersReport {
             for peer in self.entries.iter().filter(|e| {
                 matches!(
                     e.case,
-                    Case::GstShm
+                    Case::OursSocket
+                        | Case::GstShm
                         | Case::GstPipe
                         | Case::Pipewire
                         | Case::OursPipewire

@@ -14,7 +14,7 @@ use super::ProtoError;
 use crate::buffer::MemoryKind;
 use crate::sys::{futex, mman::MappedRegion};
 use nix::fcntl::SealFlag;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{fence, AtomicU32, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -122,14 +122,15 @@ fn pending(head: u32, tail: u32, what: &str) -> Result<u32, String> {
 #[derive(Debug)]
 pub struct ProducerRing {
     map: Map,
-    fd: OwnedFd,
     frame_head: u32,
     release_tail: u32,
 }
 
 impl ProducerRing {
-    /// A new ring: a memfd of [`RING_BYTES`] sealed against shrinking and growing, mapped.
-    pub fn new() -> Result<Self, ProtoError> {
+    /// A new ring: a memfd of [`RING_BYTES`] sealed against shrinking and growing, mapped,
+    /// and its descriptor, to send with the `Ring` message and then close (the mapping keeps
+    /// the memory).
+    pub fn new() -> Result<(Self, OwnedFd), ProtoError> {
         let fd = crate::alloc::sealed_memfd(
             "dmabuf-ring",
             RING_BYTES as u64,
@@ -143,17 +144,14 @@ impl ProducerRing {
         map.word(offset::VERSION)
             .store(RING_VERSION, Ordering::Relaxed);
         map.word(offset::SLOTS).store(RING_SLOTS, Ordering::Release);
-        Ok(Self {
-            map,
+        Ok((
+            Self {
+                map,
+                frame_head: 0,
+                release_tail: 0,
+            },
             fd,
-            frame_head: 0,
-            release_tail: 0,
-        })
-    }
-
-    /// The memfd, to send with the `Ring` message.
-    pub fn fd(&self) -> BorrowedFd<'_> {
-        self.fd.as_fd()
+        ))
     }
 
     /// Put `frame` in the next slot, saying that `msgs_before` messages were sent on the

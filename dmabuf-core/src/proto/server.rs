@@ -117,12 +117,13 @@ impl<T> Session<T> {
         };
         sess.send(&Message::Welcome(welcome.clone()), &[])?;
         if ring {
-            let r = ProducerRing::new()?;
+            // (The descriptor is closed once sent: the mapping keeps the ring.)
+            let (r, fd) = ProducerRing::new()?;
             let msg = Message::Ring(RingMsg {
                 size: super::ring::RING_BYTES as u32,
             });
             sess.chan
-                .send_with_fds(&msg, &[r.fd()])
+                .send_with_fds(&msg, &[fd.as_fd()])
                 .map_err(|e| parting_words(&mut sess.chan).unwrap_or(e))?;
             sess.msgs_sent = sess.msgs_sent.wrapping_add(1);
             r.ring(sess.msgs_sent);
