@@ -162,13 +162,19 @@ impl Client {
             what: "the producer",
             ms: timeout.map_or(0, |t| t.as_millis() as u64),
         };
+        let mut first = true;
         loop {
             if self.ring.is_none() {
-                // Everything on the socket (a Ring message may still come).
-                let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                // Everything on the socket (a Ring message may still come). The same timeout
+                // on every call keeps `SO_RCVTIMEO` set once, not once per frame.
+                let wait = if std::mem::take(&mut first) {
+                    timeout
+                } else {
+                    deadline.map(|d| d.saturating_duration_since(Instant::now()))
+                };
                 let (msg, fds) = match self.queued.pop_front() {
                     Some(m) => m?,
-                    None => self.recv(left)?,
+                    None => self.recv(wait)?,
                 };
                 match self.handle(msg, fds).map_err(|e| fail(&self.chan, e))? {
                     Some(ev) => return Ok(ev),
