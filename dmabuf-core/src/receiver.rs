@@ -171,15 +171,27 @@ impl Receiver {
                 let mut c = lock(&self.client);
                 if c.uses_ring() {
                     // Sleep on the ring's doorbell, outside the lock.
+                    c.busy();
                     if let Some(ev) = c.poll_event(false)? {
                         drop(c);
                         return Ok(self.wrap(ev));
                     }
-                    let bell = c.arm();
-                    if let Some(ev) = c.poll_event(false)? {
-                        c.disarm();
+                    if left.is_some_and(|l| l.is_zero()) {
+                        // Returning empty-handed: the caller may poll the fd next.
+                        let got = c.idle()?;
                         drop(c);
-                        return Ok(self.wrap(ev));
+                        return got.map(|ev| self.wrap(ev)).ok_or_else(timed_out);
+                    }
+                    let bell = c.arm();
+                    match c.poll_event(false) {
+                        Ok(None) => {}
+                        got => {
+                            c.disarm();
+                            drop(c);
+                            if let Some(ev) = got? {
+                                return Ok(self.wrap(ev));
+                            }
+                        }
                     }
                     bell
                 } else {
@@ -188,10 +200,6 @@ impl Receiver {
             };
             match bell {
                 Some(bell) => {
-                    if left.is_some_and(|l| l.is_zero()) {
-                        lock(&self.client).disarm();
-                        return Err(timed_out());
-                    }
                     let step = left.unwrap_or(RING_CHECK).min(RING_CHECK);
                     let rang = bell.wait(step);
                     let mut c = lock(&self.client);
@@ -277,7 +285,11 @@ impl Receiver {
 
 impl AsFd for Receiver {
     /// Readable when an event is waiting (or the producer closed): then call
-    /// [`Receiver::try_next_event`].
+    /// [`Receiver::try_next_event`] until it returns `Ok(None)`, and only then poll again. With
+    /// the shared-memory ring, frames do not arrive on the socket: the `Ok(None)` asks the
+    /// producer to send a `Wake` datagram with the next frame, which makes the fd readable (a
+    /// [`Receiver::next_event`] in between sleeps on the ring's futex instead and takes that
+    /// request back).
     fn as_fd(&self) -> BorrowedFd<'_> {
         self.poll_fd.as_fd()
     }

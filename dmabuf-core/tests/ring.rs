@@ -153,9 +153,17 @@ fn release_slot(buffer_id: u32, seq: u64) -> Vec<u8> {
     b
 }
 
-/// The producer refuses what the consumer wrote, and tells it so.
-fn expect_refused(mut sess: Session<Arc<Lease>>, mut cons: Channel, text: &str) {
+/// The producer refuses what the consumer wrote, and tells it so (a Goodbye counted in the
+/// ring's `msgs_sent` and rung on its doorbell, like every message).
+fn expect_refused(mut sess: Session<Arc<Lease>>, mut cons: Channel, raw: Raw, text: &str) {
+    let (sent, bell) = (raw.get(offset::MSGS_SENT), raw.get(offset::DOORBELL));
     let err = sess.pump(Duration::ZERO).expect_err("must be refused");
+    assert_eq!(
+        raw.get(offset::MSGS_SENT),
+        sent.wrapping_add(1),
+        "the Goodbye is counted"
+    );
+    assert_ne!(raw.get(offset::DOORBELL), bell, "and rung");
     assert!(err.to_string().contains(text), "{err} lacks {text:?}");
     loop {
         match cons.recv(Some(T), "Goodbye") {
@@ -203,7 +211,7 @@ fn a_release_head_far_ahead_is_refused() {
     let (mut sess, p, cons, raw) = producer_with_hostile_consumer();
     send_frame(&mut sess, &p, 0);
     raw.set(offset::RELEASE_HEAD, 1000);
-    expect_refused(sess, cons, "more than its 256");
+    expect_refused(sess, cons, raw, "more than its 256");
 }
 
 #[test]
@@ -217,7 +225,7 @@ fn a_release_slot_that_is_not_a_release_is_refused() {
     bytes.truncate(32);
     raw.put(offset::RELEASES, &bytes);
     raw.set(offset::RELEASE_HEAD, 1);
-    expect_refused(sess, cons, "release slot");
+    expect_refused(sess, cons, raw, "release slot");
 }
 
 #[test]
@@ -228,7 +236,7 @@ fn garbage_in_a_release_slot_padding_is_refused() {
     bytes[30] = 1;
     raw.put(offset::RELEASES, &bytes);
     raw.set(offset::RELEASE_HEAD, 1);
-    expect_refused(sess, cons, "padding");
+    expect_refused(sess, cons, raw, "padding");
 }
 
 #[test]
@@ -238,37 +246,65 @@ fn a_ring_release_of_a_buffer_not_held_is_refused() {
     // The right buffer with the wrong seq, then (in a fresh session) a buffer never sent.
     raw.put(offset::RELEASES, &release_slot(id, 4));
     raw.set(offset::RELEASE_HEAD, 1);
-    expect_refused(sess, cons, "not 4");
+    expect_refused(sess, cons, raw, "not 4");
     let (mut sess, p, cons, raw) = producer_with_hostile_consumer();
     let id = send_frame(&mut sess, &p, 0);
     raw.put(offset::RELEASES, &release_slot(1 - id, 0));
     raw.set(offset::RELEASE_HEAD, 1);
-    expect_refused(sess, cons, "not held");
+    expect_refused(sess, cons, raw, "not held");
 }
 
 #[test]
 fn a_sleeping_producer_is_woken_by_a_wake_message() {
     let (mut sess, p, cons, raw) = producer_with_hostile_consumer();
     let id = send_frame(&mut sess, &p, 0);
-    // The producer is about to sleep waiting for releases: it says so in the ring.
-    assert!(!sess.set_waiting(true));
-    assert_eq!(raw.get(offset::PRODUCER_WAITS), 1);
     let t = std::thread::spawn(move || {
-        std::thread::sleep(Duration::from_millis(50));
+        // The producer sleeping in pump says so in the ring; the consumer, releasing, wakes
+        // it with a Wake because it says so.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while raw.get(offset::PRODUCER_WAITS) != 1 {
+            assert!(
+                Instant::now() < deadline,
+                "the producer never said it sleeps"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
         raw.put(offset::RELEASES, &release_slot(id, 0));
         raw.set(offset::RELEASE_HEAD, 1);
         cons.send(&Message::Wake).unwrap();
         (cons, raw)
     });
-    // Woken by the Wake on the socket, it finds the release in the ring.
+    let start = Instant::now();
     assert_eq!(
-        sess.pump(Duration::from_secs(10)).unwrap(),
+        sess.pump(Duration::from_secs(20)).unwrap(),
         Pumped::Released(1)
     );
-    sess.set_waiting(false);
+    assert!(
+        start.elapsed() < Duration::from_secs(15),
+        "woken, not timed out"
+    );
     let (_cons, raw) = t.join().unwrap();
-    assert_eq!(raw.get(offset::PRODUCER_WAITS), 0);
+    assert_eq!(raw.get(offset::PRODUCER_WAITS), 0, "awake again");
     assert_eq!(p.free_count(), 2);
+}
+
+#[test]
+fn a_flood_of_wakes_does_not_keep_the_producer_reading() {
+    let (mut sess, p, cons, _raw) = producer_with_hostile_consumer();
+    let id = send_frame(&mut sess, &p, 0);
+    for _ in 0..3 {
+        cons.send(&Message::Wake).unwrap();
+    }
+    cons.send(&Message::Release(Release {
+        buffer_id: id,
+        seq: 0,
+    }))
+    .unwrap();
+    // One message per turn without a wait: three Wakes, then the Release.
+    for _ in 0..3 {
+        assert_eq!(sess.pump(Duration::ZERO).unwrap(), Pumped::Released(0));
+    }
+    assert_eq!(sess.pump(Duration::ZERO).unwrap(), Pumped::Released(1));
 }
 
 #[test]
@@ -437,6 +473,33 @@ fn frames_come_through_the_ring_in_order_with_the_socket() {
     expect_client_refuses(fake, client, "buffer 0 is not added");
 }
 
+/// A consumer that reads the socket ahead (to learn whether its frames are intact) still
+/// gets a frame written before a Goodbye before the Goodbye.
+#[test]
+fn a_goodbye_read_ahead_does_not_overtake_an_earlier_frame() {
+    let (mut fake, client) =
+        fake_producer(ring_memfd(RING_BYTES as u64, sealed()), RING_BYTES as u32);
+    let mut client = client.unwrap();
+    take_buffers(&mut client);
+    fake.frame_slot(0, &frame(0, 1), 4);
+    fake.raw.set(offset::FRAME_HEAD, 1);
+    fake.chan
+        .send(&Message::Goodbye(Goodbye {
+            reason: GoodbyeReason::EndOfStream,
+            message: "done".into(),
+        }))
+        .unwrap();
+    fake.raw.set(offset::MSGS_SENT, 5);
+    fake.chan.shutdown_and_drain();
+    // Reads the Goodbye ahead: the producer ended the stream, nothing was reclaimed.
+    assert!(!client.frames_reclaimed());
+    match client.next_event(Some(T)).unwrap() {
+        Event::Frame(f) => assert_eq!(f.seq, 1),
+        e => panic!("the frame first, not {e:?}"),
+    }
+    assert!(matches!(client.next_event(Some(T)).unwrap(), Event::End(_)));
+}
+
 #[test]
 fn a_frame_head_far_ahead_is_refused() {
     let (fake, client) = fake_producer(ring_memfd(RING_BYTES as u64, sealed()), RING_BYTES as u32);
@@ -551,7 +614,8 @@ fn a_ring_the_consumer_did_not_ask_for_is_refused() {
 }
 
 /// A publisher and receivers over a real socket: one with a ring, one on the socket alone,
-/// one that polls its fd (woken by `Wake`); every frame arrives and every release returns.
+/// two that poll their fd (woken by `Wake`) after `try_next_event` or a `next_event` that
+/// timed out at once; every frame arrives and every release returns.
 #[test]
 fn publisher_serves_ring_socket_and_polling_receivers_alike() {
     let sock = std::env::temp_dir().join(format!("ring-{}.sock", std::process::id()));
@@ -566,7 +630,8 @@ fn publisher_serves_ring_socket_and_polling_receivers_alike() {
     .unwrap();
     const N: u64 = 60;
     let mut threads = Vec::new();
-    for (ring, poll) in [(true, false), (false, false), (true, true)] {
+    // (ring, poll: 0 next_event, 1 try_next_event then poll, 2 next_event(0) then poll)
+    for (ring, poll) in [(true, 0), (false, 0), (true, 1), (true, 2)] {
         let sock = sock.clone();
         threads.push(std::thread::spawn(move || {
             let rx = Receiver::connect_with(&sock, caps(), T, ring).unwrap();
@@ -574,8 +639,17 @@ fn publisher_serves_ring_socket_and_polling_receivers_alike() {
             let deadline = Instant::now() + Duration::from_secs(30);
             loop {
                 assert!(Instant::now() < deadline, "frames did not come");
-                let ev = if poll {
-                    match rx.try_next_event().unwrap() {
+                let ev = if poll > 0 {
+                    let got = if poll == 1 {
+                        rx.try_next_event().unwrap()
+                    } else {
+                        match rx.next_event(Some(Duration::ZERO)) {
+                            Ok(ev) => Some(ev),
+                            Err(ProtoError::Timeout { .. }) => None,
+                            Err(e) => panic!("{e}"),
+                        }
+                    };
+                    match got {
                         Some(ev) => ev,
                         None => {
                             let mut fds = [nix::poll::PollFd::new(
@@ -613,11 +687,11 @@ fn publisher_serves_ring_socket_and_polling_receivers_alike() {
             .expect("a buffer");
         assert_eq!(
             p.publish(lease, i as i64).unwrap(),
-            3,
-            "frame {i} to all three"
+            4,
+            "frame {i} to all four"
         );
-        // Each waits for the slowest (quota 1 of 4 buffers each with 3 consumers): let them
-        // release before the next.
+        // Each may hold one buffer (4 buffers, 4 consumers): let them release before the
+        // next.
         let deadline = Instant::now() + Duration::from_secs(10);
         while p.pool().free_count() < 4 {
             assert!(Instant::now() < deadline, "releases did not come back");
@@ -626,7 +700,7 @@ fn publisher_serves_ring_socket_and_polling_receivers_alike() {
     }
     p.finish(T);
     let got: Vec<(bool, u64)> = threads.into_iter().map(|t| t.join().unwrap()).collect();
-    assert_eq!(got, vec![(true, N), (false, N), (true, N)]);
+    assert_eq!(got, vec![(true, N), (false, N), (true, N), (true, N)]);
 }
 
 /// A producer answers a Hello asking for a ring with one, and one not asking without.

@@ -395,7 +395,10 @@ class Receiver:
         return None if f is None else Frame(f)
 
     def fileno(self) -> int:
-        """The connection's fd: readable when an event waits (for ``select``/asyncio)."""
+        """The connection's fd, for ``select``/asyncio: readable when an event waits, once a
+        ``next_frame`` call has found none (call ``next_frame(timeout=0)`` until it raises
+        ``TimeoutError``, then wait on the fd; with the shared-memory ring that is what asks
+        the producer to make the fd readable for the next frame)."""
         return self._rx.fileno()
 
     def close(self) -> None:

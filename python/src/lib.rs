@@ -450,7 +450,10 @@ impl Receiver {
             .map(|(r, m)| (reason_name(*r).to_string(), printable(m)))
     }
 
-    /// The socket, for `select`/`poll`/asyncio: readable when an event waits.
+    /// The socket, for `select`/`poll`/asyncio: readable when an event waits, once a
+    /// `next_frame` call has found none (timed out: `next_frame(timeout=0)` until it raises
+    /// `TimeoutError`); with the shared-memory ring, that is what asks the producer to make
+    /// the socket readable for the next frame.
     fn fileno(&self) -> PyResult<i32> {
         use std::os::fd::{AsFd, AsRawFd};
         Ok(self.live()?.as_fd().as_raw_fd())

@@ -218,3 +218,28 @@ def test_a_size_change_mid_stream(producer, sock, tmp_path):
                 assert hashlib.md5(packed_from_views(f)).hexdigest() == want[f.seq], f"frame {f.seq}"
         assert rx.stream["width"] == 482
     assert sizes == [(320, 240)] * 8 + [(482, 272)] * 8
+
+
+def test_select_on_fileno_wakes_for_every_frame(producer, sock):
+    # An event loop: take what is ready (next_frame(timeout=0) until TimeoutError), then wait
+    # on the fd. Frames come through the shared-memory ring, not the socket: the fd must
+    # still become readable for each (the producer sends a Wake), paced or not.
+    import select
+
+    n = 40
+    producer("--size", "160x90", "--frames", n, "--fps", "120")
+    seqs = []
+    with dp.Receiver(sock) as rx:
+        while len(seqs) < n:
+            try:
+                frame = rx.next_frame(timeout=0)
+            except TimeoutError:
+                ready, _, _ = select.select([rx], [], [], 5.0)
+                assert ready, f"fd not readable within 5 s after {len(seqs)} frames"
+                continue
+            if frame is None:
+                break
+            with frame:
+                assert frame.verify() is True
+                seqs.append(frame.seq)
+    assert seqs == list(range(n)), seqs

@@ -57,6 +57,13 @@ pub struct Client {
     msgs_got: u32,
     /// A frame taken from the ring whose earlier socket messages have not all been read.
     early: Option<RingFrame>,
+    /// Threads sleeping on the ring's doorbell now.
+    sleepers: u32,
+    /// The last call returned no event: the caller may poll the socket (the producer sends
+    /// `Wake`).
+    poll_wanted: bool,
+    /// We said goodbye: nothing more is read.
+    left: bool,
 }
 
 impl Client {
@@ -127,6 +134,9 @@ impl Client {
             ring: None,
             msgs_got: 1,
             early: None,
+            sleepers: 0,
+            poll_wanted: false,
+            left: false,
         })
     }
 
@@ -181,30 +191,26 @@ impl Client {
                     None => continue,
                 }
             }
+            self.busy();
             if let Some(ev) = self.poll_event(false)? {
                 return Ok(ev);
             }
             let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
             if left.is_some_and(|l| l.is_zero()) {
-                // An event loop's call: drain the socket (Wake messages, a hang-up), then ask
-                // for a Wake with the next frame and look once more.
-                if let Some(ev) = self.poll_event(true)? {
-                    return Ok(ev);
-                }
-                self.set_waiting(WAITS_SOCKET);
-                if let Some(ev) = self.poll_event(false)? {
-                    self.set_waiting(AWAKE);
-                    return Ok(ev);
-                }
-                return Err(timed_out());
+                return self.idle()?.ok_or_else(timed_out);
             }
             let Some(bell) = self.arm() else { continue };
-            if let Some(ev) = self.poll_event(false)? {
-                self.set_waiting(AWAKE);
-                return Ok(ev);
+            match self.poll_event(false) {
+                Ok(None) => {}
+                got => {
+                    self.disarm();
+                    if let Some(ev) = got? {
+                        return Ok(ev);
+                    }
+                }
             }
             let rang = bell.wait(left.unwrap_or(DOORBELL_CHECK).min(DOORBELL_CHECK));
-            self.set_waiting(AWAKE);
+            self.disarm();
             if !rang {
                 // Quiet for a while: the socket says whether the producer is still there.
                 if let Some(ev) = self.poll_event(true)? {
@@ -214,22 +220,63 @@ impl Client {
         }
     }
 
-    /// With a ring, before sleeping on its doorbell: say so, read the doorbell, and check
-    /// again with [`Client::poll_event`] before [`Doorbell::wait`]; call
-    /// [`Client::disarm`] after. `None` without a ring.
+    /// With a ring, about to return without an event to a caller that may poll the socket
+    /// next (an event loop, or after a timeout): read what the socket holds (`Wake`s, a
+    /// hang-up), then ask the producer for a `Wake` with the next frame (the socket then polls
+    /// readable) and look once more. An event found meanwhile is returned.
+    pub fn idle(&mut self) -> Result<Option<Event>, ProtoError> {
+        if self.ring.is_none() {
+            return Ok(None);
+        }
+        if let Some(ev) = self.poll_event(true)? {
+            return Ok(Some(ev));
+        }
+        self.poll_wanted = true;
+        self.update_waiting();
+        let got = self.poll_event(false)?;
+        if got.is_some() {
+            self.busy();
+        }
+        Ok(got)
+    }
+
+    /// Taking events again: no `Wake`s needed until the next [`Client::idle`].
+    pub fn busy(&mut self) {
+        if self.poll_wanted {
+            self.poll_wanted = false;
+            self.update_waiting();
+        }
+    }
+
+    /// With a ring, before a thread sleeps on its doorbell: say so, read the doorbell, and
+    /// check again with [`Client::poll_event`] before [`Doorbell::wait`]; call
+    /// [`Client::disarm`] after (each thread that sleeps arms and disarms once). `None`
+    /// without a ring.
     pub fn arm(&mut self) -> Option<Doorbell> {
-        self.set_waiting(WAITS_FUTEX);
-        self.ring.as_ref().map(|r| r.doorbell())
+        let ring = self.ring.as_ref()?;
+        self.sleepers += 1;
+        self.update_waiting();
+        Some(ring.doorbell())
     }
 
     /// Awake again after [`Client::arm`].
     pub fn disarm(&mut self) {
-        self.set_waiting(AWAKE);
+        self.sleepers = self.sleepers.saturating_sub(1);
+        self.update_waiting();
     }
 
-    fn set_waiting(&self, how: u32) {
+    /// Tell the producer how to wake us: through the socket when a caller may be polling it
+    /// (it then rings the futex too), through the futex while a thread sleeps on it, not at
+    /// all while we take events.
+    fn update_waiting(&self) {
         if let Some(r) = &self.ring {
-            r.set_waiting(how);
+            r.set_waiting(if self.poll_wanted {
+                WAITS_SOCKET
+            } else if self.sleepers > 0 {
+                WAITS_FUTEX
+            } else {
+                AWAKE
+            });
         }
     }
 
@@ -239,12 +286,11 @@ impl Client {
     /// socket.
     pub fn poll_event(&mut self, socket: bool) -> Result<Option<Event>, ProtoError> {
         loop {
-            let (msg, fds) = match self.queued.pop_front() {
-                Some(m) => m?,
-                None => match self.next_ready(socket)? {
-                    Some(m) => m,
-                    None => return Ok(None),
-                },
+            if self.left {
+                return Err(ProtoError::Closed);
+            }
+            let Some((msg, fds)) = self.next_ready(socket)? else {
+                return Ok(None);
             };
             if let Some(ev) = self.handle(msg, fds).map_err(|e| fail(&self.chan, e))? {
                 return Ok(Some(ev));
@@ -252,14 +298,18 @@ impl Client {
         }
     }
 
-    /// The next message to handle, in the producer's order: a ring frame once every socket
-    /// message before it is read, else a socket message that is there.
+    /// The next message to handle, in the producer's order: messages read ahead and a ring
+    /// frame by how many socket messages came before the frame, else a socket message that is
+    /// there.
     fn next_ready(
         &mut self,
         socket: bool,
     ) -> Result<Option<(Message, Vec<std::os::fd::OwnedFd>)>, ProtoError> {
         let Some(ring) = &mut self.ring else {
-            return self.recv_now();
+            return match self.queued.pop_front() {
+                Some(m) => m.map(Some),
+                None => self.recv_now(),
+            };
         };
         if self.early.is_none() {
             self.early = ring
@@ -267,10 +317,16 @@ impl Client {
                 .map_err(|why| fail(&self.chan, ProtoError::BadRing(why)))?;
         }
         if let Some(f) = &self.early {
+            // Messages handled so far: those received less those read ahead.
+            let ahead = self.queued.iter().filter(|m| m.is_ok()).count() as u32;
+            let handled = self.msgs_got.wrapping_sub(ahead);
             let before = f.msgs_before;
-            if (self.msgs_got.wrapping_sub(before) as i32) >= 0 {
+            if (handled.wrapping_sub(before) as i32) >= 0 {
                 let f = self.early.take().expect("checked");
                 return Ok(Some((Message::Frame(f.frame), Vec::new())));
+            }
+            if let Some(m) = self.queued.pop_front() {
+                return m.map(Some);
             }
             // Sent before the frame was written: already queued, unless the producer lies.
             return match self.recv(Some(EARLY_FRAME_WAIT)) {
@@ -285,7 +341,10 @@ impl Client {
                 Err(e) => Err(e),
             };
         }
-        if socket || ring.msgs_sent() != self.msgs_got {
+        if let Some(m) = self.queued.pop_front() {
+            return m.map(Some);
+        }
+        if socket || ring.msgs_sent() != self.msgs_got || ring.ended() {
             return self.recv_now();
         }
         Ok(None)
@@ -537,6 +596,11 @@ impl Client {
             message: message.to_string(),
         }));
         self.chan.shutdown_and_drain();
+        if let Some(r) = &self.ring {
+            // Threads asleep on the doorbell wake and find the session closed.
+            self.left = true;
+            r.wake_self();
+        }
     }
 }
 
@@ -583,14 +647,19 @@ pub(crate) fn recv_or_fail(
 
 /// Tell the peer what it did wrong (best effort) and hand the error back.
 pub(crate) fn fail(chan: &Channel, e: ProtoError) -> ProtoError {
+    let _ = chan.send(&goodbye_for(&e));
+    e
+}
+
+/// The Goodbye that answers `e`.
+pub(crate) fn goodbye_for(e: &ProtoError) -> Message {
     let reason = match e {
         ProtoError::Version { .. } => GoodbyeReason::VersionMismatch,
         ProtoError::Unsupported(_) => GoodbyeReason::Unsupported,
         _ => GoodbyeReason::ProtocolError,
     };
-    let _ = chan.send(&Message::Goodbye(Goodbye {
+    Message::Goodbye(Goodbye {
         reason,
         message: e.to_string(),
-    }));
-    e
+    })
 }

@@ -177,12 +177,19 @@ impl ProducerRing {
             .store(msgs_sent, Ordering::Release);
         let bell = self.map.word(offset::DOORBELL);
         bell.fetch_add(1, Ordering::SeqCst);
+        // (Our stores before the consumer's flag is read: the other half of its handshake.)
+        fence(Ordering::SeqCst);
         match self.map.word(offset::CONSUMER_WAITS).load(Ordering::SeqCst) {
             WAITS_FUTEX => {
-                let _ = futex::wake(bell, 1);
+                let _ = futex::wake(bell, u32::MAX);
                 Wake::None
             }
-            WAITS_SOCKET => Wake::Socket,
+            WAITS_SOCKET => {
+                // Someone polls the socket; a thread of the same consumer may sleep on the
+                // futex meanwhile.
+                let _ = futex::wake(bell, u32::MAX);
+                Wake::Socket
+            }
             _ => Wake::None,
         }
     }
@@ -216,7 +223,7 @@ impl ProducerRing {
 
     /// Whether a release is waiting (a head too far ahead counts: reading it fails).
     pub fn has_release(&self) -> bool {
-        self.map.word(offset::RELEASE_HEAD).load(Ordering::Acquire) != self.release_tail
+        self.map.word(offset::RELEASE_HEAD).load(Ordering::SeqCst) != self.release_tail
     }
 
     /// Say whether the producer is about to sleep waiting for releases (the consumer then sends
@@ -225,6 +232,7 @@ impl ProducerRing {
         self.map
             .word(offset::PRODUCER_WAITS)
             .store(on as u32, Ordering::SeqCst);
+        fence(Ordering::SeqCst);
     }
 
     /// The session is over: the producer may now reuse what the consumer holds. Wakes a
@@ -364,6 +372,13 @@ impl ConsumerRing {
             w.store(how, Ordering::SeqCst);
         }
         fence(Ordering::SeqCst);
+    }
+
+    /// Ring our own doorbell: wakes every thread of this process sleeping on it (leaving).
+    pub fn wake_self(&self) {
+        let bell = self.map.word(offset::DOORBELL);
+        bell.fetch_add(1, Ordering::SeqCst);
+        let _ = futex::wake(bell, u32::MAX);
     }
 
     /// The doorbell as it reads now: sleep on it with [`Doorbell::wait`] after checking the

@@ -209,14 +209,18 @@ impl<T> Session<T> {
         let seq = frame.seq;
         match &mut self.ring {
             Some(r) => {
+                // Held from the moment the consumer can see it.
                 r.push_frame(&frame, self.msgs_sent);
+                self.held.insert(id, (seq, token));
                 if r.ring(self.msgs_sent) == Wake::Socket {
                     self.send(&Message::Wake, &[])?;
                 }
             }
-            None => self.send(&Message::Frame(frame), &[])?,
+            None => {
+                self.send(&Message::Frame(frame), &[])?;
+                self.held.insert(id, (seq, token));
+            }
         }
-        self.held.insert(id, (seq, token));
         self.frames_sent += 1;
         Ok(())
     }
@@ -238,11 +242,13 @@ impl<T> Session<T> {
         while let Some(ring) = &mut self.ring {
             match ring.pop_release() {
                 Ok(Some(r)) => {
-                    self.take_release(r).map_err(|e| fail(&self.chan, e))?;
+                    if let Err(e) = self.take_release(r) {
+                        return Err(self.fail(e));
+                    }
                     released += 1;
                 }
                 Ok(None) => break,
-                Err(why) => return Err(fail(&self.chan, ProtoError::BadRing(why))),
+                Err(why) => return Err(self.fail(ProtoError::BadRing(why))),
             }
         }
         Ok(released)
@@ -296,11 +302,13 @@ impl<T> Session<T> {
                 Ok(m) => m,
                 Err(ProtoError::Closed) => return Ok(Pumped::Left),
                 Err(e @ ProtoError::Io { .. }) => return Err(e),
-                Err(e) => return Err(fail(&self.chan, e)),
+                Err(e) => return Err(self.fail(e)),
             };
             match got {
                 Some((Message::Release(r), _)) => {
-                    self.take_release(r).map_err(|e| fail(&self.chan, e))?;
+                    if let Err(e) = self.take_release(r) {
+                        return Err(self.fail(e));
+                    }
                     released += 1;
                     if timeout.is_zero() {
                         // One message per call without a wait: no further receive just
@@ -311,6 +319,11 @@ impl<T> Session<T> {
                 }
                 Some((Message::Wake, _)) if self.ring.is_some() => {
                     released += self.pump_ring()?;
+                    if timeout.is_zero() {
+                        // As for a Release: one message per call, so that a consumer sending
+                        // Wakes without end cannot keep the producer here.
+                        return Ok(Pumped::Released(released));
+                    }
                 }
                 Some((Message::Goodbye(g), _)) => {
                     if g.reason != GoodbyeReason::Leaving && g.reason != GoodbyeReason::EndOfStream
@@ -324,22 +337,29 @@ impl<T> Session<T> {
                     return Ok(Pumped::Left);
                 }
                 Some((other, _)) => {
-                    return Err(fail(
-                        &self.chan,
-                        ProtoError::Unexpected {
-                            expected: "Release or Goodbye",
-                            got: other.name(),
-                        },
-                    ))
+                    return Err(self.fail(ProtoError::Unexpected {
+                        expected: "Release or Goodbye",
+                        got: other.name(),
+                    }))
                 }
                 None => {
                     if released > 0 {
                         return Ok(Pumped::Released(released));
                     }
                     let left = deadline.saturating_duration_since(Instant::now());
-                    if left.is_zero()
-                        || !super::channel::wait_readable(self.chan.as_fd(), Some(left))?
-                    {
+                    if left.is_zero() {
+                        return Ok(Pumped::Released(0));
+                    }
+                    // Sleeping until the consumer releases something: with a ring, it sends
+                    // a Wake after its next release (and one already there means no sleep).
+                    let ready = self.set_waiting(true)
+                        || super::channel::wait_readable(self.chan.as_fd(), Some(left))?;
+                    self.set_waiting(false);
+                    released += self.pump_ring()?;
+                    if released > 0 {
+                        return Ok(Pumped::Released(released));
+                    }
+                    if !ready {
                         return Ok(Pumped::Released(0));
                     }
                 }
@@ -374,6 +394,13 @@ impl<T> Session<T> {
         // (The ring says the session ended before the buffers go back.)
         drop(ring);
         drop(held);
+    }
+
+    /// Tell the consumer what it did wrong (a Goodbye, counted and rung like every message)
+    /// and hand the error back.
+    fn fail(&mut self, e: ProtoError) -> ProtoError {
+        let _ = self.send(&super::client::goodbye_for(&e), &[]);
+        e
     }
 
     /// Send Goodbye(`reason`, `message`), best effort; the session goes on until finished.
