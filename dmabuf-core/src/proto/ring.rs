@@ -156,10 +156,10 @@ impl ProducerRing {
 
     /// Put `frame` in the next slot, saying that `msgs_before` messages were sent on the
     /// socket before it. Call [`ProducerRing::ring`] after.
-    pub fn push_frame(&mut self, frame: &Frame, msgs_before: u32) {
+    pub fn push_frame(&mut self, frame: Frame, msgs_before: u32) {
         let slot = offset::FRAMES + (self.frame_head % RING_SLOTS) as usize * FRAME_SLOT_LEN;
         let mut bytes = [0u8; FRAME_SLOT_LEN];
-        bytes[..FRAME_LEN].copy_from_slice(&wire::encode(&Message::Frame(frame.clone())));
+        bytes[..FRAME_LEN].copy_from_slice(&wire::encode(&Message::Frame(frame)));
         bytes[FRAME_LEN..FRAME_LEN + 4].copy_from_slice(&msgs_before.to_le_bytes());
         self.map.write_slot(slot, &bytes);
         self.frame_head = self.frame_head.wrapping_add(1);

@@ -118,16 +118,13 @@ impl<T> Session<T> {
         sess.send(&Message::Welcome(welcome.clone()), &[])?;
         if ring {
             // (The descriptor is closed once sent: the mapping keeps the ring.)
+            // (Installed first, so that sending it is counted and rung like every message.)
             let (r, fd) = ProducerRing::new()?;
+            sess.ring = Some(r);
             let msg = Message::Ring(RingMsg {
                 size: super::ring::RING_BYTES as u32,
             });
-            sess.chan
-                .send_with_fds(&msg, &[fd.as_fd()])
-                .map_err(|e| parting_words(&mut sess.chan).unwrap_or(e))?;
-            sess.msgs_sent = sess.msgs_sent.wrapping_add(1);
-            r.ring(sess.msgs_sent);
-            sess.ring = Some(r);
+            sess.send(&msg, &[fd.as_fd()])?;
         }
         Ok(sess)
     }
@@ -210,7 +207,7 @@ impl<T> Session<T> {
         match &mut self.ring {
             Some(r) => {
                 // Held from the moment the consumer can see it.
-                r.push_frame(&frame, self.msgs_sent);
+                r.push_frame(frame, self.msgs_sent);
                 self.held.insert(id, (seq, token));
                 if r.ring(self.msgs_sent) == Wake::Socket {
                     self.send(&Message::Wake, &[])?;
