@@ -326,6 +326,8 @@ fn the_publish_example_publishes_dma_bufs() {
     let publisher = std::process::Command::new(&example)
         .arg(&sock)
         .arg("60")
+        // First frames on lavapipe under TCG take seconds (see STALL).
+        .arg(STALL)
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();

@@ -5,6 +5,10 @@
 //! cargo run -p dmabuf-core --example publish -- /tmp/frames.sock 600 &
 //! consumer --socket /tmp/frames.sock --verify
 //! ```
+//!
+//! Arguments: `[SOCKET] [FRAMES] [STALL_TIMEOUT_S]`. A consumer that holds every buffer it may
+//! hold and releases none for the stall timeout (default 5 s) is dropped; give a longer one for
+//! consumers whose first frames are slow (a software Vulkan driver building its pipelines).
 
 use dmabuf_core::publisher::{Publisher, PublisherOptions};
 use dmabuf_core::{FrameFormat, PixelFormat};
@@ -16,10 +20,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .next()
         .unwrap_or_else(|| "/tmp/dmabuf-frames.sock".into());
     let frames: u64 = args.next().map_or(Ok(600), |n| n.parse())?;
+    let stall: f64 = args.next().map_or(Ok(5.0), |s| s.parse())?;
 
     let format = FrameFormat::linear(PixelFormat::Nv12, 640, 360);
     let opts = PublisherOptions {
         fps: (60, 1),
+        stall_timeout: Duration::try_from_secs_f64(stall)?,
         ..PublisherOptions::default()
     };
     let mut publisher = Publisher::bind(&path, format, opts)?;
