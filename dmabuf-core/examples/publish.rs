@@ -62,10 +62,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })?;
         let pts_ns = (seq * period.as_nanos() as u64) as i64;
         publisher.publish(lease, pts_ns)?;
-        // Pace: the next frame is due one period after this one.
+        // Pace: the next frame is due one period after this one. Sleep to it serving
+        // connections; releases are taken then (one wake-up a frame).
         let due = start + period * (seq as u32 + 1);
         while Instant::now() < due {
-            publisher.serve(due.saturating_duration_since(Instant::now()))?;
+            publisher.serve_until(due)?;
         }
         if publisher.consumers() == 0 {
             println!("every consumer left after {} frames", seq + 1);

@@ -236,6 +236,29 @@ impl Fanout {
         extra: Option<BorrowedFd<'_>>,
         timeout: Duration,
     ) -> Result<(Vec<Arrival>, bool), ProtoError> {
+        self.wait_inner(listener, extra, timeout, true)
+    }
+
+    /// Sleep up to `timeout` without waking for releases (a paced server's wait for its next
+    /// tick: one wake-up per frame): only a connection, a `Hello`, a departure or another
+    /// message on a ring member's socket ends the sleep early. Releases that came meanwhile
+    /// are taken when it ends: from the rings, and with one receive per member without a
+    /// ring (whose socket is not polled meanwhile: its releases would wake us one by one).
+    pub fn sleep(
+        &mut self,
+        listener: &Listener,
+        timeout: Duration,
+    ) -> Result<Vec<Arrival>, ProtoError> {
+        Ok(self.wait_inner(listener, None, timeout, false)?.0)
+    }
+
+    fn wait_inner(
+        &mut self,
+        listener: &Listener,
+        extra: Option<BorrowedFd<'_>>,
+        timeout: Duration,
+        wake_on_release: bool,
+    ) -> Result<(Vec<Arrival>, bool), ProtoError> {
         let now = Instant::now();
         if timeout.is_zero()
             && extra.is_none()
@@ -252,7 +275,6 @@ impl Fanout {
             }
             return Ok((Vec::new(), false));
         }
-        self.last_poll = now;
         // A pending Hello's deadline shortens the wait.
         let timeout = self
             .pending
@@ -268,19 +290,33 @@ impl Fanout {
         };
         // About to sleep: consumers with a ring send `Wake` after a release from now on (and
         // one already waiting means no sleep).
+        // (Not when sleeping to a tick: releases wait for it.)
         let mut timeout = timeout;
-        if !timeout.is_zero() {
+        if !timeout.is_zero() && wake_on_release {
             for m in &self.members {
                 if m.sess.set_waiting(true) {
                     timeout = Duration::ZERO;
                 }
             }
         }
+        // Members whose sockets are polled: all of them, or when sleeping to a tick those
+        // whose releases come through a ring (their sockets carry only control messages).
+        let polled: Vec<bool> = self
+            .members
+            .iter()
+            .map(|m| wake_on_release || m.sess.uses_ring())
+            .collect();
         let fds: Vec<BorrowedFd<'_>> = extra
             .into_iter()
             .chain(std::iter::once(listener.as_fd()).filter(|_| listen))
             .chain(self.pending.iter().map(|p| p.chan.as_fd()))
-            .chain(self.members.iter().map(|m| m.sess.channel().as_fd()))
+            .chain(
+                self.members
+                    .iter()
+                    .zip(&polled)
+                    .filter(|(_, p)| **p)
+                    .map(|(m, _)| m.sess.channel().as_fd()),
+            )
             .collect();
         let ready = match poll_readable(&fds, timeout) {
             Ok(r) => r,
@@ -292,6 +328,8 @@ impl Fanout {
                 })
             }
         };
+        // (When the poll returned: a sleep to a tick is followed by checks without one.)
+        self.last_poll = Instant::now();
         let (extra_ready, ready) = match extra {
             Some(_) => (ready[0], &ready[1..]),
             None => (false, &ready[..]),
@@ -302,14 +340,27 @@ impl Fanout {
         } else {
             (false, ready)
         };
-        let (pending_ready, member_ready) = rest.split_at(self.pending.len());
+        let (pending_ready, polled_ready) = rest.split_at(self.pending.len());
+        let mut polled_ready = polled_ready.iter();
+        // Per member: its socket is readable (`Some(true)`), quiet, or was not polled (`None`).
+        let member_ready: Vec<Option<bool>> = polled
+            .iter()
+            .map(|p| p.then(|| *polled_ready.next().expect("one per polled member")))
+            .collect();
 
-        for m in &self.members {
-            m.sess.set_waiting(false);
+        if wake_on_release {
+            for m in &self.members {
+                m.sess.set_waiting(false);
+            }
         }
         for i in (0..self.members.len()).rev() {
-            if member_ready[i] || self.members[i].sess.uses_ring() {
-                self.pump_member(i, member_ready[i]);
+            match member_ready[i] {
+                // Not polled (no ring, sleeping to a tick): one receive takes its releases.
+                None => self.pump_member(i, true),
+                Some(ready) if ready || self.members[i].sess.uses_ring() => {
+                    self.pump_member(i, ready)
+                }
+                Some(_) => {}
             }
         }
         let mut arrivals = Vec::new();

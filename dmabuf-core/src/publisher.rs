@@ -22,16 +22,21 @@
 //! ```no_run
 //! use dmabuf_core::publisher::{Publisher, PublisherOptions};
 //! use dmabuf_core::{FrameFormat, PixelFormat};
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //!
 //! let format = FrameFormat::linear(PixelFormat::Nv12, 640, 480);
 //! let mut publisher = Publisher::bind("/tmp/frames.sock", format, PublisherOptions::default())?;
+//! let start = Instant::now();
 //! for seq in 0..600u64 {
 //!     // A free buffer, serving connections while none is.
 //!     let Some(lease) = publisher.acquire(Duration::from_millis(100))? else { continue };
 //!     lease.with_bytes_mut(|bytes| bytes.fill(seq as u8))?;
 //!     publisher.publish(lease, seq as i64 * 16_666_667)?;
-//!     std::thread::sleep(Duration::from_millis(16));
+//!     // 60 fps: sleep to the next frame, serving connections (releases are taken then).
+//!     let due = start + Duration::from_nanos((seq + 1) * 16_666_667);
+//!     while Instant::now() < due {
+//!         publisher.serve_until(due)?;
+//!     }
 //! }
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -306,18 +311,44 @@ impl Publisher {
         self.serve_inner(Some(fd), timeout)
     }
 
+    /// A paced publisher's wait for its next frame: serve connections until `deadline`
+    /// (nanosecond precision, one `ppoll(2)`), without waking for releases — those that came
+    /// meanwhile are taken at the deadline, so a stream costs one wake-up per frame. Returns
+    /// at the deadline, or earlier when a consumer arrived or left, or a signal came (call
+    /// again until the deadline).
+    ///
+    /// ```no_run
+    /// # use dmabuf_core::publisher::Publisher;
+    /// # fn pace(publisher: &mut Publisher, due: std::time::Instant) -> Result<(), dmabuf_core::publisher::PublishError> {
+    /// while std::time::Instant::now() < due {
+    ///     publisher.serve_until(due)?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    pub fn serve_until(&mut self, deadline: Instant) -> Result<(), PublishError> {
+        let timeout = deadline.saturating_duration_since(Instant::now());
+        let arrivals = self.fan.sleep(&self.listener, timeout)?;
+        self.after_wait(arrivals);
+        Ok(())
+    }
+
     fn serve_inner(
         &mut self,
         extra: Option<BorrowedFd<'_>>,
         timeout: Duration,
     ) -> Result<bool, PublishError> {
         let (arrivals, ready) = self.fan.wait_with(&self.listener, extra, timeout)?;
+        self.after_wait(arrivals);
+        Ok(ready)
+    }
+
+    /// Admit those who arrived, drop the stalled, serve those deferred.
+    fn after_wait(&mut self, arrivals: Vec<Arrival>) {
         for a in arrivals {
             self.admit(a);
         }
         self.fan.drop_stalled(self.opts.stall_timeout, self.share);
         self.serve_deferred();
-        Ok(ready)
     }
 
     /// The consumers admitted since the last call (their numbers, as in the logs): for a

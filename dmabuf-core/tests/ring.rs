@@ -759,3 +759,83 @@ fn frames_published_at_once_reach_a_receiver_read_from_another_thread() {
         assert_eq!(t.join().unwrap(), 40, "round {round}");
     }
 }
+
+/// A paced publisher's sleep to its tick (`Publisher::serve_until`), with a receiver on the
+/// ring and one on the socket: a release that comes during the sleep does not end it (one
+/// wake-up a frame), releases waiting at the deadline are taken then, and a consumer arriving
+/// ends it early to be admitted.
+#[test]
+fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
+    for ring in [true, false] {
+        let sock =
+            std::env::temp_dir().join(format!("ring-tick-{}-{ring}.sock", std::process::id()));
+        let mut p = Publisher::bind(&sock, format(), PublisherOptions::default()).unwrap();
+        let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
+        let s2 = sock.clone();
+        let t = std::thread::spawn(move || {
+            let rx = Receiver::connect_with(&s2, caps(), T, ring).unwrap();
+            loop {
+                match rx.next_event(Some(Duration::from_secs(10))).unwrap() {
+                    ReceiverEvent::Frame(g) => {
+                        assert_eq!(rx.uses_ring(), ring);
+                        // Released a little into the publisher's sleep.
+                        std::thread::sleep(Duration::from_millis(20));
+                        drop(g);
+                        got_tx.send(()).unwrap();
+                    }
+                    ReceiverEvent::End(_) => return,
+                    _ => {}
+                }
+            }
+        });
+        let deadline = Instant::now() + T * 5;
+        while p.consumers() < 1 {
+            assert!(Instant::now() < deadline, "receiver not admitted");
+            p.serve(Duration::from_millis(10)).unwrap();
+        }
+        let all = p.pool().free_count();
+        for seq in 0..3 {
+            let lease = p.acquire(T).unwrap().expect("a free buffer");
+            p.publish(lease, seq).unwrap();
+            // The release comes 20 ms into a 300 ms sleep: the sleep goes on to its end.
+            let start = Instant::now();
+            let due = start + Duration::from_millis(300);
+            p.serve_until(due).unwrap();
+            assert!(
+                Instant::now() >= due,
+                "ring {ring}: the sleep ended {:?} early",
+                due - Instant::now()
+            );
+            // Once it is surely sent, a release waiting at the tick is taken there.
+            got_rx.recv_timeout(T * 5).expect("the receiver released");
+            let due = Instant::now() + Duration::from_millis(30);
+            p.serve_until(due).unwrap();
+            assert!(
+                Instant::now() >= due,
+                "ring {ring}: a waiting release woke the sleep"
+            );
+            assert_eq!(
+                p.pool().free_count(),
+                all,
+                "ring {ring}: the release was taken"
+            );
+        }
+        // A consumer that arrives ends the sleep (to be admitted) long before its deadline.
+        let s3 = sock.clone();
+        let second = std::thread::spawn(move || Receiver::connect_with(&s3, caps(), T, ring));
+        let start = Instant::now();
+        let due = start + Duration::from_secs(20);
+        while p.consumers() < 2 {
+            assert!(Instant::now() < due);
+            p.serve_until(due).unwrap();
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "ring {ring}: admitted after {:?}",
+            start.elapsed()
+        );
+        let _rx2 = second.join().unwrap().unwrap();
+        p.finish(T);
+        t.join().unwrap();
+    }
+}

@@ -15,7 +15,7 @@
 //! use dmabuf_core::{FrameFormat, PixelFormat};
 //! use dmabuf_pipewire::{Output, OutputOptions};
 //! use std::sync::Arc;
-//! use std::time::Duration;
+//! use std::time::{Duration, Instant};
 //!
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let format = FrameFormat::linear(PixelFormat::Nv12, 1280, 720);
@@ -31,6 +31,7 @@
 //!         max_held: None,                    // half the pool
 //!     },
 //! )?;
+//! let start = Instant::now();
 //! for seq in 0..300u64 {
 //!     let Some(lease) = publisher.acquire(Duration::from_secs(1))? else { continue };
 //!     lease.with_bytes_mut(|frame| frame.fill(0x80))?; // draw into the shared buffer
@@ -38,7 +39,11 @@
 //!     let pts_ns = (seq * 1_000_000_000 / 30) as i64;
 //!     node.push(&lease, pts_ns, seq, false);
 //!     publisher.publish_shared(lease, FrameMeta { pts_ns, ..Default::default() })?;
-//!     publisher.serve(Duration::from_millis(33))?; // releases, new consumers, pacing
+//!     // Pacing: sleep to the next frame serving new consumers; releases are taken then.
+//!     let due = start + Duration::from_nanos((seq + 1) * 1_000_000_000 / 30);
+//!     while Instant::now() < due {
+//!         publisher.serve_until(due)?;
+//!     }
 //! }
 //! println!("{:?}", node.stats());
 //! # Ok(())

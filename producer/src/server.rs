@@ -239,6 +239,29 @@ impl Ctx<'_> {
                 false
             }
         };
+        self.start_admitted();
+        Ok(ready)
+    }
+
+    /// Sleep to `deadline` serving connections, without waking for releases (taken at the
+    /// deadline): a paced stream's one wake-up per frame. Returns early for a signal (see
+    /// [`Ctx::stopped`]; slow streams sleep in steps of at most 250 ms, so that a signal that
+    /// came just before a sleep began is seen within that).
+    fn sleep_until(&mut self, deadline: Instant) -> Result<()> {
+        loop {
+            let now = Instant::now();
+            if now >= deadline || self.stopped() {
+                return Ok(());
+            }
+            self.publisher
+                .serve_until(deadline.min(now + Duration::from_millis(250)))?;
+            self.start_admitted();
+        }
+    }
+
+    /// Set up the transport for consumers admitted since the last call (socket-copy: their
+    /// byte stream).
+    fn start_admitted(&mut self) {
         for n in self.publisher.take_admitted() {
             if let Err(e) = self.transport.session_start(self.opts.hello_timeout) {
                 tracing::warn!("consumer #{n} not served: {e:#}");
@@ -246,7 +269,6 @@ impl Ctx<'_> {
                     .dismiss(n, GoodbyeReason::InternalError, &format!("{e:#}"));
             }
         }
-        Ok(ready)
     }
 
     /// The stream cannot go on: every consumer left, or a signal.
@@ -641,23 +663,15 @@ impl Server<'_> {
             if self.ctx.opts.pace {
                 // Each frame at its own presentation time (see Pacer). The frame was made
                 // ready first; the latency it reports starts when it was ready, less the wait.
-                // One wake-up per frame: sleep to the deadline (nanosecond precision), then
-                // take the releases and arrivals that came meanwhile at the tick, rather than
-                // waking for each as it comes. Slow streams sleep in steps of at most 250 ms,
-                // so a signal is seen within that.
+                // One wake-up per frame: sleep to the deadline in one ppoll (nanosecond
+                // precision) that arrivals and departures end early but releases do not; those
+                // that came meanwhile are taken at the tick. A signal ends the sleep.
                 let before = dmabuf_core::time::monotonic_ns();
                 let due = pacer.due(filled.pts_ns, Instant::now());
-                loop {
-                    let left = due.saturating_duration_since(Instant::now());
-                    if left.is_zero() || self.ctx.stopped() {
-                        break;
-                    }
-                    std::thread::sleep(left.min(Duration::from_millis(250)));
-                }
+                self.ctx.sleep_until(due)?;
                 if self.ctx.stopped() {
                     return Ok(StreamEnd::Interrupted);
                 }
-                self.ctx.serve(None, Duration::ZERO)?;
                 meta.publish_ns = Some(
                     filled.publish_ns + dmabuf_core::time::monotonic_ns().saturating_sub(before),
                 );
