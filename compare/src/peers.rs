@@ -959,9 +959,8 @@ pub fn run(opts: &PeerOptions) -> Result<PeersReport> {
             let mut retries = vec![0u32; here.len()];
             for round in 0..opts.rounds {
                 // Each round starts at another case, so that no case always runs first (after
-                // the previous size's last case, a daemon still settling) or always next to
-                // the same neighbour: a case's place in the round biases its figures (measured:
-                // up to 20 µs a frame paced).
+                // the previous size's last case, a daemon still settling): a case's place in
+                // the round biases its figures (measured: up to 20 µs a frame paced).
                 let n = here.len();
                 let first = round as usize * n / opts.rounds.max(1) as usize;
                 for i in (0..n).map(|k| (k + first) % n) {

@@ -242,8 +242,8 @@ impl Fanout {
     /// Sleep up to `timeout` without waking for releases (a paced server's wait for its next
     /// tick: one wake-up per frame): only a connection, a `Hello`, a departure or another
     /// message on a ring member's socket ends the sleep early. Releases that came meanwhile
-    /// are taken when it ends: from the rings, and with one receive per member without a
-    /// ring (whose socket is not polled meanwhile: its releases would wake us one by one).
+    /// are all taken when it ends: from the rings, and from the sockets of members without a
+    /// ring (polled meanwhile for a hang-up only: their releases would wake us one by one).
     pub fn sleep(
         &mut self,
         listener: &Listener,
@@ -299,24 +299,24 @@ impl Fanout {
                 }
             }
         }
-        // Members whose sockets are polled: all of them, or when sleeping to a tick those
-        // whose releases come through a ring (their sockets carry only control messages).
-        let polled: Vec<bool> = self
-            .members
-            .iter()
-            .map(|m| wake_on_release || m.sess.uses_ring())
-            .collect();
-        let fds: Vec<BorrowedFd<'_>> = extra
+        // Members' sockets wake us when readable; when sleeping to a tick, those of members
+        // without a ring (whose releases come on the socket) only when the peer hangs up.
+        let quiet = |m: &Member| !wake_on_release && !m.sess.uses_ring();
+        let readable = PollFlags::POLLIN;
+        let fds: Vec<(BorrowedFd<'_>, PollFlags)> = extra
             .into_iter()
             .chain(std::iter::once(listener.as_fd()).filter(|_| listen))
             .chain(self.pending.iter().map(|p| p.chan.as_fd()))
-            .chain(
-                self.members
-                    .iter()
-                    .zip(&polled)
-                    .filter(|(_, p)| **p)
-                    .map(|(m, _)| m.sess.channel().as_fd()),
-            )
+            .map(|fd| (fd, readable))
+            .chain(self.members.iter().map(|m| {
+                let events = if quiet(m) {
+                    // (POLLRDHUP: nix does not name it.)
+                    PollFlags::from_bits_retain(nix::libc::POLLRDHUP)
+                } else {
+                    readable
+                };
+                (m.sess.channel().as_fd(), events)
+            }))
             .collect();
         let ready = match poll_readable(&fds, timeout) {
             Ok(r) => r,
@@ -340,13 +340,7 @@ impl Fanout {
         } else {
             (false, ready)
         };
-        let (pending_ready, polled_ready) = rest.split_at(self.pending.len());
-        let mut polled_ready = polled_ready.iter();
-        // Per member: its socket is readable (`Some(true)`), quiet, or was not polled (`None`).
-        let member_ready: Vec<Option<bool>> = polled
-            .iter()
-            .map(|p| p.then(|| *polled_ready.next().expect("one per polled member")))
-            .collect();
+        let (pending_ready, member_ready) = rest.split_at(self.pending.len());
 
         if wake_on_release {
             for m in &self.members {
@@ -354,13 +348,11 @@ impl Fanout {
             }
         }
         for i in (0..self.members.len()).rev() {
-            match member_ready[i] {
-                // Not polled (no ring, sleeping to a tick): one receive takes its releases.
-                None => self.pump_member(i, true),
-                Some(ready) if ready || self.members[i].sess.uses_ring() => {
-                    self.pump_member(i, ready)
-                }
-                Some(_) => {}
+            if quiet(&self.members[i]) {
+                // Its releases did not wake us: take them all now.
+                self.drain_member(i);
+            } else if member_ready[i] || self.members[i].sess.uses_ring() {
+                self.pump_member(i, member_ready[i]);
             }
         }
         let mut arrivals = Vec::new();
@@ -441,6 +433,20 @@ impl Fanout {
 
     /// Handle member `i`'s releases (from its ring) and, when `socket`, its messages; remove
     /// it if it left or broke the protocol.
+    /// Take every release member `i` (without a ring) sent: one receive per frame it holds,
+    /// and one more for what follows them (nothing, a `Goodbye`, a hang-up).
+    fn drain_member(&mut self, i: usize) {
+        let n = self.members[i].n;
+        for _ in 0..=self.members[i].sess.held_count() {
+            let held = self.members[i].sess.held_count();
+            self.pump_member(i, true);
+            let still = self.members.get(i).is_some_and(|m| m.n == n);
+            if !still || self.members[i].sess.held_count() >= held {
+                return;
+            }
+        }
+    }
+
     fn pump_member(&mut self, i: usize, socket: bool) {
         let m = &mut self.members[i];
         let got = if socket {
@@ -583,10 +589,10 @@ impl Fanout {
                 waiting |= m.sess.set_waiting(true);
             }
             let wait = if waiting { Duration::ZERO } else { left };
-            let fds: Vec<BorrowedFd<'_>> = self
+            let fds: Vec<(BorrowedFd<'_>, PollFlags)> = self
                 .members
                 .iter()
-                .map(|m| m.sess.channel().as_fd())
+                .map(|m| (m.sess.channel().as_fd(), PollFlags::POLLIN))
                 .collect();
             let ready =
                 poll_readable(&fds, wait).unwrap_or_else(|_| vec![false; self.members.len()]);
@@ -701,13 +707,16 @@ impl Fanout {
     }
 }
 
-/// `ppoll(2)` `fds` for input for up to `timeout` (nanosecond precision: a paced caller sleeps
-/// to its deadline instead of polling through the last partial millisecond): which became
-/// ready (or hung up).
-fn poll_readable(fds: &[BorrowedFd<'_>], timeout: Duration) -> Result<Vec<bool>, Errno> {
+/// `ppoll(2)` `fds` for their events (`POLLIN`, or `POLLRDHUP` for a hang-up alone) for up
+/// to `timeout` (nanosecond precision: a paced caller sleeps to its deadline instead of polling
+/// through the last partial millisecond): which became ready (or hung up, or failed).
+fn poll_readable(
+    fds: &[(BorrowedFd<'_>, PollFlags)],
+    timeout: Duration,
+) -> Result<Vec<bool>, Errno> {
     let mut pfds: Vec<PollFd> = fds
         .iter()
-        .map(|fd| PollFd::new(*fd, PollFlags::POLLIN))
+        .map(|(fd, events)| PollFd::new(*fd, *events))
         .collect();
     ppoll(&mut pfds, Some(TimeSpec::from_duration(timeout)), None)?;
     Ok(pfds

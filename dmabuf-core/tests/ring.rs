@@ -770,7 +770,7 @@ fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
         let sock =
             std::env::temp_dir().join(format!("ring-tick-{}-{ring}.sock", std::process::id()));
         let mut p = Publisher::bind(&sock, format(), PublisherOptions::default()).unwrap();
-        let (got_tx, got_rx) = std::sync::mpsc::channel::<()>();
+        let (got_tx, got_rx) = std::sync::mpsc::channel::<Instant>();
         let s2 = sock.clone();
         let t = std::thread::spawn(move || {
             let rx = Receiver::connect_with(&s2, caps(), T, ring).unwrap();
@@ -781,7 +781,7 @@ fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
                         // Released a little into the publisher's sleep.
                         std::thread::sleep(Duration::from_millis(20));
                         drop(g);
-                        got_tx.send(()).unwrap();
+                        got_tx.send(Instant::now()).unwrap();
                     }
                     ReceiverEvent::End(_) => return,
                     _ => {}
@@ -794,6 +794,7 @@ fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
             p.serve(Duration::from_millis(10)).unwrap();
         }
         let all = p.pool().free_count();
+        let mut during = 0;
         for seq in 0..3 {
             let lease = p.acquire(T).unwrap().expect("a free buffer");
             p.publish(lease, seq).unwrap();
@@ -807,7 +808,8 @@ fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
                 due - Instant::now()
             );
             // Once it is surely sent, a release waiting at the tick is taken there.
-            got_rx.recv_timeout(T * 5).expect("the receiver released");
+            let released = got_rx.recv_timeout(T * 5).expect("the receiver released");
+            during += usize::from(released < due);
             let due = Instant::now() + Duration::from_millis(30);
             p.serve_until(due).unwrap();
             assert!(
@@ -820,6 +822,8 @@ fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
                 "ring {ring}: the release was taken"
             );
         }
+        // (At least one release came during a sleep, however loaded the machine.)
+        assert!(during > 0, "ring {ring}: no release came during a sleep");
         // A consumer that arrives ends the sleep (to be admitted) long before its deadline.
         let s3 = sock.clone();
         let second = std::thread::spawn(move || Receiver::connect_with(&s3, caps(), T, ring));
@@ -838,4 +842,95 @@ fn a_paced_publisher_sleeps_through_releases_to_its_tick() {
         p.finish(T);
         t.join().unwrap();
     }
+}
+
+/// The same sleep with a ring receiver, a socket receiver and a connection that has not said
+/// `Hello` yet: releases of both receivers (two frames each) do not end it and are all taken
+/// at its end, and the socket receiver leaving ends it at once.
+#[test]
+fn a_paced_sleep_takes_every_release_and_wakes_for_a_departure() {
+    let sock = std::env::temp_dir().join(format!("ring-tick-mixed-{}.sock", std::process::id()));
+    let mut p = Publisher::bind(&sock, format(), PublisherOptions::default()).unwrap();
+    // Each receiver: take 2 frames, hold them until told, release both, then leave when told.
+    let spawn = |ring: bool| {
+        let (tell_tx, tell_rx) = std::sync::mpsc::channel::<()>();
+        let (said_tx, said_rx) = std::sync::mpsc::channel::<Instant>();
+        let s = sock.clone();
+        let t = std::thread::spawn(move || {
+            let rx = Receiver::connect_with(&s, caps(), T, ring).unwrap();
+            let mut held = Vec::new();
+            while held.len() < 2 {
+                if let ReceiverEvent::Frame(g) = rx.next_event(Some(T * 5)).unwrap() {
+                    held.push(g);
+                }
+            }
+            assert_eq!(rx.uses_ring(), ring);
+            said_tx.send(Instant::now()).unwrap();
+            tell_rx.recv().unwrap();
+            std::thread::sleep(Duration::from_millis(20));
+            held.clear();
+            said_tx.send(Instant::now()).unwrap();
+            tell_rx.recv().unwrap();
+            drop(rx);
+        });
+        (t, tell_tx, said_rx)
+    };
+    let (ring_t, ring_tell, ring_said) = spawn(true);
+    let (sock_t, sock_tell, sock_said) = spawn(false);
+    let deadline = Instant::now() + T * 5;
+    while p.consumers() < 2 {
+        assert!(Instant::now() < deadline, "receivers not admitted");
+        p.serve(Duration::from_millis(10)).unwrap();
+    }
+    // A connection that says nothing (its Hello deadline is 5 s away).
+    let _silent = Channel::connect(&sock).unwrap();
+    // (Accepted now: an arrival ends a sleep, and this test is about releases.)
+    p.serve(Duration::from_millis(100)).unwrap();
+    let all = p.pool().free_count();
+    for seq in 0..2 {
+        let lease = p.acquire(T).unwrap().expect("a free buffer");
+        p.publish(lease, seq).unwrap();
+    }
+    ring_said
+        .recv_timeout(T * 5)
+        .expect("the ring receiver holds 2");
+    sock_said
+        .recv_timeout(T * 5)
+        .expect("the socket receiver holds 2");
+    assert_eq!(p.pool().free_count(), all - 2);
+    // Both release both frames 20 ms into a 1 s sleep: it goes on to its end and takes all 4.
+    ring_tell.send(()).unwrap();
+    sock_tell.send(()).unwrap();
+    let due = Instant::now() + Duration::from_secs(1);
+    p.serve_until(due).unwrap();
+    assert!(Instant::now() >= due, "a release ended the sleep");
+    let r1 = ring_said
+        .recv_timeout(T * 5)
+        .expect("the ring receiver released");
+    let r2 = sock_said
+        .recv_timeout(T * 5)
+        .expect("the socket receiver released");
+    assert!(r1 < due && r2 < due, "the releases came after a 1 s sleep");
+    assert_eq!(
+        p.pool().free_count(),
+        all,
+        "every release taken at the tick"
+    );
+    // The socket receiver leaves during a 20 s sleep: the sleep ends early for it.
+    let start = Instant::now();
+    sock_tell.send(()).unwrap();
+    let due = start + Duration::from_secs(20);
+    while p.consumers() > 1 {
+        assert!(Instant::now() < due, "the departure was not seen");
+        p.serve_until(due).unwrap();
+    }
+    assert!(
+        start.elapsed() < Duration::from_secs(4),
+        "departure seen after {:?}",
+        start.elapsed()
+    );
+    ring_tell.send(()).unwrap();
+    sock_t.join().unwrap();
+    ring_t.join().unwrap();
+    p.finish(T);
 }

@@ -665,7 +665,8 @@ impl Server<'_> {
                 // ready first; the latency it reports starts when it was ready, less the wait.
                 // One wake-up per frame: sleep to the deadline in one ppoll (nanosecond
                 // precision) that arrivals and departures end early but releases do not; those
-                // that came meanwhile are taken at the tick. A signal ends the sleep.
+                // that came meanwhile are taken at the tick. A signal ends the sleep. A frame
+                // already late does not sleep: its releases are taken after it is published.
                 let before = dmabuf_core::time::monotonic_ns();
                 let due = pacer.due(filled.pts_ns, Instant::now());
                 self.ctx.sleep_until(due)?;
