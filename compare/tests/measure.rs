@@ -275,8 +275,9 @@ fn peers_run_side_by_side_with_every_figure() {
     let paced = find("ours", true);
     assert!(paced["latency_us"][0].as_f64().unwrap() > 0.0, "{paced}");
     // Paced, the producer sleeps to its tick in one ppoll that releases do not end, then rings
-    // the doorbell (two calls a frame; four on the socket: the sleep, the releases taken at the
-    // tick, the Frame, the Release right after); the consumer sleeps on the doorbell (one).
+    // the doorbell (two calls a frame; three or four on the socket: the sleep, a release still
+    // held at the tick, the Frame, the Release right after); the consumer sleeps on the
+    // doorbell (one).
     let (ps, cs) = (
         paced["producer_syscalls"].as_f64().unwrap(),
         paced["consumer_syscalls"].as_f64().unwrap(),

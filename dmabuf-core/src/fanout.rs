@@ -244,6 +244,7 @@ impl Fanout {
     /// message on a ring member's socket ends the sleep early. Releases that came meanwhile
     /// are all taken when it ends: from the rings, and from the sockets of members without a
     /// ring (polled meanwhile for a hang-up only: their releases would wake us one by one).
+    /// A member that holds no frame costs no receive.
     pub fn sleep(
         &mut self,
         listener: &Listener,
@@ -300,7 +301,8 @@ impl Fanout {
             }
         }
         // Members' sockets wake us when readable; when sleeping to a tick, those of members
-        // without a ring (whose releases come on the socket) only when the peer hangs up.
+        // without a ring (whose releases come on the socket) only when the peer hangs up
+        // (closes its socket).
         let quiet = |m: &Member| !wake_on_release && !m.sess.uses_ring();
         let readable = PollFlags::POLLIN;
         let fds: Vec<(BorrowedFd<'_>, PollFlags)> = extra
@@ -310,8 +312,8 @@ impl Fanout {
             .map(|fd| (fd, readable))
             .chain(self.members.iter().map(|m| {
                 let events = if quiet(m) {
-                    // (POLLRDHUP: nix does not name it.)
-                    PollFlags::from_bits_retain(nix::libc::POLLRDHUP)
+                    // No events asked: POLLHUP (the peer closed) and POLLERR come regardless.
+                    PollFlags::empty()
                 } else {
                     readable
                 };
@@ -350,7 +352,7 @@ impl Fanout {
         for i in (0..self.members.len()).rev() {
             if quiet(&self.members[i]) {
                 // Its releases did not wake us: take them all now.
-                self.drain_member(i);
+                self.drain_member(i, member_ready[i]);
             } else if member_ready[i] || self.members[i].sess.uses_ring() {
                 self.pump_member(i, member_ready[i]);
             }
@@ -433,12 +435,17 @@ impl Fanout {
 
     /// Handle member `i`'s releases (from its ring) and, when `socket`, its messages; remove
     /// it if it left or broke the protocol.
-    /// Take every release member `i` (without a ring) sent: one receive per frame it holds,
-    /// and one more for what follows them (nothing, a `Goodbye`, a hang-up).
-    fn drain_member(&mut self, i: usize) {
+    /// Take every release member `i` (without a ring) sent, one receive each, while it holds
+    /// frames, and when its socket said it hung up (`hung_up`) what follows them (its
+    /// `Goodbye`, its end); a receive that takes no release ends it. No receive for a member
+    /// that holds nothing and did not hang up.
+    fn drain_member(&mut self, i: usize, hung_up: bool) {
         let n = self.members[i].n;
-        for _ in 0..=self.members[i].sess.held_count() {
+        loop {
             let held = self.members[i].sess.held_count();
+            if held == 0 && !hung_up {
+                return;
+            }
             self.pump_member(i, true);
             let still = self.members.get(i).is_some_and(|m| m.n == n);
             if !still || self.members[i].sess.held_count() >= held {
@@ -707,7 +714,7 @@ impl Fanout {
     }
 }
 
-/// `ppoll(2)` `fds` for their events (`POLLIN`, or `POLLRDHUP` for a hang-up alone) for up
+/// `ppoll(2)` `fds` for their events (`POLLIN`, or none for a hang-up or error alone) for up
 /// to `timeout` (nanosecond precision: a paced caller sleeps to its deadline instead of polling
 /// through the last partial millisecond): which became ready (or hung up, or failed).
 fn poll_readable(
