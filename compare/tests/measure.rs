@@ -250,11 +250,14 @@ fn peers_run_side_by_side_with_every_figure() {
     // the socket at most about two system calls per frame per side (send the Frame and take
     // the Release; receive the Frame and send the Release), through the ring at most about one
     // (a doorbell rung or slept on), paced one wake-up per frame per side.
-    let socket = find("ours-socket", false);
-    let (ps, cs) = (
-        socket["producer_syscalls"].as_f64().unwrap(),
-        socket["consumer_syscalls"].as_f64().unwrap(),
-    );
+    // (Producer, consumer) system calls per frame of one entry.
+    let syscalls = |e: &serde_json::Value| {
+        (
+            e["producer_syscalls"].as_f64().unwrap(),
+            e["consumer_syscalls"].as_f64().unwrap(),
+        )
+    };
+    let (ps, cs) = syscalls(find("ours-socket", false));
     assert!(
         ps <= 2.5 && cs <= 2.5,
         "unpaced syscalls per frame on the socket {ps} / {cs}"
@@ -264,10 +267,7 @@ fn peers_run_side_by_side_with_every_figure() {
         ours["internal_transport_us"][0].as_f64().unwrap() > 0.0,
         "{ours}"
     );
-    let (ps, cs) = (
-        ours["producer_syscalls"].as_f64().unwrap(),
-        ours["consumer_syscalls"].as_f64().unwrap(),
-    );
+    let (ps, cs) = syscalls(ours);
     assert!(
         ps <= 1.5 && cs <= 1.5,
         "unpaced syscalls per frame through the ring {ps} / {cs}"
@@ -278,17 +278,12 @@ fn peers_run_side_by_side_with_every_figure() {
     // the doorbell (two calls a frame; three or four on the socket: the sleep, a release still
     // held at the tick, the Frame, the Release right after); the consumer sleeps on the
     // doorbell (one).
-    let (ps, cs) = (
-        paced["producer_syscalls"].as_f64().unwrap(),
-        paced["consumer_syscalls"].as_f64().unwrap(),
-    );
+    let (ps, cs) = syscalls(paced);
     assert!(
         ps <= 2.5 && cs <= 1.5,
         "paced syscalls per frame through the ring {ps} / {cs}"
     );
-    let ps = find("ours-socket", true)["producer_syscalls"]
-        .as_f64()
-        .unwrap();
+    let (ps, _) = syscalls(find("ours-socket", true));
     assert!(
         ps <= 4.5,
         "paced producer syscalls per frame on the socket {ps}"

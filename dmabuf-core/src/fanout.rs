@@ -433,8 +433,6 @@ impl Fanout {
         }
     }
 
-    /// Handle member `i`'s releases (from its ring) and, when `socket`, its messages; remove
-    /// it if it left or broke the protocol.
     /// Take every release member `i` (without a ring) sent, one receive each, while it holds
     /// frames, and when its socket said it hung up (`hung_up`) what follows them (its
     /// `Goodbye`, its end); a receive that takes no release ends it. No receive for a member
@@ -454,6 +452,8 @@ impl Fanout {
         }
     }
 
+    /// Handle member `i`'s releases (from its ring) and, when `socket`, its messages; remove
+    /// it if it left or broke the protocol.
     fn pump_member(&mut self, i: usize, socket: bool) {
         let m = &mut self.members[i];
         let got = if socket {
